@@ -1,0 +1,431 @@
+use std::cell::UnsafeCell;
+use std::ops::Range;
+use std::os::raw::c_void;
+use std::ptr::{self, NonNull};
+
+use fabric_sys as sys;
+
+use crate::av::{hex, AddressVector, FabricAddr};
+use crate::cq::{CompletionQueue, CqRead};
+use crate::domain::{close_fid, Domain};
+use crate::error::{check, CompletionError, Error, Result};
+use crate::mr::MemoryRegion;
+
+/// Sizes of an endpoint's buffer pools.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointConfig {
+    /// Largest message sent or received, in bytes.
+    pub slot_size: usize,
+    /// Sends in flight at most.
+    pub tx_slots: usize,
+    /// Receives kept posted.
+    pub rx_slots: usize,
+    /// Expected number of peers (a hint to the address vector).
+    pub av_size: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            slot_size: 8192,
+            tx_slots: 128,
+            rx_slots: 64,
+            av_size: 1024,
+        }
+    }
+}
+
+/// Identifies one send until its completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SendId(u64);
+
+/// One thing [`Endpoint::poll`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The send completed: the provider is done with it.
+    Sent(SendId),
+    /// The send failed, with the provider's reason.
+    SendFailed(SendId, CompletionError),
+    /// A message arrived; its bytes are this range of the caller's receive buffer.
+    Received(Range<usize>),
+    /// A posted receive failed (its buffer is posted again).
+    ReceiveFailed(CompletionError),
+}
+
+/// Fixed-size slots of one registered buffer, each with the operation context libfabric
+/// requires (`FI_CONTEXT2`) at a stable address.
+struct SlotPool {
+    // Drop order: the region (registration, then memory) goes with the contexts, after the
+    // endpoint that used them has been closed in Endpoint::drop.
+    mem: MemoryRegion,
+    contexts: Box<[UnsafeCell<sys::fi_context2>]>,
+    slot_size: usize,
+    /// Slots no operation is using.
+    free: Vec<u32>,
+    /// Bumped each time a slot is handed out, so a stale SendId never matches.
+    generation: Box<[u32]>,
+}
+
+impl SlotPool {
+    fn new(domain: &Domain, slots: usize, slot_size: usize, access: u64, key: u64) -> Result<Self> {
+        let mem = MemoryRegion::allocate(domain, slots * slot_size, access, key)?;
+        let contexts = (0..slots)
+            .map(|_| UnsafeCell::new(sys::fi_context2::default()))
+            .collect();
+        Ok(SlotPool {
+            mem,
+            contexts,
+            slot_size,
+            free: (0..slots as u32).rev().collect(),
+            generation: vec![0; slots].into_boxed_slice(),
+        })
+    }
+
+    fn buf(&self, slot: u32) -> *mut u8 {
+        self.mem.ptr_at(slot as usize * self.slot_size)
+    }
+
+    fn context(&self, slot: u32) -> *mut c_void {
+        self.contexts[slot as usize].get().cast()
+    }
+
+    /// Maps a context pointer from a completion back to its slot; `None` if it is not one of
+    /// this pool's.
+    fn slot_of(&self, ctx: *mut c_void) -> Option<u32> {
+        let base = self.contexts.as_ptr() as usize;
+        let size = std::mem::size_of::<UnsafeCell<sys::fi_context2>>();
+        let offset = (ctx as usize).checked_sub(base)?;
+        let slot = offset / size;
+        (offset % size == 0 && slot < self.contexts.len()).then_some(slot as u32)
+    }
+
+    fn send_id(&self, slot: u32) -> SendId {
+        SendId((u64::from(self.generation[slot as usize]) << 32) | u64::from(slot))
+    }
+
+    /// Copies the first `len` bytes of a slot that no operation is using.
+    fn copy_out(&self, slot: u32, len: usize, out: &mut Vec<u8>) {
+        let len = len.min(self.slot_size);
+        // SAFETY: the slot's receive has completed, so the provider no longer writes to it
+        // until it is posted again, and slot*slot_size+len is within the region.
+        let bytes = unsafe { std::slice::from_raw_parts(self.buf(slot), len) };
+        out.extend_from_slice(bytes);
+    }
+}
+
+/// A reliable-datagram endpoint (`fi_endpoint`, `FI_EP_RDM`) bound to its own address vector,
+/// a transmit and a receive completion queue, with a pool of receives always posted.
+///
+/// Every buffer and context a posted operation points at is owned here and outlives the
+/// endpoint's `fi_close`, which runs first in `Drop`.
+pub struct Endpoint {
+    ptr: NonNull<sys::fid_ep>,
+    // Dropped after `ptr` is closed, in this order: memory, queues, AV, domain.
+    tx: SlotPool,
+    rx: SlotPool,
+    /// Receive slots that could not be posted yet (the provider said FI_EAGAIN).
+    rx_unposted: Vec<u32>,
+    tx_cq: CompletionQueue,
+    rx_cq: CompletionQueue,
+    av: AddressVector,
+    domain: Domain,
+    name: Vec<u8>,
+    addr_is_string: bool,
+    completions: Vec<sys::fi_cq_msg_entry>,
+}
+
+// SAFETY: every libfabric object here was opened with FI_THREAD_SAFE, and the slot pools are
+// owned memory; moving the endpoint to another thread is sound. It is not Sync: all
+// operations take &mut self.
+unsafe impl Send for Endpoint {}
+
+impl Endpoint {
+    /// Opens, binds and enables an endpoint on `domain` and posts its receives.
+    pub fn open(domain: &Domain, config: EndpointConfig) -> Result<Endpoint> {
+        let info = domain.info();
+        if config.slot_size == 0 || config.tx_slots == 0 || config.rx_slots == 0 {
+            return Err(Error::Invalid("endpoint pools must be non-empty".into()));
+        }
+        if config.slot_size > info.max_msg_size() {
+            return Err(Error::Invalid(format!(
+                "message size {} exceeds the provider's maximum {}",
+                config.slot_size,
+                info.max_msg_size()
+            )));
+        }
+        let (tx_depth, rx_depth) = info.queue_sizes();
+        let tx_slots = config.tx_slots.min(tx_depth.max(1));
+        let rx_slots = config.rx_slots.min(rx_depth.max(1));
+
+        let av = AddressVector::open(domain, config.av_size)?;
+        let tx_cq = CompletionQueue::open(domain, tx_slots * 2)?;
+        let rx_cq = CompletionQueue::open(domain, rx_slots * 2)?;
+        let tx = SlotPool::new(domain, tx_slots, config.slot_size, sys::FI_SEND as u64, 1)?;
+        let rx = SlotPool::new(domain, rx_slots, config.slot_size, sys::FI_RECV as u64, 2)?;
+
+        let mut raw = ptr::null_mut();
+        // SAFETY: the domain is open and info is the one it was opened with; raw is a valid
+        // out pointer.
+        let ret =
+            unsafe { sys::fi_endpoint(domain.as_ptr(), info.as_ptr(), &mut raw, ptr::null_mut()) };
+        check("fi_endpoint", ret as isize)?;
+        let mut ep = Endpoint {
+            ptr: NonNull::new(raw).expect("fi_endpoint succeeded with NULL"),
+            tx,
+            rx,
+            rx_unposted: Vec::new(),
+            tx_cq,
+            rx_cq,
+            av,
+            domain: domain.clone(),
+            name: Vec::new(),
+            addr_is_string: false,
+            completions: vec![sys::fi_cq_msg_entry::default(); 32],
+        };
+        // From here on `ep` owns the endpoint and closes it on any error below.
+        ep.bind(ep.av.as_fid(), 0, "fi_ep_bind(av)")?;
+        ep.bind(
+            ep.tx_cq.as_fid(),
+            sys::FI_TRANSMIT as u64,
+            "fi_ep_bind(tx cq)",
+        )?;
+        ep.bind(ep.rx_cq.as_fid(), sys::FI_RECV as u64, "fi_ep_bind(rx cq)")?;
+        // SAFETY: the endpoint is open and bound to its AV and CQs.
+        check("fi_enable", unsafe { sys::fi_enable(ep.ptr.as_ptr()) }
+            as isize)?;
+        ep.name = ep.read_name()?;
+        // SAFETY: info is valid; addr_format is a plain field.
+        ep.addr_is_string = unsafe { (*info.as_ptr()).addr_format } == sys::FI_ADDR_STR;
+        ep.rx_unposted = (0..ep.rx.contexts.len() as u32).collect();
+        ep.post_receives()?;
+        Ok(ep)
+    }
+
+    fn bind(&self, fid: *mut sys::fid, flags: u64, call: &'static str) -> Result<()> {
+        // SAFETY: both objects are open and belong to the same domain.
+        let ret = unsafe { sys::fi_ep_bind(self.ptr.as_ptr(), fid, flags) };
+        check(call, ret as isize).map(drop)
+    }
+
+    fn read_name(&self) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; 256];
+        let mut len = buf.len();
+        // SAFETY: buf is writable for len bytes; fi_getname writes at most len bytes and sets
+        // len to the name's size. The endpoint begins with its fid.
+        let ret = unsafe {
+            sys::fi_getname(
+                ptr::addr_of_mut!((*self.ptr.as_ptr()).fid),
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        check("fi_getname", ret as isize)?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// This endpoint's fabric address, to publish to peers.
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    /// Largest message [`send`](Self::send) takes.
+    pub fn max_message(&self) -> usize {
+        self.tx.slot_size
+    }
+
+    /// Peers currently in the address vector.
+    pub fn peer_count(&self) -> usize {
+        self.av.len()
+    }
+
+    /// Checks that `addr` is a whole address of this provider's format. libfabric reads as
+    /// many bytes as the format implies, so an unchecked short address would be read past.
+    pub fn check_address(&self, addr: &[u8]) -> Result<()> {
+        let ok = if self.addr_is_string {
+            // FI_ADDR_STR: a NUL-terminated string with no NUL inside.
+            addr.len() > 1
+                && addr.len() <= 256
+                && addr.last() == Some(&0)
+                && !addr[..addr.len() - 1].contains(&0)
+        } else {
+            addr.len() == self.name.len()
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "fabric address of {} bytes does not fit this provider (own address: {} bytes)",
+                addr.len(),
+                self.name.len()
+            )))
+        }
+    }
+
+    /// Adds a peer by its raw fabric address.
+    pub fn insert_peer(&mut self, addr: &[u8]) -> Result<FabricAddr> {
+        self.check_address(addr)?;
+        self.av.insert_checked(addr)
+    }
+
+    /// Removes a peer. Sends still in flight to it complete (possibly in error) as usual.
+    pub fn remove_peer(&mut self, addr: FabricAddr) -> Result<()> {
+        self.av.remove(addr)
+    }
+
+    /// The provider's printable form of an address (`fi_av_straddr`).
+    pub fn display_address(&self, addr: &[u8]) -> String {
+        match self.check_address(addr) {
+            Ok(()) => self.av.straddr_checked(addr),
+            Err(_) => hex(addr),
+        }
+    }
+
+    /// Sends `data` to `dest`. The bytes are copied into a registered slot that stays owned
+    /// until its completion is read by [`poll`](Self::poll).
+    ///
+    /// Returns `Err(e)` with `e.is_again()` when the provider needs progress first.
+    pub fn send(&mut self, dest: FabricAddr, data: &[u8]) -> Result<SendId> {
+        if data.len() > self.tx.slot_size {
+            return Err(Error::Invalid(format!(
+                "message of {} bytes exceeds slot size {}",
+                data.len(),
+                self.tx.slot_size
+            )));
+        }
+        let slot = self
+            .tx
+            .free
+            .pop()
+            .ok_or(Error::TxBusy(self.tx.contexts.len()))?;
+        let buf = self.tx.buf(slot);
+        // SAFETY: the slot is free (no operation points at it) and slot_size bytes long, and
+        // data.len() <= slot_size.
+        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len()) };
+        // SAFETY: buf and the context belong to a slot owned by this endpoint until its
+        // completion (or until the endpoint is closed, before the memory is freed); desc
+        // matches the region; dest came from this endpoint's AV.
+        let ret = unsafe {
+            sys::fi_send(
+                self.ptr.as_ptr(),
+                buf.cast(),
+                data.len(),
+                self.tx.mem.desc(),
+                dest.0,
+                self.tx.context(slot),
+            )
+        };
+        if ret < 0 {
+            self.tx.free.push(slot);
+            return Err(Error::from_code("fi_send", ret));
+        }
+        self.tx.generation[slot as usize] = self.tx.generation[slot as usize].wrapping_add(1);
+        Ok(self.tx.send_id(slot))
+    }
+
+    /// Sends in flight (not yet completed).
+    pub fn sends_in_flight(&self) -> usize {
+        self.tx.contexts.len() - self.tx.free.len()
+    }
+
+    fn post_receives(&mut self) -> Result<()> {
+        while let Some(&slot) = self.rx_unposted.last() {
+            // SAFETY: the slot is not posted; its buffer and context are owned by this
+            // endpoint and outlive its fi_close; desc matches the region.
+            let ret = unsafe {
+                sys::fi_recv(
+                    self.ptr.as_ptr(),
+                    self.rx.buf(slot).cast(),
+                    self.rx.slot_size,
+                    self.rx.mem.desc(),
+                    fabric_sys::FI_ADDR_NOTAVAIL,
+                    self.rx.context(slot),
+                )
+            };
+            if ret == -(sys::FI_EAGAIN as isize) {
+                break;
+            }
+            check("fi_recv", ret)?;
+            self.rx_unposted.pop();
+        }
+        Ok(())
+    }
+
+    /// Reads both completion queues once (driving the provider's progress), appending what
+    /// happened to `events`. Received bytes are appended to `rx_data`, and each
+    /// `Event::Received` names its range there. Receive buffers are posted again at once.
+    /// Returns the number of events appended.
+    pub fn poll(&mut self, events: &mut Vec<Event>, rx_data: &mut Vec<u8>) -> Result<usize> {
+        let before = events.len();
+        self.poll_tx(events)?;
+        self.poll_rx(events, rx_data)?;
+        self.post_receives()?;
+        Ok(events.len() - before)
+    }
+
+    fn poll_tx(&mut self, events: &mut Vec<Event>) -> Result<()> {
+        loop {
+            match self.tx_cq.read(&mut self.completions)? {
+                CqRead::Entries(0) => return Ok(()),
+                CqRead::Entries(n) => {
+                    for i in 0..n {
+                        let ctx = self.completions[i].op_context;
+                        if let Some(slot) = self.tx.slot_of(ctx) {
+                            events.push(Event::Sent(self.tx.send_id(slot)));
+                            self.tx.free.push(slot);
+                        }
+                    }
+                }
+                CqRead::ErrorAvailable => {
+                    if let Some(err) = self.tx_cq.read_error()? {
+                        if let Some(slot) = self.tx.slot_of(err.op_context) {
+                            events.push(Event::SendFailed(self.tx.send_id(slot), err.error));
+                            self.tx.free.push(slot);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_rx(&mut self, events: &mut Vec<Event>, rx_data: &mut Vec<u8>) -> Result<()> {
+        loop {
+            match self.rx_cq.read(&mut self.completions)? {
+                CqRead::Entries(0) => return Ok(()),
+                CqRead::Entries(n) => {
+                    for i in 0..n {
+                        let entry = self.completions[i];
+                        if let Some(slot) = self.rx.slot_of(entry.op_context) {
+                            let start = rx_data.len();
+                            self.rx.copy_out(slot, entry.len, rx_data);
+                            events.push(Event::Received(start..rx_data.len()));
+                            self.rx_unposted.push(slot);
+                        }
+                    }
+                }
+                CqRead::ErrorAvailable => {
+                    if let Some(err) = self.rx_cq.read_error()? {
+                        if let Some(slot) = self.rx.slot_of(err.op_context) {
+                            self.rx_unposted.push(slot);
+                        }
+                        events.push(Event::ReceiveFailed(err.error));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // SAFETY: the endpoint is open; after this no operation touches the slot memory,
+        // which the fields dropped next free.
+        close_fid("endpoint", unsafe {
+            ptr::addr_of_mut!((*self.ptr.as_ptr()).fid)
+        });
+    }
+}

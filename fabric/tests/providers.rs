@@ -1,0 +1,153 @@
+//! The safe layer against the real providers Debian's libfabric ships: `tcp` (as
+//! `tcp;ofi_rxm` for RDM), `udp;ofi_rxd` and `shm`. Loopback only.
+
+use std::time::{Duration, Instant};
+
+use fabric::{Domain, Endpoint, EndpointConfig, Error, Event, InfoList, Query};
+
+const PROVIDERS: &[(&str, Option<&str>)] = &[
+    ("tcp", Some("127.0.0.1")),
+    ("udp;ofi_rxd", Some("127.0.0.1")),
+    ("shm", None),
+];
+
+fn open(provider: &str, node: Option<&str>) -> Endpoint {
+    let list = InfoList::get(&Query::provider(provider).bind(node))
+        .unwrap_or_else(|e| panic!("fi_getinfo({provider}): {e}"));
+    let info = list.iter().next().unwrap().to_owned().unwrap();
+    let domain = Domain::open(info).unwrap();
+    Endpoint::open(&domain, EndpointConfig::default()).unwrap()
+}
+
+/// Polls `ep` until `pred` accepts one of its events or the deadline passes, driving `other`
+/// too: progress is manual, and both ends take part in a delivery.
+fn poll_until(
+    ep: &mut Endpoint,
+    mut other: Option<&mut Endpoint>,
+    rx: &mut Vec<u8>,
+    mut pred: impl FnMut(&Event, &[u8]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut events, mut ignored, mut ignored_rx) = (Vec::new(), Vec::new(), Vec::new());
+    while Instant::now() < deadline {
+        events.clear();
+        ep.poll(&mut events, rx).unwrap();
+        if events.iter().any(|e| pred(e, rx)) {
+            return true;
+        }
+        if let Some(other) = other.as_deref_mut() {
+            other.poll(&mut ignored, &mut ignored_rx).unwrap();
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    false
+}
+
+/// Sends, driving progress on both ends and retrying while the provider says FI_EAGAIN
+/// (tcp;ofi_rxm does until the peer has accepted its connection).
+fn send_retrying(
+    ep: &mut Endpoint,
+    mut peer: Option<&mut Endpoint>,
+    to: fabric::FabricAddr,
+    data: &[u8],
+) -> fabric::SendId {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut events, mut rx) = (Vec::new(), Vec::new());
+    loop {
+        match ep.send(to, data) {
+            Ok(id) => return id,
+            Err(e) if e.is_again() && Instant::now() < deadline => {
+                ep.poll(&mut events, &mut rx).unwrap();
+                if let Some(peer) = peer.as_deref_mut() {
+                    peer.poll(&mut events, &mut rx).unwrap();
+                }
+                rx.clear();
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+}
+
+#[test]
+fn getinfo_finds_each_provider_with_rdm_messaging() {
+    for (provider, node) in PROVIDERS {
+        let list = InfoList::get(&Query::provider(provider).bind(*node)).unwrap();
+        let first = list.iter().next().expect("at least one entry");
+        assert!(
+            first
+                .provider_name()
+                .contains(provider.split(';').next().unwrap()),
+            "{provider}: got {}",
+            first.provider_name()
+        );
+        assert!(!list.per_domain().is_empty());
+    }
+}
+
+#[test]
+fn missing_provider_is_a_clear_error() {
+    match InfoList::get(&Query::provider("efa")) {
+        Err(Error::NoProvider { query, .. }) => assert!(query.contains("efa")),
+        Err(other) => panic!("expected NoProvider, got {other}"),
+        Ok(_) => panic!("this machine has no EFA device, yet fi_getinfo found one"),
+    }
+}
+
+#[test]
+fn loopback_send_and_receive_on_each_provider() {
+    for (provider, node) in PROVIDERS {
+        let mut a = open(provider, *node);
+        let mut b = open(provider, *node);
+        b.check_address(a.name()).unwrap();
+        let to_b = a.insert_peer(b.name()).unwrap();
+        let payload = format!("hello over {provider}");
+        let id = send_retrying(&mut a, Some(&mut b), to_b, payload.as_bytes());
+
+        let mut rx = Vec::new();
+        let got = poll_until(
+            &mut b,
+            Some(&mut a),
+            &mut rx,
+            |e, data| matches!(e, Event::Received(r) if &data[r.clone()] == payload.as_bytes()),
+        );
+        assert!(got, "{provider}: message not received");
+        let mut tx_rx = Vec::new();
+        assert!(
+            poll_until(&mut a, Some(&mut b), &mut tx_rx, |e, _| *e
+                == Event::Sent(id)),
+            "{provider}: send not completed"
+        );
+        assert_eq!(a.sends_in_flight(), 0);
+    }
+}
+
+#[test]
+fn addresses_of_the_wrong_shape_are_refused_before_libfabric_reads_them() {
+    for (provider, node) in PROVIDERS {
+        let mut ep = open(provider, *node);
+        let own = ep.name().to_vec();
+        assert!(ep.insert_peer(&own[..own.len() - 1]).is_err(), "{provider}");
+        assert!(ep.insert_peer(&[]).is_err(), "{provider}");
+        let mut long = own.clone();
+        long.extend_from_slice(&[0xff; 300]);
+        assert!(ep.insert_peer(&long).is_err(), "{provider}");
+        assert_eq!(ep.peer_count(), 0);
+    }
+}
+
+#[test]
+fn oversized_send_is_refused() {
+    let mut ep = open("udp;ofi_rxd", Some("127.0.0.1"));
+    let own = ep.name().to_vec();
+    let me = ep.insert_peer(&own).unwrap();
+    let big = vec![0u8; ep.max_message() + 1];
+    assert!(matches!(ep.send(me, &big), Err(Error::Invalid(_))));
+    send_retrying(&mut ep, None, me, b"small enough");
+}
+
+#[test]
+fn versions_are_reported() {
+    assert_eq!(fabric::compiled_version().0, 1);
+    assert!(fabric::runtime_version() >= fabric::compiled_version());
+}
