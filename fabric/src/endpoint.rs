@@ -394,7 +394,24 @@ impl Endpoint {
 
     fn poll_rx(&mut self, events: &mut Vec<Event>, rx_data: &mut Vec<u8>) -> Result<()> {
         loop {
-            match self.rx_cq.read(&mut self.completions)? {
+            let read = self.rx_cq.read(&mut self.completions)?;
+            if matches!(read, CqRead::Entries(0)) {
+                return Ok(());
+            }
+            self.take_rx(read, events, rx_data)?;
+        }
+    }
+
+    /// Turns what one read of the receive queue returned into events, and queues the slots
+    /// for posting again.
+    fn take_rx(
+        &mut self,
+        read: CqRead,
+        events: &mut Vec<Event>,
+        rx_data: &mut Vec<u8>,
+    ) -> Result<()> {
+        {
+            match read {
                 CqRead::Entries(0) => return Ok(()),
                 CqRead::Entries(n) => {
                     for i in 0..n {
@@ -417,6 +434,7 @@ impl Endpoint {
                 }
             }
         }
+        Ok(())
     }
 }
 

@@ -50,7 +50,7 @@ impl Error {
 }
 
 /// A failed operation, as read from a completion queue's error entry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 #[error("{text} (code {code}); provider: {prov_text} (prov_errno {prov_errno})")]
 pub struct CompletionError {
     /// The generic libfabric error number (`FI_EHOSTUNREACH`, `FI_EIO`, ...).

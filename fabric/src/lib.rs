@@ -14,6 +14,7 @@ mod endpoint;
 mod error;
 mod info;
 mod mr;
+pub mod process;
 
 pub use av::{AddressVector, FabricAddr};
 pub use cq::CompletionQueue;

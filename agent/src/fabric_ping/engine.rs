@@ -1,0 +1,925 @@
+//! The fabric ping engine: one RDM endpoint per domain, driven by a thread of its own.
+//!
+//! The thread owns the endpoint (libfabric objects, registered memory) and everything about
+//! peers; callers talk to it through a channel and get answers on oneshot channels, so the
+//! async agent and the blocking CLI use the same engine.
+//!
+//! Progress is manual on EFA (and on rxd/rxm here): nothing moves unless the completion queues
+//! are read. The thread therefore spins while a probe or pong is in flight and for a moment
+//! after traffic, backs off gradually while a probe waits on a silent path, and otherwise
+//! sleeps between slow polls, which still answer pings and accept connections.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fabric::{CompletionError, Domain, Endpoint, EndpointConfig, Event, FabricAddr, SendId};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::wire::{DecodeError, Kind, Message, HEADER_LEN, MAX_ADDR_LEN};
+
+/// How an engine is opened and paced.
+#[derive(Debug, Clone)]
+pub struct PingerConfig {
+    /// libfabric provider (`efa`, `tcp`, `udp;ofi_rxd`, `shm`).
+    pub provider: String,
+    /// Local IP to bind, for providers that run over IP. Ignored by EFA and shm.
+    pub bind: Option<IpAddr>,
+    /// Largest probe, in bytes (the slot size of the endpoint's buffers).
+    pub max_probe_size: usize,
+    /// Poll period while nothing is in flight: bounds how late an idle responder sees a
+    /// ping (which is why probes come in pairs; see [`FabricPinger::probe`]).
+    pub idle_poll: Duration,
+    /// How long to spin after traffic before backing off.
+    pub spin_window: Duration,
+    /// Peers learned from their pings and kept in the address vector (least recently used
+    /// are evicted), bounding what strangers can make this engine hold.
+    pub max_learned_peers: usize,
+    /// Pongs waiting for transmit resources, at most; more are dropped and counted.
+    pub max_queued_pongs: usize,
+}
+
+impl PingerConfig {
+    pub fn new(provider: &str) -> Self {
+        PingerConfig {
+            provider: provider.to_owned(),
+            bind: None,
+            max_probe_size: 8192,
+            idle_poll: Duration::from_millis(1),
+            spin_window: Duration::from_millis(1),
+            max_learned_peers: 1024,
+            max_queued_pongs: 1024,
+        }
+    }
+}
+
+/// Why an engine could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// the provider or a device is missing
+    #[error(transparent)]
+    Fabric(#[from] fabric::Error),
+    /// the engine thread could not be started
+    #[error("cannot start the fabric engine thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Sets the environment a provider must see before libfabric loads it. Call it early in
+/// `main`, before other threads exist.
+pub fn prepare_environment(provider: &str) {
+    if provider == "efa" && std::env::var_os("FI_EFA_ENABLE_SHM_TRANSFER").is_none() {
+        // Otherwise a peer on the same host is reached through shared memory and the probe
+        // says nothing about the device.
+        std::env::set_var("FI_EFA_ENABLE_SHM_TRANSFER", "0");
+    }
+}
+
+/// Opens one engine per domain (device) of the provider: one per EFA NIC on multi-rail nodes.
+pub fn open_all(config: &PingerConfig) -> Result<Vec<FabricPinger>, OpenError> {
+    // EFA addresses are device GIDs and shm names are derived from the node string (two
+    // processes given the same IP would collide): only IP providers take the bind address.
+    let ip_provider = !matches!(config.provider.split(';').next(), Some("efa") | Some("shm"));
+    let node = config.bind.filter(|_| ip_provider).map(|ip| ip.to_string());
+    let query = fabric::Query::provider(&config.provider).bind(node.as_deref());
+    let list = fabric::InfoList::get(&query)?;
+    list.per_domain()
+        .into_iter()
+        .map(|info| FabricPinger::start(info.to_owned()?, config.clone()))
+        .collect()
+}
+
+/// What became of one probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ProbeOutcome {
+    /// The peer answered. `rtt` excludes the time the responder held the ping, and comes
+    /// from the second ping of the pair when that one answered in time (see
+    /// [`FabricPinger::probe`]); `cold_rtt` is the first ping's, which includes however long
+    /// an idle responder took to notice it.
+    Pong {
+        rtt: Duration,
+        cold_rtt: Duration,
+        dwell: Duration,
+        responder_id: u64,
+    },
+    /// No answer before the deadline: the path drops silently.
+    Timeout,
+    /// The provider reported the send failed, with its reason.
+    SendFailed { error: CompletionError },
+    /// The probe never left: no such peer, transmit slots exhausted, or the engine stopped.
+    NotSent { reason: String },
+}
+
+/// An engine's handle for a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerHandle(u64);
+
+impl PeerHandle {
+    /// A handle no engine issues: probing it answers `NotSent` once every command sent
+    /// before it has been handled, which makes it a barrier in tests.
+    pub fn never_issued() -> PeerHandle {
+        PeerHandle(0)
+    }
+}
+
+/// Counters of one engine, for metrics and tests.
+#[derive(Debug, Default)]
+struct Counters {
+    pings_sent: AtomicU64,
+    pongs_received: AtomicU64,
+    probe_timeouts: AtomicU64,
+    probe_send_failures: AtomicU64,
+    pings_answered: AtomicU64,
+    pong_send_failures: AtomicU64,
+    pongs_dropped_queue_full: AtomicU64,
+    late_pongs: AtomicU64,
+    receive_errors: AtomicU64,
+    malformed: [AtomicU64; 5],
+    learned_peers_evicted: AtomicU64,
+    av_entries: AtomicU64,
+}
+
+const MALFORMED_LABELS: [&str; 5] = [
+    "truncated",
+    "bad_magic",
+    "bad_version",
+    "bad_kind",
+    "bad_address",
+];
+
+fn malformed_index(e: &DecodeError) -> usize {
+    MALFORMED_LABELS
+        .iter()
+        .position(|l| *l == e.label())
+        .expect("every DecodeError label is listed")
+}
+
+/// A point-in-time copy of an engine's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PingerStats {
+    pub pings_sent: u64,
+    pub pongs_received: u64,
+    pub probe_timeouts: u64,
+    pub probe_send_failures: u64,
+    pub pings_answered: u64,
+    pub pong_send_failures: u64,
+    pub pongs_dropped_queue_full: u64,
+    pub late_pongs: u64,
+    pub receive_errors: u64,
+    /// Dropped messages by reason (`truncated`, `bad_magic`, `bad_version`, `bad_kind`,
+    /// `bad_address`).
+    pub malformed: BTreeMap<&'static str, u64>,
+    pub learned_peers_evicted: u64,
+    /// Entries in the address vector now.
+    pub av_entries: u64,
+}
+
+impl PingerStats {
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed.values().sum()
+    }
+}
+
+struct Shared {
+    provider: String,
+    fabric: String,
+    domain: String,
+    address: Vec<u8>,
+    address_display: String,
+    id: u64,
+    counters: Counters,
+}
+
+enum Command {
+    AddPeer(Vec<u8>, oneshot::Sender<Result<PeerHandle, String>>),
+    RemovePeer(PeerHandle),
+    Probe {
+        peer: PeerHandle,
+        size: usize,
+        timeout: Duration,
+        reply: oneshot::Sender<ProbeOutcome>,
+    },
+    Shutdown,
+}
+
+/// A pending answer from the engine thread: `.await` it, or `wait()` outside async code.
+pub struct Reply<T>(oneshot::Receiver<T>);
+
+impl<T> Reply<T> {
+    /// Blocks until the engine answers. Not for use inside an async runtime.
+    pub fn wait(self) -> Option<T> {
+        self.0.blocking_recv().ok()
+    }
+
+    pub async fn get(self) -> Option<T> {
+        self.0.await.ok()
+    }
+}
+
+/// Handle to one engine (one endpoint on one domain). Cheap to clone; the engine stops when
+/// the last handle is dropped or [`shutdown`](Self::shutdown) is called.
+#[derive(Clone)]
+pub struct FabricPinger {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl FabricPinger {
+    /// Opens the endpoint on `info`'s domain and starts the engine thread.
+    pub fn start(info: fabric::Info, config: PingerConfig) -> Result<FabricPinger, OpenError> {
+        let provider = info.provider_name();
+        let fabric_name = info.fabric_name();
+        let domain_name = info.domain_name();
+        let domain = Domain::open(info)?;
+        let slot_size = config.max_probe_size.max(HEADER_LEN + MAX_ADDR_LEN);
+        let endpoint = Endpoint::open(
+            &domain,
+            EndpointConfig {
+                slot_size,
+                ..EndpointConfig::default()
+            },
+        )?;
+        let shared = Arc::new(Shared {
+            provider,
+            fabric: fabric_name,
+            domain: domain_name,
+            address: endpoint.name().to_vec(),
+            address_display: endpoint.display_address(endpoint.name()),
+            id: rand::random(),
+            counters: Counters::default(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let engine = Engine::new(endpoint, shared.clone(), rx, config);
+        let thread = std::thread::Builder::new()
+            .name(format!("fabric-{}", shared.domain))
+            .spawn(move || engine.run())
+            .map_err(OpenError::Thread)?;
+        Ok(FabricPinger {
+            shared,
+            commands: tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), mpsc::SendError<Command>> {
+        self.commands.send(cmd)
+    }
+
+    /// The provider as libfabric names it (`udp;ofi_rxd`, `efa`, ...).
+    pub fn provider(&self) -> &str {
+        &self.shared.provider
+    }
+
+    pub fn fabric_name(&self) -> &str {
+        &self.shared.fabric
+    }
+
+    /// The domain (device) this engine's endpoint is on.
+    pub fn domain(&self) -> &str {
+        &self.shared.domain
+    }
+
+    /// This endpoint's raw fabric address, to publish to peers.
+    pub fn address(&self) -> &[u8] {
+        &self.shared.address
+    }
+
+    /// The provider's printable form of [`address`](Self::address).
+    pub fn address_display(&self) -> &str {
+        &self.shared.address_display
+    }
+
+    /// Random identity of this engine instance, carried in every message.
+    pub fn instance_id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Adds a peer by its raw fabric address (as the peer published it).
+    pub fn add_peer(&self, address: &[u8]) -> Reply<Result<PeerHandle, String>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(Command::AddPeer(_, tx))) =
+            self.send(Command::AddPeer(address.to_vec(), tx))
+        {
+            let _ = tx.send(Err("fabric engine stopped".into()));
+        }
+        Reply(rx)
+    }
+
+    /// Forgets a peer; its address-vector entry goes once nothing is in flight to it.
+    pub fn remove_peer(&self, peer: PeerHandle) {
+        let _ = self.send(Command::RemovePeer(peer));
+    }
+
+    /// Probes a peer with `size`-byte pings (at least the header and this engine's address).
+    ///
+    /// The first ping decides reachability. Its pong wakes nothing on this side (the engine
+    /// spins while a probe is in flight) but the responder may have been idle, and without a
+    /// wait object an idle engine polls only every `idle_poll`: so as soon as the first pong
+    /// is back a second ping goes out, to a responder that is now spinning, and its RTT is the
+    /// one reported. Answers when the pair completes, a send fails, or `timeout` passes (with
+    /// the first pong's RTT if only it came back).
+    pub fn probe(&self, peer: PeerHandle, size: usize, timeout: Duration) -> Reply<ProbeOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Probe {
+            peer,
+            size,
+            timeout,
+            reply: tx,
+        };
+        if let Err(mpsc::SendError(Command::Probe { reply, .. })) = self.send(cmd) {
+            let _ = reply.send(ProbeOutcome::NotSent {
+                reason: "fabric engine stopped".into(),
+            });
+        }
+        Reply(rx)
+    }
+
+    pub fn stats(&self) -> PingerStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PingerStats {
+            pings_sent: get(&c.pings_sent),
+            pongs_received: get(&c.pongs_received),
+            probe_timeouts: get(&c.probe_timeouts),
+            probe_send_failures: get(&c.probe_send_failures),
+            pings_answered: get(&c.pings_answered),
+            pong_send_failures: get(&c.pong_send_failures),
+            pongs_dropped_queue_full: get(&c.pongs_dropped_queue_full),
+            late_pongs: get(&c.late_pongs),
+            receive_errors: get(&c.receive_errors),
+            malformed: MALFORMED_LABELS
+                .iter()
+                .zip(&c.malformed)
+                .map(|(l, a)| (*l, get(a)))
+                .collect(),
+            learned_peers_evicted: get(&c.learned_peers_evicted),
+            av_entries: get(&c.av_entries),
+        }
+    }
+
+    /// Stops the engine and waits for it to close its endpoint. In-flight probes answer
+    /// `NotSent`. Other clones of this handle see a stopped engine.
+    pub fn shutdown(&self) {
+        let _ = self.send(Command::Shutdown);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One address-vector entry, shared by the explicit peers and learned senders that use the
+/// same address.
+struct AvEntry {
+    addr: FabricAddr,
+    /// Explicit peers (add_peer) using this address.
+    refs: u32,
+    /// Set while the entry is also a learned sender: its position in the LRU order.
+    learned_tick: Option<u64>,
+    /// Sends not yet completed: the entry is not removed from the AV under them.
+    sends_in_flight: u32,
+}
+
+enum Outgoing {
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        dest: FabricAddr,
+        key: Vec<u8>,
+        bytes: Vec<u8>,
+    },
+}
+
+struct InFlight {
+    key: Vec<u8>,
+    size: usize,
+    deadline: Instant,
+    sent_at: Option<Instant>,
+    /// The first ping's answer, once it came: (rtt, dwell, responder).
+    cold: Option<(Duration, Duration, u64)>,
+    reply: oneshot::Sender<ProbeOutcome>,
+}
+
+enum SendPurpose {
+    Ping { seq: u64, key: Vec<u8> },
+    Pong { key: Vec<u8> },
+}
+
+struct Engine {
+    ep: Endpoint,
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    config: PingerConfig,
+    epoch: Instant,
+    peers: HashMap<PeerHandle, Vec<u8>>,
+    next_handle: u64,
+    av: HashMap<Vec<u8>, AvEntry>,
+    learned_lru: BTreeMap<u64, Vec<u8>>,
+    tick: u64,
+    inflight: HashMap<u64, InFlight>,
+    deadlines: BTreeMap<(Instant, u64), ()>,
+    sends: HashMap<SendId, SendPurpose>,
+    outbox: VecDeque<Outgoing>,
+    queued_pongs: usize,
+    next_seq: u64,
+    last_activity: Instant,
+    backoff: Duration,
+    events: Vec<Event>,
+    rx_data: Vec<u8>,
+    scratch: Vec<u8>,
+    stopping: bool,
+}
+
+impl Engine {
+    fn new(
+        ep: Endpoint,
+        shared: Arc<Shared>,
+        commands: mpsc::Receiver<Command>,
+        config: PingerConfig,
+    ) -> Self {
+        let now = Instant::now();
+        Engine {
+            ep,
+            shared,
+            commands,
+            config,
+            epoch: now,
+            peers: HashMap::new(),
+            next_handle: 1,
+            av: HashMap::new(),
+            learned_lru: BTreeMap::new(),
+            tick: 0,
+            inflight: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            sends: HashMap::new(),
+            outbox: VecDeque::new(),
+            queued_pongs: 0,
+            next_seq: 1,
+            last_activity: now,
+            backoff: Duration::ZERO,
+            events: Vec::new(),
+            rx_data: Vec::new(),
+            scratch: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    fn run(mut self) {
+        while !self.stopping {
+            let now = Instant::now();
+            let waiting = !self.inflight.is_empty() || !self.outbox.is_empty();
+            let hot = now.duration_since(self.last_activity) < self.config.spin_window;
+            if hot {
+                self.backoff = Duration::ZERO;
+            } else if waiting {
+                // A probe on a silent path: back off from 50 µs up to the idle period.
+                self.backoff =
+                    (self.backoff * 2).clamp(Duration::from_micros(50), self.config.idle_poll);
+            } else {
+                self.backoff = self.config.idle_poll;
+            }
+            let command = if hot {
+                self.commands.try_recv().map_err(|e| match e {
+                    mpsc::TryRecvError::Empty => None,
+                    mpsc::TryRecvError::Disconnected => Some(()),
+                })
+            } else {
+                self.commands
+                    .recv_timeout(self.backoff)
+                    .map_err(|e| match e {
+                        mpsc::RecvTimeoutError::Timeout => None,
+                        mpsc::RecvTimeoutError::Disconnected => Some(()),
+                    })
+            };
+            match command {
+                Ok(cmd) => {
+                    self.handle(cmd);
+                    while let Ok(cmd) = self.commands.try_recv() {
+                        self.handle(cmd);
+                    }
+                }
+                Err(Some(())) => break,
+                Err(None) => {}
+            }
+            self.flush_outbox();
+            self.progress();
+            self.expire(Instant::now());
+            if hot {
+                std::hint::spin_loop();
+            }
+        }
+        for (_, probe) in self.inflight.drain() {
+            let _ = probe.reply.send(ProbeOutcome::NotSent {
+                reason: "fabric engine stopped".into(),
+            });
+        }
+        // Dropping self closes the endpoint before its memory and queues.
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::AddPeer(address, reply) => {
+                let result = self.add_peer(address);
+                let _ = reply.send(result);
+            }
+            Command::Shutdown => self.stopping = true,
+            Command::RemovePeer(handle) => {
+                if let Some(key) = self.peers.remove(&handle) {
+                    if let Some(entry) = self.av.get_mut(&key) {
+                        entry.refs = entry.refs.saturating_sub(1);
+                    }
+                    self.maybe_release(&key);
+                }
+            }
+            Command::Probe {
+                peer,
+                size,
+                timeout,
+                reply,
+            } => self.start_probe(peer, size, timeout, reply),
+        }
+    }
+
+    fn add_peer(&mut self, address: Vec<u8>) -> Result<PeerHandle, String> {
+        self.ensure_av(&address)?;
+        let entry = self.av.get_mut(&address).expect("just ensured");
+        entry.refs += 1;
+        let handle = PeerHandle(self.next_handle);
+        self.next_handle += 1;
+        self.peers.insert(handle, address);
+        Ok(handle)
+    }
+
+    /// Makes sure `address` has an AV entry, inserting it if needed.
+    fn ensure_av(&mut self, address: &[u8]) -> Result<FabricAddr, String> {
+        if let Some(entry) = self.av.get(address) {
+            return Ok(entry.addr);
+        }
+        let addr = self.ep.insert_peer(address).map_err(|e| e.to_string())?;
+        self.av.insert(
+            address.to_vec(),
+            AvEntry {
+                addr,
+                refs: 0,
+                learned_tick: None,
+                sends_in_flight: 0,
+            },
+        );
+        self.sync_av_count();
+        Ok(addr)
+    }
+
+    /// Removes an AV entry that nothing uses any more.
+    fn maybe_release(&mut self, key: &[u8]) {
+        let unused = self
+            .av
+            .get(key)
+            .is_some_and(|e| e.refs == 0 && e.learned_tick.is_none() && e.sends_in_flight == 0);
+        if unused {
+            let entry = self.av.remove(key).expect("checked above");
+            if let Err(e) = self.ep.remove_peer(entry.addr) {
+                tracing::warn!(error = %e, "fi_av_remove failed");
+            }
+            self.sync_av_count();
+        }
+    }
+
+    fn sync_av_count(&self) {
+        self.counters()
+            .av_entries
+            .store(self.ep.peer_count() as u64, Ordering::Relaxed);
+    }
+
+    fn start_probe(
+        &mut self,
+        peer: PeerHandle,
+        size: usize,
+        timeout: Duration,
+        reply: oneshot::Sender<ProbeOutcome>,
+    ) {
+        let Some(key) = self.peers.get(&peer).cloned() else {
+            let _ = reply.send(ProbeOutcome::NotSent {
+                reason: "unknown peer".into(),
+            });
+            return;
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let deadline = Instant::now() + timeout;
+        self.inflight.insert(
+            seq,
+            InFlight {
+                key,
+                size: size.min(self.ep.max_message()),
+                deadline,
+                sent_at: None,
+                cold: None,
+                reply,
+            },
+        );
+        self.deadlines.insert((deadline, seq), ());
+        self.outbox.push_back(Outgoing::Ping { seq });
+        self.last_activity = Instant::now();
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Posts queued sends until the provider asks for progress (FI_EAGAIN).
+    fn flush_outbox(&mut self) {
+        while let Some(out) = self.outbox.pop_front() {
+            let (dest, key, purpose) = match &out {
+                Outgoing::Ping { seq } => {
+                    let Some(probe) = self.inflight.get(seq) else {
+                        continue; // expired while queued
+                    };
+                    let Some(entry) = self.av.get(&probe.key) else {
+                        continue;
+                    };
+                    Message {
+                        kind: Kind::Ping,
+                        seq: *seq,
+                        sender_id: self.shared.id,
+                        send_ts: self.now_ns(),
+                        dwell_ns: 0,
+                        address: &self.shared.address,
+                    }
+                    .encode_into(probe.size, &mut self.scratch);
+                    let key = probe.key.clone();
+                    (
+                        entry.addr,
+                        key.clone(),
+                        SendPurpose::Ping { seq: *seq, key },
+                    )
+                }
+                Outgoing::Pong { dest, key, bytes } => {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(bytes);
+                    (*dest, key.clone(), SendPurpose::Pong { key: key.clone() })
+                }
+            };
+            match self.ep.send(dest, &self.scratch) {
+                Ok(id) => {
+                    if let SendPurpose::Ping { seq, .. } = &purpose {
+                        if let Some(p) = self.inflight.get_mut(seq) {
+                            p.sent_at = Some(Instant::now());
+                        }
+                        self.counters().pings_sent.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.queued_pongs -= 1;
+                    }
+                    if let Some(entry) = self.av.get_mut(&key) {
+                        entry.sends_in_flight += 1;
+                    }
+                    self.sends.insert(id, purpose);
+                    self.last_activity = Instant::now();
+                }
+                Err(e) if e.is_again() => {
+                    self.outbox.push_front(out);
+                    return;
+                }
+                Err(e) => {
+                    match purpose {
+                        SendPurpose::Ping { seq, .. } => self.finish(
+                            seq,
+                            ProbeOutcome::NotSent {
+                                reason: e.to_string(),
+                            },
+                        ),
+                        SendPurpose::Pong { .. } => {
+                            self.queued_pongs -= 1;
+                            self.counters()
+                                .pong_send_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if matches!(e, fabric::Error::TxBusy(_)) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn progress(&mut self) {
+        self.events.clear();
+        self.rx_data.clear();
+        if let Err(e) = self.ep.poll(&mut self.events, &mut self.rx_data) {
+            tracing::warn!(error = %e, "reading completion queues failed");
+            return;
+        }
+        if self.events.is_empty() {
+            return;
+        }
+        self.last_activity = Instant::now();
+        let events = std::mem::take(&mut self.events);
+        for event in &events {
+            match event {
+                Event::Sent(id) => self.send_done(*id, None),
+                Event::SendFailed(id, err) => self.send_done(*id, Some(err.clone())),
+                Event::Received(range) => self.received(range.clone()),
+                Event::ReceiveFailed(err) => {
+                    tracing::debug!(error = %err, "receive failed");
+                    self.counters()
+                        .receive_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.events = events;
+    }
+
+    fn send_done(&mut self, id: SendId, error: Option<CompletionError>) {
+        let Some(purpose) = self.sends.remove(&id) else {
+            return;
+        };
+        let key = match &purpose {
+            SendPurpose::Ping { key, .. } | SendPurpose::Pong { key } => key.clone(),
+        };
+        if let Some(entry) = self.av.get_mut(&key) {
+            entry.sends_in_flight = entry.sends_in_flight.saturating_sub(1);
+        }
+        match (purpose, error) {
+            (SendPurpose::Ping { seq, .. }, Some(error)) => {
+                self.counters()
+                    .probe_send_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.finish(seq, ProbeOutcome::SendFailed { error });
+            }
+            (SendPurpose::Pong { .. }, Some(error)) => {
+                tracing::debug!(%error, "pong send failed");
+                self.counters()
+                    .pong_send_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        self.maybe_release(&key);
+    }
+
+    fn received(&mut self, range: std::ops::Range<usize>) {
+        let received_at = Instant::now();
+        let data = &self.rx_data[range];
+        let msg = match Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters().malformed[malformed_index(&e)].fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        match msg.kind {
+            Kind::Pong => {
+                let (seq, dwell, responder) = (msg.seq, msg.dwell_ns, msg.sender_id);
+                let Some(sent_at) = self.inflight.get(&seq).and_then(|p| p.sent_at) else {
+                    self.counters().late_pongs.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let dwell = Duration::from_nanos(dwell);
+                let rtt = received_at.duration_since(sent_at).saturating_sub(dwell);
+                self.counters()
+                    .pongs_received
+                    .fetch_add(1, Ordering::Relaxed);
+                let probe = self.inflight.get_mut(&seq).expect("looked up above");
+                match probe.cold {
+                    None => {
+                        // First of the pair: send the warm ping now.
+                        probe.cold = Some((rtt, dwell, responder));
+                        probe.sent_at = None;
+                        self.outbox.push_back(Outgoing::Ping { seq });
+                    }
+                    Some((cold_rtt, _, _)) => self.finish(
+                        seq,
+                        ProbeOutcome::Pong {
+                            rtt,
+                            cold_rtt,
+                            dwell,
+                            responder_id: responder,
+                        },
+                    ),
+                }
+            }
+            Kind::Ping => {
+                let (seq, send_ts, size) = (msg.seq, msg.send_ts, data.len());
+                let key = msg.address.to_vec();
+                self.answer_ping(key, seq, send_ts, size, received_at);
+            }
+        }
+    }
+
+    fn answer_ping(
+        &mut self,
+        key: Vec<u8>,
+        seq: u64,
+        send_ts: u64,
+        size: usize,
+        received_at: Instant,
+    ) {
+        if self.queued_pongs >= self.config.max_queued_pongs {
+            self.counters()
+                .pongs_dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let dest = match self.learn(&key) {
+            Ok(d) => d,
+            Err(_) => {
+                self.counters().malformed[malformed_index(&DecodeError::BadAddress(key.len()))]
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let mut bytes = Vec::with_capacity(size);
+        Message {
+            kind: Kind::Pong,
+            seq,
+            sender_id: self.shared.id,
+            send_ts,
+            dwell_ns: received_at.elapsed().as_nanos() as u64,
+            address: &[],
+        }
+        .encode_into(size, &mut bytes);
+        self.queued_pongs += 1;
+        self.counters()
+            .pings_answered
+            .fetch_add(1, Ordering::Relaxed);
+        self.outbox.push_back(Outgoing::Pong { dest, key, bytes });
+    }
+
+    /// Finds or inserts the sender of a ping, keeping at most `max_learned_peers` learned
+    /// entries (least recently used go first).
+    fn learn(&mut self, key: &[u8]) -> Result<FabricAddr, String> {
+        self.tick += 1;
+        let tick = self.tick;
+        if !self.av.contains_key(key) {
+            let learned = self.learned_lru.len();
+            if learned >= self.config.max_learned_peers {
+                self.evict_oldest_learned();
+            }
+        }
+        let addr = self.ensure_av(key)?;
+        let entry = self.av.get_mut(key).expect("just ensured");
+        if let Some(old) = entry.learned_tick.replace(tick) {
+            self.learned_lru.remove(&old);
+        }
+        self.learned_lru.insert(tick, key.to_vec());
+        Ok(addr)
+    }
+
+    fn evict_oldest_learned(&mut self) {
+        if let Some((_, key)) = self.learned_lru.pop_first() {
+            if let Some(entry) = self.av.get_mut(&key) {
+                entry.learned_tick = None;
+            }
+            self.counters()
+                .learned_peers_evicted
+                .fetch_add(1, Ordering::Relaxed);
+            self.maybe_release(&key);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((&(deadline, seq), _)) = self.deadlines.first_key_value() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(probe) = self.inflight.get(&seq) else {
+                continue;
+            };
+            let outcome = match probe.cold {
+                // Only the warm ping is missing: the peer is reachable.
+                Some((rtt, dwell, responder_id)) => ProbeOutcome::Pong {
+                    rtt,
+                    cold_rtt: rtt,
+                    dwell,
+                    responder_id,
+                },
+                None => {
+                    self.counters()
+                        .probe_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    ProbeOutcome::Timeout
+                }
+            };
+            self.finish(seq, outcome);
+        }
+    }
+
+    fn finish(&mut self, seq: u64, outcome: ProbeOutcome) {
+        if let Some(probe) = self.inflight.remove(&seq) {
+            self.deadlines.remove(&(probe.deadline, seq));
+            let _ = probe.reply.send(outcome);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Fabric (OS-bypass) reachability: the wire message, the ping engine, and the TCP exchange
+//! of fabric addresses used by `efaprobe fabric-ping`.
+
+pub mod engine;
+pub mod exchange;
+pub mod wire;
+
+pub use engine::{
+    open_all, prepare_environment, FabricPinger, OpenError, PeerHandle, PingerConfig, PingerStats,
+    ProbeOutcome, Reply,
+};

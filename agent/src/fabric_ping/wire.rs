@@ -1,0 +1,230 @@
+//! The fabric probe message.
+//!
+//! ```text
+//!  0  magic      u32  "EFAP"
+//!  4  version    u8   1
+//!  5  kind       u8   1 ping, 2 pong
+//!  6  addr_len   u16  length of the sender's fabric address that follows the header
+//!  8  seq        u64  prober's sequence number, echoed in the pong
+//! 16  sender_id  u64  random per engine instance: who sent this message
+//! 24  send_ts    u64  prober's clock (ns) when the ping left, echoed in the pong
+//! 32  dwell      u64  pong only: ns the responder held the ping before answering
+//! 40  address    [addr_len]  the sender's fabric address (pings), so a responder can answer a
+//!                            peer it has never seen
+//!     padding    zeros up to the probe size
+//! ```
+//! Integers are big-endian. Everything a peer sends is untrusted: decoding checks every length
+//! and never panics.
+
+pub const MAGIC: u32 = 0x4546_4150;
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 40;
+/// Longest fabric address accepted (EFA's is 32 bytes, shm's a short string).
+pub const MAX_ADDR_LEN: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ping = 1,
+    Pong = 2,
+}
+
+/// A decoded message; `address` borrows from the received bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub kind: Kind,
+    pub seq: u64,
+    pub sender_id: u64,
+    pub send_ts: u64,
+    pub dwell_ns: u64,
+    pub address: &'a [u8],
+}
+
+/// Why a received message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// shorter than its header or than the address it declares
+    #[error("truncated message")]
+    Truncated,
+    /// not an efaprobe message
+    #[error("bad magic")]
+    BadMagic,
+    /// from an efaprobe version this one does not speak
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u8),
+    /// unknown message kind
+    #[error("unknown kind {0}")]
+    BadKind(u8),
+    /// a ping without a usable sender address, or one longer than any provider's
+    #[error("bad sender address length {0}")]
+    BadAddress(usize),
+}
+
+impl DecodeError {
+    /// Bounded label for counting drops.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecodeError::Truncated => "truncated",
+            DecodeError::BadMagic => "bad_magic",
+            DecodeError::UnsupportedVersion(_) => "bad_version",
+            DecodeError::BadKind(_) => "bad_kind",
+            DecodeError::BadAddress(_) => "bad_address",
+        }
+    }
+}
+
+impl<'a> Message<'a> {
+    /// Bytes this message needs before padding.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.address.len()
+    }
+
+    /// Writes the message padded with zeros to at least `size` bytes into `out` (cleared
+    /// first).
+    pub fn encode_into(&self, size: usize, out: &mut Vec<u8>) {
+        assert!(self.address.len() <= MAX_ADDR_LEN, "own address too long");
+        out.clear();
+        out.extend_from_slice(&MAGIC.to_be_bytes());
+        out.push(VERSION);
+        out.push(self.kind as u8);
+        out.extend_from_slice(&(self.address.len() as u16).to_be_bytes());
+        for v in [self.seq, self.sender_id, self.send_ts, self.dwell_ns] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(self.address);
+        if out.len() < size {
+            out.resize(size, 0);
+        }
+    }
+
+    pub fn decode(buf: &'a [u8]) -> Result<Message<'a>, DecodeError> {
+        let header = buf.get(..HEADER_LEN).ok_or(DecodeError::Truncated)?;
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&header[at..at + 8]);
+            u64::from_be_bytes(b)
+        };
+        if header[0..4] != MAGIC.to_be_bytes() {
+            return Err(DecodeError::BadMagic);
+        }
+        if header[4] != VERSION {
+            return Err(DecodeError::UnsupportedVersion(header[4]));
+        }
+        let kind = match header[5] {
+            1 => Kind::Ping,
+            2 => Kind::Pong,
+            other => return Err(DecodeError::BadKind(other)),
+        };
+        let addr_len = u16::from_be_bytes([header[6], header[7]]) as usize;
+        if addr_len > MAX_ADDR_LEN || (kind == Kind::Ping && addr_len == 0) {
+            return Err(DecodeError::BadAddress(addr_len));
+        }
+        let address = buf
+            .get(HEADER_LEN..HEADER_LEN + addr_len)
+            .ok_or(DecodeError::Truncated)?;
+        Ok(Message {
+            kind,
+            seq: u64_at(8),
+            sender_id: u64_at(16),
+            send_ts: u64_at(24),
+            dwell_ns: u64_at(32),
+            address,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ping(addr: &[u8]) -> Message<'_> {
+        Message {
+            kind: Kind::Ping,
+            seq: 7,
+            sender_id: 0xabcdef,
+            send_ts: 123_456_789,
+            dwell_ns: 0,
+            address: addr,
+        }
+    }
+
+    #[test]
+    fn round_trip_with_padding() {
+        let addr = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+        let mut buf = Vec::new();
+        ping(&addr).encode_into(1024, &mut buf);
+        assert_eq!(buf.len(), 1024);
+        assert_eq!(Message::decode(&buf).unwrap(), ping(&addr));
+    }
+
+    #[test]
+    fn each_defect_has_its_own_error() {
+        let addr = [9u8; 16];
+        let mut good = Vec::new();
+        ping(&addr).encode_into(64, &mut good);
+
+        assert_eq!(Message::decode(&good[..39]), Err(DecodeError::Truncated));
+        assert_eq!(Message::decode(&good[..50]), Err(DecodeError::Truncated));
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert_eq!(Message::decode(&bad), Err(DecodeError::BadMagic));
+        let mut bad = good.clone();
+        bad[4] = 2;
+        assert_eq!(
+            Message::decode(&bad),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+        let mut bad = good.clone();
+        bad[5] = 9;
+        assert_eq!(Message::decode(&bad), Err(DecodeError::BadKind(9)));
+        let mut bad = good.clone();
+        bad[6..8].copy_from_slice(&0xffffu16.to_be_bytes());
+        assert_eq!(Message::decode(&bad), Err(DecodeError::BadAddress(0xffff)));
+        let mut bad = good;
+        bad[6..8].copy_from_slice(&0u16.to_be_bytes());
+        assert_eq!(Message::decode(&bad), Err(DecodeError::BadAddress(0)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Any bytes at all: decode returns, never panics, and what it accepts is consistent.
+        #[test]
+        fn decode_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(m) = Message::decode(&buf) {
+                prop_assert!(m.address.len() <= MAX_ADDR_LEN);
+                prop_assert!(HEADER_LEN + m.address.len() <= buf.len());
+            }
+        }
+
+        /// Valid headers with hostile lengths and kinds, the inputs random bytes rarely reach.
+        #[test]
+        fn hostile_headers_are_rejected_or_bounded(
+            version in any::<u8>(), kind in any::<u8>(), addr_len in any::<u16>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..400),
+        ) {
+            let mut buf = MAGIC.to_be_bytes().to_vec();
+            buf.extend_from_slice(&[version, kind]);
+            buf.extend_from_slice(&addr_len.to_be_bytes());
+            buf.extend_from_slice(&[0u8; 32]);
+            buf.extend_from_slice(&tail);
+            match Message::decode(&buf) {
+                Ok(m) => {
+                    prop_assert_eq!(version, VERSION);
+                    prop_assert_eq!(m.address.len(), addr_len as usize);
+                }
+                Err(e) => prop_assert!(!e.label().is_empty()),
+            }
+        }
+
+        #[test]
+        fn round_trip(seq in any::<u64>(), id in any::<u64>(), ts in any::<u64>(), dwell in any::<u64>(),
+                      addr in proptest::collection::vec(any::<u8>(), 1..=MAX_ADDR_LEN), size in 0usize..2048) {
+            let m = Message { kind: Kind::Pong, seq, sender_id: id, send_ts: ts, dwell_ns: dwell, address: &addr };
+            let mut buf = Vec::new();
+            m.encode_into(size, &mut buf);
+            prop_assert_eq!(buf.len(), size.max(m.encoded_len()));
+            prop_assert_eq!(Message::decode(&buf).unwrap(), m);
+        }
+    }
+}

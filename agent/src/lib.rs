@@ -1,0 +1,9 @@
+//! efaprobe: per node, can this node reach each peer and each service, on which path, and if
+//! not, why.
+//!
+//! All FFI lives in the `fabric` crate; this crate has no `unsafe`.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod fabric_ping;
+pub mod shutdown;

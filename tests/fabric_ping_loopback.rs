@@ -1,0 +1,340 @@
+//! Fabric ping over loopback on the real providers: the `fabric-ping` command end to end, and
+//! the engine against hostile input and peer churn.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use efaprobe::fabric_ping::{self, FabricPinger, PeerHandle, PingerConfig, ProbeOutcome};
+use fabric::{Domain, Endpoint, EndpointConfig, InfoList, Query};
+
+const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
+
+/// A responder process, killed on drop.
+struct Responder(Child);
+
+impl Responder {
+    fn start(provider: &str, port: u16) -> Responder {
+        let child = Command::new(BIN)
+            .args(["fabric-ping", "--provider", provider, "--bind", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start responder");
+        let r = Responder(child);
+        wait_for_port(port);
+        r
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "responder on {port} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn prober(provider: &str, port: u16, extra: &[&str]) -> (i32, serde_json::Value, Duration) {
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["fabric-ping", "--provider", provider, "--bind", "127.0.0.1"])
+        .args(["--peer", &format!("127.0.0.1:{port}"), "--json"])
+        .args(extra)
+        .output()
+        .expect("run prober");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "prober output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json, started.elapsed())
+}
+
+#[test]
+fn fabric_ping_succeeds_on_each_provider() {
+    for (provider, port) in [("tcp", 47_701), ("udp;ofi_rxd", 47_702), ("shm", 47_703)] {
+        let _responder = Responder::start(provider, port);
+        let (code, report, _) = prober(provider, port, &["--count", "20", "--interval", "0"]);
+        assert_eq!(code, 0, "{provider}: {report}");
+        assert_eq!(report["verdict"], "ok", "{provider}: {report}");
+        assert_eq!(report["sent"], 20);
+        assert_eq!(report["received"], 20);
+        assert!(report["provider"]
+            .as_str()
+            .unwrap()
+            .contains(provider.split(';').next().unwrap()));
+        assert!(report["rtt_p50_us"].as_f64().unwrap() > 0.0);
+        assert!(report["rtt_p99_us"].as_f64().unwrap() >= report["rtt_p50_us"].as_f64().unwrap());
+        assert!(report["error"].is_null());
+    }
+}
+
+#[test]
+fn nothing_listening_is_unreachable_with_exit_2() {
+    let (code, report, took) = prober("udp;ofi_rxd", 47_704, &["--timeout", "1s"]);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["verdict"], "unreachable");
+    assert_eq!(report["ip_path_ok"], false);
+    assert!(report["error"].as_str().unwrap().contains("IP path failed"));
+    assert!(took < Duration::from_secs(5));
+}
+
+#[test]
+fn bad_arguments_exit_64() {
+    let out = Command::new(BIN)
+        .args(["fabric-ping", "--bind", "not-an-ip"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(BIN)
+        .args(["fabric-ping", "--bind", "127.0.0.1", "--interval", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interval"));
+}
+
+#[test]
+fn missing_provider_exits_3_with_the_reason() {
+    let out = Command::new(BIN)
+        .args(["fabric-ping", "--provider", "efa", "--bind", "127.0.0.1"])
+        .args(["--peer", "127.0.0.1:47705"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("efa"));
+}
+
+fn engine(max_learned: usize) -> FabricPinger {
+    let mut config = PingerConfig::new("udp;ofi_rxd");
+    config.bind = Some("127.0.0.1".parse().unwrap());
+    config.max_learned_peers = max_learned;
+    fabric_ping::open_all(&config).unwrap().remove(0)
+}
+
+/// A bare endpoint on the same provider, to send what no efaprobe would.
+fn raw_endpoint() -> Endpoint {
+    let list = InfoList::get(&Query::provider("udp;ofi_rxd").bind(Some("127.0.0.1"))).unwrap();
+    let domain = Domain::open(list.iter().next().unwrap().to_owned().unwrap()).unwrap();
+    Endpoint::open(&domain, EndpointConfig::default()).unwrap()
+}
+
+/// Polls `ep` (its progress is manual) until `done` or the deadline.
+fn drive(ep: &mut Endpoint, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut ev, mut rx) = (Vec::new(), Vec::new());
+    while Instant::now() < deadline {
+        ev.clear();
+        rx.clear();
+        ep.poll(&mut ev, &mut rx).unwrap();
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    false
+}
+
+fn send(ep: &mut Endpoint, to: fabric::FabricAddr, bytes: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match ep.send(to, bytes) {
+            Ok(_) => return,
+            Err(e) if e.is_again() && Instant::now() < deadline => {
+                ep.poll(&mut Vec::new(), &mut Vec::new()).unwrap();
+            }
+            Err(e) => panic!("raw send: {e}"),
+        }
+    }
+}
+
+#[test]
+fn malformed_and_hostile_messages_are_counted_and_dropped() {
+    use fabric_ping::wire::{Kind, Message, MAGIC};
+    let responder = engine(16);
+    let mut attacker = raw_endpoint();
+    let to = attacker.insert_peer(responder.address()).unwrap();
+
+    let mut good_ping = Vec::new();
+    let own = attacker.name().to_vec();
+    Message {
+        kind: Kind::Ping,
+        seq: 1,
+        sender_id: 9,
+        send_ts: 0,
+        dwell_ns: 0,
+        address: &own,
+    }
+    .encode_into(64, &mut good_ping);
+
+    let mut wrong_version = good_ping.clone();
+    wrong_version[4] = 200;
+    let mut wrong_kind = good_ping.clone();
+    wrong_kind[5] = 77;
+    let mut huge_addr_len = good_ping.clone();
+    huge_addr_len[6..8].copy_from_slice(&u16::MAX.to_be_bytes());
+    // A well-formed header whose address is one byte short for this provider.
+    let mut short_addr = Vec::new();
+    Message {
+        kind: Kind::Ping,
+        seq: 2,
+        sender_id: 9,
+        send_ts: 0,
+        dwell_ns: 0,
+        address: &own[..own.len() - 1],
+    }
+    .encode_into(64, &mut short_addr);
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("bad_magic", b"GET / HTTP/1.1\r\n\r\n".repeat(4)),
+        ("truncated", good_ping[..20].to_vec()),
+        ("truncated", MAGIC.to_be_bytes().to_vec()),
+        ("bad_version", wrong_version),
+        ("bad_kind", wrong_kind),
+        ("bad_address", huge_addr_len),
+        ("bad_address", short_addr),
+        ("truncated", vec![]),
+    ];
+    for (_, bytes) in &hostile {
+        send(&mut attacker, to, bytes);
+    }
+    // A pong nobody asked for is a late pong, not a crash.
+    let mut stray_pong = Vec::new();
+    Message {
+        kind: Kind::Pong,
+        seq: 999_999,
+        sender_id: 9,
+        send_ts: 0,
+        dwell_ns: u64::MAX,
+        address: &[],
+    }
+    .encode_into(64, &mut stray_pong);
+    send(&mut attacker, to, &stray_pong);
+
+    let expected = hostile.len() as u64;
+    assert!(
+        drive(&mut attacker, || responder.stats().malformed_total()
+            >= expected),
+        "malformed not all counted: {:?}",
+        responder.stats()
+    );
+    let stats = responder.stats();
+    for (label, _) in &hostile {
+        let want = hostile.iter().filter(|(l, _)| l == label).count() as u64;
+        assert_eq!(stats.malformed[label], want, "{label}: {stats:?}");
+    }
+    assert!(drive(&mut attacker, || responder.stats().late_pongs == 1));
+    assert_eq!(responder.stats().pings_answered, 0);
+
+    // Still serving: a real prober gets its answers.
+    let prober = engine(16);
+    let peer = prober
+        .add_peer(responder.address())
+        .wait()
+        .unwrap()
+        .unwrap();
+    let outcome = prober
+        .probe(peer, 64, Duration::from_secs(3))
+        .wait()
+        .unwrap();
+    assert!(matches!(outcome, ProbeOutcome::Pong { .. }), "{outcome:?}");
+    prober.shutdown();
+    responder.shutdown();
+}
+
+#[test]
+fn learned_senders_are_bounded() {
+    use fabric_ping::wire::{Kind, Message};
+    let responder = engine(3);
+    let mut senders: Vec<Endpoint> = (0..6).map(|_| raw_endpoint()).collect();
+    for (i, ep) in senders.iter_mut().enumerate() {
+        let to = ep.insert_peer(responder.address()).unwrap();
+        let own = ep.name().to_vec();
+        let mut ping = Vec::new();
+        Message {
+            kind: Kind::Ping,
+            seq: i as u64,
+            sender_id: i as u64,
+            send_ts: 0,
+            dwell_ns: 0,
+            address: &own,
+        }
+        .encode_into(64, &mut ping);
+        send(ep, to, &ping);
+        let want = i as u64 + 1;
+        assert!(drive(ep, || responder.stats().pings_answered >= want));
+    }
+    // An evicted sender's entry stays while its pong is unacknowledged (removing an address
+    // under an in-flight send is not safe), so keep every sender progressing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while responder.stats().av_entries > 3 && Instant::now() < deadline {
+        for ep in senders.iter_mut() {
+            ep.poll(&mut Vec::new(), &mut Vec::new()).unwrap();
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let stats = responder.stats();
+    assert_eq!(stats.pings_answered, 6);
+    assert!(stats.av_entries <= 3, "{stats:?}");
+    assert_eq!(stats.learned_peers_evicted, 3, "{stats:?}");
+    responder.shutdown();
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn thousand_peers_added_and_removed_return_to_baseline() {
+    let pinger = engine(16);
+    // Real addresses of this provider that nobody listens on: nothing is ever sent to them.
+    let template = pinger.address().to_vec();
+    let address = |i: u16| {
+        let mut a = template.clone();
+        // sockaddr_in: family(2) port(2) addr(4) ...; vary the port.
+        a[2..4].copy_from_slice(&(20_000 + i).to_be_bytes());
+        a
+    };
+    let cycle = |pinger: &FabricPinger| {
+        let handles: Vec<_> = (0..1000)
+            .map(|i| pinger.add_peer(&address(i)).wait().unwrap().unwrap())
+            .collect();
+        assert_eq!(pinger.stats().av_entries, 1000);
+        for h in handles {
+            pinger.remove_peer(h);
+        }
+        // Removal is asynchronous; a probe of a removed handle is the barrier.
+        let barrier = pinger.probe(PeerHandle::never_issued(), 64, Duration::ZERO);
+        assert!(matches!(barrier.wait(), Some(ProbeOutcome::NotSent { .. })));
+        assert_eq!(pinger.stats().av_entries, 0);
+    };
+    cycle(&pinger); // warm-up: allocator pools and maps reach their working size
+    let baseline = rss_kib();
+    for _ in 0..5 {
+        cycle(&pinger);
+    }
+    let grown = rss_kib().saturating_sub(baseline);
+    assert!(
+        grown < 1024,
+        "RSS grew by {grown} KiB over 5000 peer insertions"
+    );
+    pinger.shutdown();
+}

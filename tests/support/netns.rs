@@ -1,0 +1,155 @@
+use std::process::{Command, Output, Stdio};
+
+/// True when this test can make network namespaces. Outside CI a test without root prints
+/// why it skips; in CI (CI=true) it must run, so this panics instead.
+pub fn can_run(test: &str) -> bool {
+    let missing: Vec<&str> = ["ip", "nft"]
+        .into_iter()
+        .filter(|tool| !on_path(tool))
+        .collect();
+    let reason = if !is_root() {
+        Some("needs root to create network namespaces".to_owned())
+    } else if !missing.is_empty() {
+        Some(format!("needs {} (iproute2, nftables)", missing.join(", ")))
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test}: cannot run in CI: {reason}")
+        }
+        Some(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            false
+        }
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// One network namespace; deleted (with its interfaces) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        // A leftover from an interrupted run would make `add` fail.
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        run(Command::new("ip").args(["netns", "add", name]));
+        let ns = Netns { name: name.into() };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command run inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    pub fn ip(&self, args: &[&str]) -> Output {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// Loads an nftables ruleset (text) into this namespace.
+    pub fn nft(&self, ruleset: &str) {
+        use std::io::Write;
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ruleset.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft -f failed: {}\n{ruleset}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Removes every nftables rule in this namespace.
+    pub fn nft_flush(&self) {
+        run(self.command("nft").args(["flush", "ruleset"]));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces joined by a veth pair, at 198.18.`subnet`.1 and 198.18.`subnet`.2 (/24).
+/// `tag` must be unique per test (at most 8 characters): it names the namespaces and links.
+pub struct Pair {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_ip: String,
+    pub b_ip: String,
+}
+
+impl Pair {
+    pub fn new(tag: &str, subnet: u8) -> Pair {
+        assert!(tag.len() <= 8, "tag {tag:?} too long for an interface name");
+        assert!(subnet < 255, "198.18.{subnet}.0/24");
+        let a = Netns::new(&format!("efp-{tag}-a"));
+        let b = Netns::new(&format!("efp-{tag}-b"));
+        let (va, vb) = (format!("e{tag}a"), format!("e{tag}b"));
+        run(Command::new("ip").args([
+            "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+            &b.name,
+        ]));
+        let (a_ip, b_ip) = (format!("198.18.{subnet}.1"), format!("198.18.{subnet}.2"));
+        a.ip(&["addr", "add", &format!("{a_ip}/24"), "dev", &va]);
+        b.ip(&["addr", "add", &format!("{b_ip}/24"), "dev", &vb]);
+        a.ip(&["link", "set", &va, "up"]);
+        b.ip(&["link", "set", &vb, "up"]);
+        Pair { a, b, a_ip, b_ip }
+    }
+}
