@@ -13,15 +13,40 @@ const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PROVIDER: &str = "udp;ofi_rxd";
 const PORT: &str = "47810";
 
-fn start_responder(pair: &Pair) -> Child {
+/// The responder process, killed and reaped on drop (also when an assertion fails).
+struct Responder(Child);
+
+impl Responder {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start_responder(pair: &Pair) -> Responder {
     let child = pair
         .b
         .command(BIN)
-        .args(["fabric-ping", "--provider", PROVIDER, "--bind", &pair.b_ip, "--port", PORT])
+        .args([
+            "fabric-ping",
+            "--provider",
+            PROVIDER,
+            "--bind",
+            &pair.b_ip,
+            "--port",
+            PORT,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start responder");
+    let responder = Responder(child);
     // The exchange port answers once the responder is up.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -33,7 +58,7 @@ fn start_responder(pair: &Pair) -> Child {
             .output()
             .unwrap();
         if probe.status.code() != Some(2) {
-            return child;
+            return responder;
         }
         assert!(Instant::now() < deadline, "responder never came up");
         std::thread::sleep(Duration::from_millis(100));
@@ -42,9 +67,16 @@ fn start_responder(pair: &Pair) -> Child {
 
 fn prober(pair: &Pair, args: &[&str]) -> Command {
     let mut c = pair.a.command(BIN);
-    c.args(["fabric-ping", "--provider", PROVIDER, "--bind", &pair.a_ip, "--json"])
-        .args(["--peer", &format!("{}:{PORT}", pair.b_ip)])
-        .args(args);
+    c.args([
+        "fabric-ping",
+        "--provider",
+        PROVIDER,
+        "--bind",
+        &pair.a_ip,
+        "--json",
+    ])
+    .args(["--peer", &format!("{}:{PORT}", pair.b_ip)])
+    .args(args);
     c
 }
 
@@ -74,7 +106,9 @@ fn fabric_drop_is_told_apart_from_an_unreachable_peer() {
     let mut responder = start_responder(&pair);
 
     // 1. Both paths work.
-    let out = prober(&pair, &["--count", "10", "--interval", "0"]).output().unwrap();
+    let out = prober(&pair, &["--count", "10", "--interval", "0"])
+        .output()
+        .unwrap();
     let r = report(&out);
     assert_eq!(out.status.code(), Some(0), "{r}");
     assert_eq!(r["verdict"], "ok");
@@ -84,9 +118,12 @@ fn fabric_drop_is_told_apart_from_an_unreachable_peer() {
     //    1 s deadline each must end well within their budget, never hang.
     pair.b.nft(DROP_FABRIC);
     let started = Instant::now();
-    let out = prober(&pair, &["--count", "3", "--interval", "100ms", "--timeout", "1s"])
-        .output()
-        .unwrap();
+    let out = prober(
+        &pair,
+        &["--count", "3", "--interval", "100ms", "--timeout", "1s"],
+    )
+    .output()
+    .unwrap();
     let took = started.elapsed();
     let r = report(&out);
     assert_eq!(out.status.code(), Some(1), "{r}");
@@ -98,20 +135,24 @@ fn fabric_drop_is_told_apart_from_an_unreachable_peer() {
 
     // 3. Rule removed: healthy again.
     pair.b.nft_flush();
-    let out = prober(&pair, &["--count", "5", "--interval", "0"]).output().unwrap();
+    let out = prober(&pair, &["--count", "5", "--interval", "0"])
+        .output()
+        .unwrap();
     let r = report(&out);
     assert_eq!(out.status.code(), Some(0), "{r}");
     assert_eq!(r["verdict"], "ok");
 
     // 4. The responder dies in the middle of a run: the prober says unreachable, in time.
     let started = Instant::now();
-    let running = prober(&pair, &["--count", "6", "--interval", "300ms", "--timeout", "1s"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let running = prober(
+        &pair,
+        &["--count", "6", "--interval", "300ms", "--timeout", "1s"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    responder.kill().unwrap();
-    responder.wait().unwrap();
+    responder.kill();
     let out = running.wait_with_output().unwrap();
     let took = started.elapsed();
     let r = report(&out);

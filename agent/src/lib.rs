@@ -6,4 +6,5 @@
 
 pub mod cli;
 pub mod fabric_ping;
+pub mod probe;
 pub mod shutdown;

@@ -15,6 +15,8 @@ use crate::fabric_ping::exchange::{self, ExchangeEndpoint, ExchangeHello};
 use crate::fabric_ping::{self as engine, FabricPinger, PingerConfig, ProbeOutcome};
 use crate::shutdown::ShutdownSignal;
 
+use super::parse_duration;
+
 pub const DEFAULT_PORT: u16 = 47_600;
 
 #[derive(Debug, clap::Args)]
@@ -53,36 +55,6 @@ pub struct Args {
     /// Print every probe.
     #[arg(long, short)]
     pub verbose: bool,
-}
-
-/// Parses `250ms`, `2s`, `1.5s`, `1m`, `100us`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms or 2s"))?;
-    let scale = match unit {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" | "" if value == 0.0 => 1.0,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use ns, us, ms, s, m, h)"
-            ))
-        }
-    };
-    if unit.is_empty() && value != 0.0 {
-        return Err(format!("{s:?} needs a unit, like 500ms or 2s"));
-    }
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -382,19 +354,6 @@ fn finish(args: &Args, report: Report, code: u8) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("1parsec").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 
     #[test]
     fn nearest_rank_percentiles() {

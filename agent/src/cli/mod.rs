@@ -27,6 +27,33 @@ pub enum Command {
 /// Exit code for a bad command line or configuration (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 
+/// Parses a duration like `500ms`, `2s`, `1.5s`, `1m`, `250us`; a bare `0` is zero.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 500ms, 2s or 1m");
+    if text == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let unit_at = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(bad)?;
+    let (number, unit) = text.split_at(unit_at);
+    let seconds_per_unit = match unit {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    // `f64::from_str` would also take "inf", "1e3" or "+1": allow digits and one dot only.
+    if number.is_empty() || number == "." || number.matches('.').count() > 1 || number.len() > 20 {
+        return Err(bad());
+    }
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    std::time::Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| bad())
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -50,4 +77,44 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "2",
+            "s",
+            ".s",
+            "1..5s",
+            "2 s",
+            "-1s",
+            "+1s",
+            "1e3ms",
+            "infs",
+            "2sec",
+            "1.5",
+            "99999999999999999999999h",
+        ] {
+            let err = parse_duration(bad).expect_err(bad);
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn zero_and_nanoseconds() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("100ns"), Ok(Duration::from_nanos(100)));
+    }
 }
