@@ -11,5 +11,14 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== fabric-sys against a libfabric outside pkg-config's view (LIBFABRIC_DIR, as /opt/amazon/efa)"
+prefix=$(mktemp -d)
+trap 'rm -rf "$prefix"' EXIT
+mkdir "$prefix/lib64"
+ln -s /usr/include "$prefix/include"
+ln -s /usr/lib/"$(gcc -print-multiarch)"/libfabric.so* "$prefix/lib64/"
+# PKG_CONFIG=false: the build must not fall back to pkg-config.
+LIBFABRIC_DIR=$prefix PKG_CONFIG=false cargo test -q -p fabric-sys --target-dir target/libfabric-dir
+
 echo "== cargo test"
 cargo test --workspace --no-fail-fast

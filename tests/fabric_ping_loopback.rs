@@ -338,3 +338,31 @@ fn thousand_peers_added_and_removed_return_to_baseline() {
     );
     pinger.shutdown();
 }
+
+#[test]
+fn a_dead_peer_does_not_hold_up_a_live_one() {
+    // tcp;ofi_rxm keeps answering FI_EAGAIN to sends towards a peer that refuses its
+    // connection; the engine must go on serving the others meanwhile.
+    let open = || {
+        let mut config = PingerConfig::new("tcp");
+        config.bind = Some("127.0.0.1".parse().unwrap());
+        fabric_ping::open_all(&config).unwrap().remove(0)
+    };
+    let prober = open();
+    let live = open();
+    let mut dead_addr = prober.address().to_vec();
+    dead_addr[2..4].copy_from_slice(&1u16.to_be_bytes()); // port 1: nothing listens
+    let dead = prober.add_peer(&dead_addr).wait().unwrap().unwrap();
+    let alive = prober.add_peer(live.address()).wait().unwrap().unwrap();
+
+    let to_dead = prober.probe(dead, 64, Duration::from_secs(2));
+    let to_live = prober.probe(alive, 64, Duration::from_secs(2));
+    let live_outcome = to_live.wait().unwrap();
+    assert!(
+        matches!(live_outcome, ProbeOutcome::Pong { .. }),
+        "{live_outcome:?}"
+    );
+    assert_eq!(to_dead.wait().unwrap(), ProbeOutcome::Timeout);
+    prober.shutdown();
+    live.shutdown();
+}

@@ -22,6 +22,9 @@ pub struct EndpointConfig {
     pub rx_slots: usize,
     /// Expected number of peers (a hint to the address vector).
     pub av_size: usize,
+    /// Register the buffers even when the provider does not ask for it (`FI_MR_LOCAL`), to
+    /// exercise the registration path on providers that do not need it.
+    pub always_register: bool,
 }
 
 impl Default for EndpointConfig {
@@ -31,6 +34,7 @@ impl Default for EndpointConfig {
             tx_slots: 128,
             rx_slots: 64,
             av_size: 1024,
+            always_register: false,
         }
     }
 }
@@ -67,8 +71,15 @@ struct SlotPool {
 }
 
 impl SlotPool {
-    fn new(domain: &Domain, slots: usize, slot_size: usize, access: u64, key: u64) -> Result<Self> {
-        let mem = MemoryRegion::allocate(domain, slots * slot_size, access, key)?;
+    fn new(
+        domain: &Domain,
+        (slots, slot_size): (usize, usize),
+        access: u64,
+        key: u64,
+        always_register: bool,
+    ) -> Result<Self> {
+        let register = always_register || domain.info().needs_local_mr();
+        let mem = MemoryRegion::allocate(domain, slots * slot_size, access, key, register)?;
         let contexts = (0..slots)
             .map(|_| UnsafeCell::new(sys::fi_context2::default()))
             .collect();
@@ -160,8 +171,21 @@ impl Endpoint {
         let av = AddressVector::open(domain, config.av_size)?;
         let tx_cq = CompletionQueue::open(domain, tx_slots * 2)?;
         let rx_cq = CompletionQueue::open(domain, rx_slots * 2)?;
-        let tx = SlotPool::new(domain, tx_slots, config.slot_size, sys::FI_SEND as u64, 1)?;
-        let rx = SlotPool::new(domain, rx_slots, config.slot_size, sys::FI_RECV as u64, 2)?;
+        let reg = config.always_register;
+        let tx = SlotPool::new(
+            domain,
+            (tx_slots, config.slot_size),
+            sys::FI_SEND as u64,
+            1,
+            reg,
+        )?;
+        let rx = SlotPool::new(
+            domain,
+            (rx_slots, config.slot_size),
+            sys::FI_RECV as u64,
+            2,
+            reg,
+        )?;
 
         let mut raw = ptr::null_mut();
         // SAFETY: the domain is open and info is the one it was opened with; raw is a valid
@@ -231,6 +255,11 @@ impl Endpoint {
 
     pub fn domain(&self) -> &Domain {
         &self.domain
+    }
+
+    /// Whether the buffers are registered with the provider (`fi_mr_reg`).
+    pub fn buffers_registered(&self) -> bool {
+        self.tx.mem.is_registered() && self.rx.mem.is_registered()
     }
 
     /// Largest message [`send`](Self::send) takes.
@@ -325,6 +354,16 @@ impl Endpoint {
         }
         self.tx.generation[slot as usize] = self.tx.generation[slot as usize].wrapping_add(1);
         Ok(self.tx.send_id(slot))
+    }
+
+    /// Receive buffers the endpoint has.
+    pub fn receive_slots(&self) -> usize {
+        self.rx.contexts.len()
+    }
+
+    /// Receive buffers currently posted (all of them, unless the provider said FI_EAGAIN).
+    pub fn receives_posted(&self) -> usize {
+        self.rx.contexts.len() - self.rx_unposted.len()
     }
 
     /// Sends in flight (not yet completed).

@@ -28,10 +28,16 @@ unsafe impl Send for MemoryRegion {}
 const PAGE: usize = 4096;
 
 impl MemoryRegion {
-    /// Allocates `len` zeroed bytes and registers them for `access` (`FI_SEND`, `FI_RECV`) if
-    /// the domain requires local registration. `key` must be unique in the domain unless the
-    /// provider chooses keys itself.
-    pub fn allocate(domain: &Domain, len: usize, access: u64, key: u64) -> Result<Self> {
+    /// Allocates `len` zeroed bytes and, with `register` (callers pass true when the
+    /// domain requires local registration), registers them for `access` (`FI_SEND`,
+    /// `FI_RECV`). `key` must be unique in the domain unless the provider chooses keys itself.
+    pub fn allocate(
+        domain: &Domain,
+        len: usize,
+        access: u64,
+        key: u64,
+        register: bool,
+    ) -> Result<Self> {
         let layout = Layout::from_size_align(len.max(1).next_multiple_of(PAGE), PAGE)
             .map_err(|e| Error::Invalid(format!("buffer of {len} bytes: {e}")))?;
         // SAFETY: layout has a non-zero size.
@@ -44,7 +50,7 @@ impl MemoryRegion {
             layout,
             _domain: domain.clone(),
         };
-        if domain.info().needs_local_mr() {
+        if register {
             let requested_key = if domain.info().provider_keys() {
                 0
             } else {

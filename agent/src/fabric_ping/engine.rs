@@ -638,8 +638,11 @@ impl Engine {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// Posts queued sends until the provider asks for progress (FI_EAGAIN).
+    /// Posts queued sends. One that the provider refuses for now (FI_EAGAIN) stays queued
+    /// and the rest go ahead: tcp;ofi_rxm answers FI_EAGAIN for as long as a peer refuses its
+    /// connection, and that peer must not hold up the others.
     fn flush_outbox(&mut self) {
+        let mut deferred = VecDeque::new();
         while let Some(out) = self.outbox.pop_front() {
             let (dest, key, purpose) = match &out {
                 Outgoing::Ping { seq } => {
@@ -687,10 +690,7 @@ impl Engine {
                     self.sends.insert(id, purpose);
                     self.last_activity = Instant::now();
                 }
-                Err(e) if e.is_again() => {
-                    self.outbox.push_front(out);
-                    return;
-                }
+                Err(e) if e.is_again() => deferred.push_back(out),
                 Err(e) => {
                     match purpose {
                         SendPurpose::Ping { seq, .. } => self.finish(
@@ -707,11 +707,13 @@ impl Engine {
                         }
                     }
                     if matches!(e, fabric::Error::TxBusy(_)) {
-                        return;
+                        break;
                     }
                 }
             }
         }
+        deferred.append(&mut self.outbox);
+        self.outbox = deferred;
     }
 
     fn progress(&mut self) {
@@ -923,5 +925,25 @@ impl Engine {
             self.deadlines.remove(&(probe.deadline, seq));
             let _ = probe.reply.send(outcome);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn efa_keeps_same_host_peers_on_the_device() {
+        // The only test in this crate that touches this variable.
+        std::env::remove_var("FI_EFA_ENABLE_SHM_TRANSFER");
+        prepare_environment("udp;ofi_rxd");
+        assert!(std::env::var_os("FI_EFA_ENABLE_SHM_TRANSFER").is_none());
+        prepare_environment("efa");
+        assert_eq!(std::env::var("FI_EFA_ENABLE_SHM_TRANSFER").unwrap(), "0");
+        // An operator's explicit setting wins.
+        std::env::set_var("FI_EFA_ENABLE_SHM_TRANSFER", "1");
+        prepare_environment("efa");
+        assert_eq!(std::env::var("FI_EFA_ENABLE_SHM_TRANSFER").unwrap(), "1");
+        std::env::remove_var("FI_EFA_ENABLE_SHM_TRANSFER");
     }
 }
