@@ -6,5 +6,8 @@
 
 pub mod cli;
 pub mod fabric_ping;
+pub mod hello;
 pub mod probe;
 pub mod shutdown;
+pub mod state;
+pub mod verdict;

@@ -1,0 +1,200 @@
+//! The hello an agent serves at `/v1/hello` and fetches from each peer: who it is, and where
+//! its fabric endpoints are, so the fabric probe can go on when the IP path later fails.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest hello body accepted from a peer.
+pub const MAX_HELLO_BYTES: usize = 64 * 1024;
+const MAX_ENDPOINTS: usize = 32;
+const MAX_ADDRESS_HEX: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Kubernetes node name (the `peer` label on the other side).
+    pub node_name: String,
+    pub agent_version: String,
+    /// Random per agent start: tells a restarted agent from a long-running one.
+    pub instance_id: u64,
+    pub fabric: HelloFabric,
+    /// Instance topology (subnet, zone, ...), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloFabric {
+    /// The provider this agent was asked to use (`none` when the fabric is off).
+    pub provider: String,
+    /// True when at least one endpoint is open.
+    pub available: bool,
+    /// Why the fabric is not available, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub endpoints: Vec<HelloEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloEndpoint {
+    /// The libfabric domain (device).
+    pub domain: String,
+    /// Raw fabric address, hex.
+    pub address: String,
+    /// The provider's printable form.
+    pub display: String,
+}
+
+/// Why a peer's hello was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    /// the body is not a hello
+    #[error("not an efaprobe hello: {0}")]
+    Malformed(String),
+    /// a field is outside its bounds
+    #[error("hello field {field} is invalid: {detail}")]
+    Invalid { field: &'static str, detail: String },
+}
+
+impl Hello {
+    /// Parses and validates a peer's hello. Everything in it is untrusted.
+    pub fn parse(body: &[u8]) -> Result<Hello, HelloError> {
+        if body.len() > MAX_HELLO_BYTES {
+            return Err(HelloError::Malformed(format!(
+                "{} bytes, more than {MAX_HELLO_BYTES}",
+                body.len()
+            )));
+        }
+        let hello: Hello =
+            serde_json::from_slice(body).map_err(|e| HelloError::Malformed(e.to_string()))?;
+        hello.validate()?;
+        Ok(hello)
+    }
+
+    fn validate(&self) -> Result<(), HelloError> {
+        let invalid = |field, detail: String| Err(HelloError::Invalid { field, detail });
+        if !is_node_name(&self.node_name) {
+            return invalid(
+                "node_name",
+                format!(
+                    "{:?} is not a Kubernetes node name",
+                    truncate(&self.node_name)
+                ),
+            );
+        }
+        if self.agent_version.len() > 64 {
+            return invalid("agent_version", "longer than 64 bytes".into());
+        }
+        if self.fabric.provider.len() > 64 {
+            return invalid("fabric.provider", "longer than 64 bytes".into());
+        }
+        if self.fabric.endpoints.len() > MAX_ENDPOINTS {
+            return invalid(
+                "fabric.endpoints",
+                format!(
+                    "{} endpoints, more than {MAX_ENDPOINTS}",
+                    self.fabric.endpoints.len()
+                ),
+            );
+        }
+        for ep in &self.fabric.endpoints {
+            if ep.address.len() > MAX_ADDRESS_HEX
+                || crate::fabric_ping::exchange::decode_hex(&ep.address).is_none()
+            {
+                return invalid(
+                    "fabric.endpoints.address",
+                    "not a hex fabric address".into(),
+                );
+            }
+            if ep.domain.len() > 128 || ep.display.len() > 256 {
+                return invalid("fabric.endpoints", "domain or display too long".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The raw fabric address of endpoint `index`, if the peer has that many.
+    pub fn fabric_address(&self, index: usize) -> Option<Vec<u8>> {
+        let ep = self.fabric.endpoints.get(index)?;
+        crate::fabric_ping::exchange::decode_hex(&ep.address)
+    }
+}
+
+/// RFC 1123 subdomain, as Kubernetes requires of node names.
+pub fn is_node_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            node_name: "gpu-node-1.ec2.internal".into(),
+            agent_version: "0.1.0".into(),
+            instance_id: 42,
+            fabric: HelloFabric {
+                provider: "efa".into(),
+                available: true,
+                error: None,
+                endpoints: vec![HelloEndpoint {
+                    domain: "rdmap0s6-rdm".into(),
+                    address: "fe80000000000000".into(),
+                    display: "fi_addr_efa://[fe80::]:0:0".into(),
+                }],
+            },
+            topology: None,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let body = serde_json::to_vec(&hello()).unwrap();
+        assert_eq!(Hello::parse(&body).unwrap(), hello());
+        assert_eq!(hello().fabric_address(0).unwrap()[0], 0xfe);
+        assert_eq!(hello().fabric_address(1), None);
+    }
+
+    #[test]
+    fn hostile_hellos_are_refused() {
+        assert!(Hello::parse(b"<html>").is_err());
+        assert!(Hello::parse(&vec![b' '; MAX_HELLO_BYTES + 1]).is_err());
+        let mut h = hello();
+        h.node_name = "Not_A_Node".into();
+        assert!(matches!(
+            Hello::parse(&serde_json::to_vec(&h).unwrap()),
+            Err(HelloError::Invalid {
+                field: "node_name",
+                ..
+            })
+        ));
+        let mut h = hello();
+        h.fabric.endpoints[0].address = "xyz".into();
+        assert!(Hello::parse(&serde_json::to_vec(&h).unwrap()).is_err());
+        let mut h = hello();
+        h.fabric.endpoints = vec![h.fabric.endpoints[0].clone(); MAX_ENDPOINTS + 1];
+        assert!(Hello::parse(&serde_json::to_vec(&h).unwrap()).is_err());
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(is_node_name("ip-10-0-1-12.ec2.internal"));
+        assert!(!is_node_name(""));
+        assert!(!is_node_name("a..b"));
+        assert!(!is_node_name("-a"));
+        assert!(!is_node_name(&"a".repeat(254)));
+    }
+}

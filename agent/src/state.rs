@@ -1,0 +1,150 @@
+//! What the agent knows now: the shared snapshot the HTTP API and the status page read, and
+//! the probe loops write.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::hello::Hello;
+use crate::probe::TargetReport;
+use crate::verdict::{DiagnosisReason, PeerState};
+
+/// One path's latest result for a peer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PathStatus {
+    /// `None` while the path has not been (or cannot be) probed.
+    pub reachable: Option<bool>,
+    /// Round-trip time of the last answer, seconds.
+    pub rtt_seconds: Option<f64>,
+    /// Bounded reason of the last failure (`timeout`, `refused`, `provider_error`, ...).
+    pub last_failure: Option<String>,
+    /// The last failure in words (the provider's own text on the fabric path).
+    pub last_error: Option<String>,
+}
+
+impl PathStatus {
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt_seconds.map(Duration::from_secs_f64)
+    }
+}
+
+/// Everything known about one peer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerStatus {
+    /// The peer's node name (from its hello), or its address until it has answered once.
+    pub name: String,
+    /// The peer agent's HTTP address.
+    pub address: String,
+    pub state: PeerState,
+    /// Why, while not healthy.
+    pub reason: Option<DiagnosisReason>,
+    /// One sentence for a person: what is wrong and what to do.
+    pub summary: String,
+    pub ip: PathStatus,
+    pub fabric: PathStatus,
+    /// Fabric loss ratio over the recent window.
+    pub fabric_loss: f64,
+    /// The peer's last hello.
+    pub hello: Option<Hello>,
+    /// When the state last changed (seconds since the epoch).
+    pub since_unix: u64,
+    pub rounds: u64,
+}
+
+/// This node's fabric.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FabricStatus {
+    /// The provider asked for (`none` when the fabric path is off).
+    pub provider: String,
+    /// True when at least one endpoint is open.
+    pub available: bool,
+    /// Why not, when not.
+    pub error: Option<String>,
+    pub devices: Vec<FabricDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FabricDevice {
+    pub domain: String,
+    /// The provider's name for itself on this device (`efa`, `udp;ofi_rxd`).
+    pub provider: String,
+    pub address: String,
+}
+
+/// The shared snapshot. Writers replace whole entries; readers clone what they need.
+#[derive(Debug, Default)]
+pub struct AgentState {
+    node_name: String,
+    ready: AtomicBool,
+    fabric: RwLock<FabricStatus>,
+    peers: RwLock<BTreeMap<String, PeerStatus>>,
+    targets: RwLock<Vec<TargetReport>>,
+}
+
+impl AgentState {
+    pub fn new(node_name: &str, fabric: FabricStatus) -> Self {
+        AgentState {
+            node_name: node_name.to_owned(),
+            fabric: RwLock::new(fabric),
+            ..Default::default()
+        }
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Ready once the first full probe round has finished; stays ready after.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn fabric(&self) -> FabricStatus {
+        read(&self.fabric).clone()
+    }
+
+    /// Peers by their key (the agent address they were configured or discovered with).
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        read(&self.peers).values().cloned().collect()
+    }
+
+    pub fn set_peer(&self, key: &str, status: PeerStatus) {
+        write(&self.peers).insert(key.to_owned(), status);
+    }
+
+    pub fn remove_peer(&self, key: &str) -> Option<PeerStatus> {
+        write(&self.peers).remove(key)
+    }
+
+    pub fn targets(&self) -> Vec<TargetReport> {
+        read(&self.targets).clone()
+    }
+
+    pub fn set_targets(&self, reports: Vec<TargetReport>) {
+        *write(&self.targets) = reports;
+    }
+}
+
+/// A poisoned lock only means a writer panicked mid-update of a plain value; the data is
+/// still a whole value, so keep serving it.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,449 @@
+//! Per-peer verdicts: what the two paths say, turned into one state with hysteresis.
+//!
+//! | IP path (hello) | fabric path (ping) | state |
+//! |---|---|---|
+//! | ok | ok | `healthy` (or `degraded` over loss/latency thresholds) |
+//! | ok | timeouts or error completions | `fabric_dropped` |
+//! | fails | ok | `ip_blocked` |
+//! | fails | fails, or never learned | `down` |
+//! | any | this node has no fabric, or nothing known yet | `unknown` |
+//!
+//! A state changes only after `hysteresis` consecutive rounds agree, so one lost probe does
+//! not flap it. Leaving `unknown` takes one round: there is nothing to flap from.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The verdict for one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    Healthy,
+    FabricDropped,
+    IpBlocked,
+    Down,
+    Degraded,
+    Unknown,
+}
+
+impl PeerState {
+    pub const ALL: [PeerState; 6] = [
+        PeerState::Healthy,
+        PeerState::FabricDropped,
+        PeerState::IpBlocked,
+        PeerState::Down,
+        PeerState::Degraded,
+        PeerState::Unknown,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Healthy => "healthy",
+            PeerState::FabricDropped => "fabric_dropped",
+            PeerState::IpBlocked => "ip_blocked",
+            PeerState::Down => "down",
+            PeerState::Degraded => "degraded",
+            PeerState::Unknown => "unknown",
+        }
+    }
+}
+
+/// Why a peer is not healthy, where it is known. Bounded: these are metric label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiagnosisReason {
+    /// The provider reported the fabric send failed (its text is in the peer's details).
+    ProviderError,
+    /// Fabric probes went unanswered: silently dropped.
+    FabricTimeout,
+    /// The peer has no usable fabric.
+    PeerNoFabric,
+    /// This node has no usable fabric.
+    LocalNoFabric,
+    /// The peer runs another provider than this node.
+    ProviderMismatch,
+    /// The peer's hello timed out: IP packets silently dropped.
+    IpTimeout,
+    /// The peer's agent refused the connection: host up, agent not listening.
+    IpRefused,
+    /// The IP path failed for another reason (unreachable, reset, dns).
+    IpError,
+    /// The peer's agent answered something that is not a hello.
+    IpProtocol,
+    /// Fabric probes are lost above the threshold.
+    FabricLoss,
+    /// Round-trip time above the threshold.
+    HighLatency,
+}
+
+impl DiagnosisReason {
+    pub const ALL: [DiagnosisReason; 11] = [
+        DiagnosisReason::ProviderError,
+        DiagnosisReason::FabricTimeout,
+        DiagnosisReason::PeerNoFabric,
+        DiagnosisReason::LocalNoFabric,
+        DiagnosisReason::ProviderMismatch,
+        DiagnosisReason::IpTimeout,
+        DiagnosisReason::IpRefused,
+        DiagnosisReason::IpError,
+        DiagnosisReason::IpProtocol,
+        DiagnosisReason::FabricLoss,
+        DiagnosisReason::HighLatency,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DiagnosisReason::ProviderError => "provider_error",
+            DiagnosisReason::FabricTimeout => "fabric_timeout",
+            DiagnosisReason::PeerNoFabric => "peer_no_fabric",
+            DiagnosisReason::LocalNoFabric => "local_no_fabric",
+            DiagnosisReason::ProviderMismatch => "provider_mismatch",
+            DiagnosisReason::IpTimeout => "ip_timeout",
+            DiagnosisReason::IpRefused => "ip_refused",
+            DiagnosisReason::IpError => "ip_error",
+            DiagnosisReason::IpProtocol => "ip_protocol",
+            DiagnosisReason::FabricLoss => "fabric_loss",
+            DiagnosisReason::HighLatency => "high_latency",
+        }
+    }
+}
+
+/// What the fabric path showed this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FabricObservation {
+    /// Answered, with the round-trip time.
+    Answered(Duration),
+    /// No answer before the deadline.
+    Timeout,
+    /// The provider reported an error.
+    Failed,
+    /// Not probed: this node has no fabric.
+    LocalNoFabric,
+    /// Not probed: the peer said it has none.
+    PeerNoFabric,
+    /// Not probed: the peer runs another provider.
+    ProviderMismatch,
+    /// Not probed: the peer's fabric address was never learned.
+    NotLearned,
+}
+
+/// What the IP path showed this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpObservation {
+    Answered(Duration),
+    Timeout,
+    Refused,
+    Protocol,
+    OtherError,
+}
+
+/// One round's observations of a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Round {
+    pub ip: IpObservation,
+    pub fabric: FabricObservation,
+}
+
+/// Thresholds for `degraded` and the hysteresis depth.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VerdictPolicy {
+    /// Consecutive agreeing rounds before a state changes (at least 1).
+    pub hysteresis: u32,
+    /// Fabric loss ratio over the recent window above which a peer is `degraded`.
+    pub max_loss: f64,
+    /// RTT on either path above which a peer is `degraded`.
+    pub max_rtt: Duration,
+    /// Rounds in the loss window.
+    pub loss_window: usize,
+}
+
+impl Default for VerdictPolicy {
+    fn default() -> Self {
+        VerdictPolicy {
+            hysteresis: 2,
+            max_loss: 0.2,
+            max_rtt: Duration::from_millis(50),
+            loss_window: 10,
+        }
+    }
+}
+
+/// The state machine for one peer.
+#[derive(Debug, Clone)]
+pub struct PeerVerdict {
+    policy: VerdictPolicy,
+    state: PeerState,
+    reason: Option<DiagnosisReason>,
+    candidate: Option<(PeerState, Option<DiagnosisReason>)>,
+    streak: u32,
+    /// Recent fabric outcomes (true = answered), newest last.
+    fabric_window: std::collections::VecDeque<bool>,
+}
+
+impl PeerVerdict {
+    pub fn new(policy: VerdictPolicy) -> Self {
+        PeerVerdict {
+            policy,
+            state: PeerState::Unknown,
+            reason: None,
+            candidate: None,
+            streak: 0,
+            fabric_window: std::collections::VecDeque::new(),
+        }
+    }
+
+    pub fn state(&self) -> PeerState {
+        self.state
+    }
+
+    /// The diagnosis of the current state; `None` while healthy.
+    pub fn reason(&self) -> Option<DiagnosisReason> {
+        self.reason
+    }
+
+    /// Loss ratio of the fabric path over the recent window.
+    pub fn fabric_loss(&self) -> f64 {
+        if self.fabric_window.is_empty() {
+            return 0.0;
+        }
+        let lost = self.fabric_window.iter().filter(|ok| !**ok).count();
+        lost as f64 / self.fabric_window.len() as f64
+    }
+
+    /// Feeds one round; returns true if the state changed.
+    pub fn observe(&mut self, round: &Round) -> bool {
+        match round.fabric {
+            FabricObservation::Answered(_) => self.push_fabric(true),
+            FabricObservation::Timeout | FabricObservation::Failed => self.push_fabric(false),
+            _ => {}
+        }
+        let raw = self.classify(round);
+        if Some(raw) == self.candidate {
+            self.streak += 1;
+        } else {
+            self.candidate = Some(raw);
+            self.streak = 1;
+        }
+        let needed = if self.state == PeerState::Unknown {
+            1
+        } else {
+            self.policy.hysteresis.max(1)
+        };
+        let (state, reason) = raw;
+        if self.streak >= needed && (state, reason) != (self.state, self.reason) {
+            let changed = state != self.state;
+            self.state = state;
+            self.reason = reason;
+            if matches!(state, PeerState::FabricDropped | PeerState::Down) {
+                // These losses are explained by the outage; they must not hold the peer in
+                // `degraded` once it recovers.
+                self.fabric_window.clear();
+            }
+            return changed;
+        }
+        false
+    }
+
+    fn push_fabric(&mut self, ok: bool) {
+        self.fabric_window.push_back(ok);
+        while self.fabric_window.len() > self.policy.loss_window.max(1) {
+            self.fabric_window.pop_front();
+        }
+    }
+
+    /// The state this round alone would give.
+    fn classify(&self, round: &Round) -> (PeerState, Option<DiagnosisReason>) {
+        use DiagnosisReason as R;
+        use FabricObservation as F;
+        use IpObservation as I;
+        let ip_reason = match round.ip {
+            I::Answered(_) => None,
+            I::Timeout => Some(R::IpTimeout),
+            I::Refused => Some(R::IpRefused),
+            I::Protocol => Some(R::IpProtocol),
+            I::OtherError => Some(R::IpError),
+        };
+        match (&round.fabric, ip_reason) {
+            (F::LocalNoFabric, _) => (PeerState::Unknown, Some(R::LocalNoFabric)),
+            (F::Answered(fabric_rtt), None) => {
+                let I::Answered(ip_rtt) = round.ip else {
+                    unreachable!("ip_reason is None only when the IP path answered")
+                };
+                if self.fabric_loss() > self.policy.max_loss {
+                    (PeerState::Degraded, Some(R::FabricLoss))
+                } else if *fabric_rtt > self.policy.max_rtt || ip_rtt > self.policy.max_rtt {
+                    (PeerState::Degraded, Some(R::HighLatency))
+                } else {
+                    (PeerState::Healthy, None)
+                }
+            }
+            (F::Answered(_), Some(reason)) => (PeerState::IpBlocked, Some(reason)),
+            (F::Timeout, None) => (PeerState::FabricDropped, Some(R::FabricTimeout)),
+            (F::Failed, None) => (PeerState::FabricDropped, Some(R::ProviderError)),
+            (F::PeerNoFabric, None) => (PeerState::FabricDropped, Some(R::PeerNoFabric)),
+            (F::ProviderMismatch, None) => (PeerState::FabricDropped, Some(R::ProviderMismatch)),
+            (F::NotLearned, None) => (PeerState::Unknown, None),
+            (_, Some(reason)) => (PeerState::Down, Some(reason)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DiagnosisReason as R;
+    use FabricObservation as F;
+    use IpObservation as I;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn round(ip: I, fabric: F) -> Round {
+        Round { ip, fabric }
+    }
+
+    fn settled(r: &Round) -> (PeerState, Option<DiagnosisReason>) {
+        let mut v = PeerVerdict::new(VerdictPolicy::default());
+        for _ in 0..3 {
+            v.observe(r);
+        }
+        (v.state(), v.reason())
+    }
+
+    #[test]
+    fn the_verdict_table() {
+        let ok = || I::Answered(MS);
+        let cases = [
+            (round(ok(), F::Answered(MS)), PeerState::Healthy, None),
+            (
+                round(ok(), F::Timeout),
+                PeerState::FabricDropped,
+                Some(R::FabricTimeout),
+            ),
+            (
+                round(ok(), F::Failed),
+                PeerState::FabricDropped,
+                Some(R::ProviderError),
+            ),
+            (
+                round(ok(), F::PeerNoFabric),
+                PeerState::FabricDropped,
+                Some(R::PeerNoFabric),
+            ),
+            (
+                round(I::Timeout, F::Answered(MS)),
+                PeerState::IpBlocked,
+                Some(R::IpTimeout),
+            ),
+            (
+                round(I::Refused, F::Answered(MS)),
+                PeerState::IpBlocked,
+                Some(R::IpRefused),
+            ),
+            (
+                round(I::Timeout, F::Timeout),
+                PeerState::Down,
+                Some(R::IpTimeout),
+            ),
+            (
+                round(I::Refused, F::NotLearned),
+                PeerState::Down,
+                Some(R::IpRefused),
+            ),
+            (
+                round(ok(), F::LocalNoFabric),
+                PeerState::Unknown,
+                Some(R::LocalNoFabric),
+            ),
+            (round(ok(), F::NotLearned), PeerState::Unknown, None),
+            (
+                round(I::Answered(Duration::from_secs(1)), F::Answered(MS)),
+                PeerState::Degraded,
+                Some(R::HighLatency),
+            ),
+        ];
+        for (r, state, reason) in cases {
+            assert_eq!(settled(&r), (state, reason), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn one_lost_probe_does_not_flap_a_healthy_peer() {
+        let mut v = PeerVerdict::new(VerdictPolicy::default());
+        let good = round(I::Answered(MS), F::Answered(MS));
+        let lost = round(I::Answered(MS), F::Timeout);
+        assert!(v.observe(&good), "leaving unknown takes one round");
+        assert_eq!(v.state(), PeerState::Healthy);
+        assert!(!v.observe(&lost));
+        assert_eq!(v.state(), PeerState::Healthy);
+        v.observe(&good);
+        assert!(!v.observe(&lost));
+        assert_eq!(v.state(), PeerState::Healthy);
+        // Two in a row do change it.
+        assert!(v.observe(&lost));
+        assert_eq!(v.state(), PeerState::FabricDropped);
+        assert_eq!(v.reason(), Some(R::FabricTimeout));
+        // And recovery takes two good rounds too.
+        assert!(!v.observe(&good));
+        assert!(v.observe(&good));
+        assert_eq!(v.state(), PeerState::Healthy);
+        assert_eq!(v.reason(), None);
+    }
+
+    #[test]
+    fn alternating_results_never_settle() {
+        let mut v = PeerVerdict::new(VerdictPolicy {
+            hysteresis: 3,
+            max_loss: 1.0,
+            ..VerdictPolicy::default()
+        });
+        let good = round(I::Answered(MS), F::Answered(MS));
+        let down = round(I::Timeout, F::Timeout);
+        v.observe(&good);
+        for _ in 0..10 {
+            v.observe(&down);
+            v.observe(&down);
+            v.observe(&good);
+        }
+        assert_eq!(v.state(), PeerState::Healthy);
+    }
+
+    #[test]
+    fn steady_partial_loss_is_degraded() {
+        let mut v = PeerVerdict::new(VerdictPolicy::default());
+        let good = round(I::Answered(MS), F::Answered(MS));
+        let lost = round(I::Answered(MS), F::Timeout);
+        for _ in 0..20 {
+            v.observe(&good);
+            v.observe(&good);
+            v.observe(&lost);
+        }
+        assert!((v.fabric_loss() - 0.3).abs() < 0.11, "{}", v.fabric_loss());
+        v.observe(&good);
+        v.observe(&good);
+        assert_eq!(v.state(), PeerState::Degraded);
+        assert_eq!(v.reason(), Some(R::FabricLoss));
+    }
+
+    #[test]
+    fn labels_are_the_documented_strings() {
+        let states: Vec<&str> = PeerState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            states,
+            [
+                "healthy",
+                "fabric_dropped",
+                "ip_blocked",
+                "down",
+                "degraded",
+                "unknown"
+            ]
+        );
+        for s in PeerState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for r in DiagnosisReason::ALL {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+}
