@@ -133,6 +133,20 @@ fn fabric_drop_is_told_apart_from_an_unreachable_peer() {
     assert!(r["error"].as_str().unwrap().contains("no answer"), "{r}");
     assert!(took < Duration::from_secs(8), "took {took:?}");
 
+    // 2b. A long blackhole does not use up the prober's transmit resources: rxd never
+    //     completes a send on a dead path, so without a per-peer cap every probe would hold a
+    //     slot and after ~128 of them nothing could be sent to any peer.
+    let out = prober(
+        &pair,
+        &["--count", "150", "--interval", "0", "--timeout", "20ms"],
+    )
+    .output()
+    .unwrap();
+    let r = report(&out);
+    assert_eq!(r["verdict"], "fabric_dropped", "{r}");
+    assert_eq!(r["outcomes"]["timeout"], 150, "{r}");
+    assert_eq!(r["outcomes"]["not_sent"], 0, "{r}");
+
     // 3. Rule removed: healthy again.
     pair.b.nft_flush();
     let out = prober(&pair, &["--count", "5", "--interval", "0"])

@@ -171,6 +171,8 @@ pub struct Report {
     pub verdict: &'static str,
     /// Whether the TCP exchange with the peer worked (at the start and, after losses, again).
     pub ip_path_ok: bool,
+    /// Probes by outcome: `pong`, `timeout`, `send_failed`, `not_sent`.
+    pub outcomes: std::collections::BTreeMap<&'static str, u32>,
     pub error: Option<String>,
 }
 
@@ -187,6 +189,10 @@ async fn probe(args: &Args, pinger: &FabricPinger, peer: SocketAddr) -> u8 {
         rtt_max_us: None,
         verdict: "unreachable",
         ip_path_ok: false,
+        outcomes: ["pong", "timeout", "send_failed", "not_sent"]
+            .into_iter()
+            .map(|k| (k, 0))
+            .collect(),
         error: None,
     };
     let hello = match exchange::fetch(peer, args.timeout).await {
@@ -234,6 +240,13 @@ async fn probe(args: &Args, pinger: &FabricPinger, peer: SocketAddr) -> u8 {
                 reason: "fabric engine stopped".into(),
             });
         report.sent += 1;
+        let kind = match &outcome {
+            ProbeOutcome::Pong { .. } => "pong",
+            ProbeOutcome::Timeout => "timeout",
+            ProbeOutcome::SendFailed { .. } => "send_failed",
+            ProbeOutcome::NotSent { .. } => "not_sent",
+        };
+        *report.outcomes.entry(kind).or_default() += 1;
         match &outcome {
             ProbeOutcome::Pong { rtt, .. } => {
                 report.received += 1;

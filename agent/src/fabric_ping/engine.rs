@@ -139,6 +139,7 @@ struct Counters {
     pings_answered: AtomicU64,
     pong_send_failures: AtomicU64,
     pongs_dropped_queue_full: AtomicU64,
+    pongs_dropped_backlog: AtomicU64,
     late_pongs: AtomicU64,
     receive_errors: AtomicU64,
     malformed: [AtomicU64; 5],
@@ -171,6 +172,8 @@ pub struct PingerStats {
     pub pings_answered: u64,
     pub pong_send_failures: u64,
     pub pongs_dropped_queue_full: u64,
+    /// Pongs dropped because one to the same destination was still in flight.
+    pub pongs_dropped_backlog: u64,
     pub late_pongs: u64,
     pub receive_errors: u64,
     /// Dropped messages by reason (`truncated`, `bad_magic`, `bad_version`, `bad_kind`,
@@ -353,6 +356,7 @@ impl FabricPinger {
             pings_answered: get(&c.pings_answered),
             pong_send_failures: get(&c.pong_send_failures),
             pongs_dropped_queue_full: get(&c.pongs_dropped_queue_full),
+            pongs_dropped_backlog: get(&c.pongs_dropped_backlog),
             late_pongs: get(&c.late_pongs),
             receive_errors: get(&c.receive_errors),
             malformed: MALFORMED_LABELS
@@ -383,8 +387,10 @@ struct AvEntry {
     refs: u32,
     /// Set while the entry is also a learned sender: its position in the LRU order.
     learned_tick: Option<u64>,
-    /// Sends not yet completed: the entry is not removed from the AV under them.
-    sends_in_flight: u32,
+    /// Pings not yet completed (at most one: see `flush_outbox`).
+    pings_in_flight: u32,
+    /// Pongs not yet completed (at most one).
+    pongs_in_flight: u32,
 }
 
 enum Outgoing {
@@ -574,7 +580,8 @@ impl Engine {
                 addr,
                 refs: 0,
                 learned_tick: None,
-                sends_in_flight: 0,
+                pings_in_flight: 0,
+                pongs_in_flight: 0,
             },
         );
         self.sync_av_count();
@@ -583,10 +590,12 @@ impl Engine {
 
     /// Removes an AV entry that nothing uses any more.
     fn maybe_release(&mut self, key: &[u8]) {
-        let unused = self
-            .av
-            .get(key)
-            .is_some_and(|e| e.refs == 0 && e.learned_tick.is_none() && e.sends_in_flight == 0);
+        let unused = self.av.get(key).is_some_and(|e| {
+            e.refs == 0
+                && e.learned_tick.is_none()
+                && e.pings_in_flight == 0
+                && e.pongs_in_flight == 0
+        });
         if unused {
             let entry = self.av.remove(key).expect("checked above");
             if let Err(e) = self.ep.remove_peer(entry.addr) {
@@ -641,6 +650,13 @@ impl Engine {
     /// Posts queued sends. One that the provider refuses for now (FI_EAGAIN) stays queued
     /// and the rest go ahead: tcp;ofi_rxm answers FI_EAGAIN for as long as a peer refuses its
     /// connection, and that peer must not hold up the others.
+    ///
+    /// At most one ping and one pong per destination are in flight. On a blackholed path rxd
+    /// never completes a send (it retransmits until the path heals) and other providers may
+    /// take long to give up; without this cap every probe to such a peer would hold a
+    /// transmit slot, and after a hundred rounds no peer could be probed. A ping waits while
+    /// an earlier one to its peer is in flight (and times out at its own deadline); a pong to
+    /// a destination that has one in flight is dropped and counted.
     fn flush_outbox(&mut self) {
         let mut deferred = VecDeque::new();
         while let Some(out) = self.outbox.pop_front() {
@@ -652,6 +668,10 @@ impl Engine {
                     let Some(entry) = self.av.get(&probe.key) else {
                         continue;
                     };
+                    if entry.pings_in_flight > 0 {
+                        deferred.push_back(out);
+                        continue;
+                    }
                     Message {
                         kind: Kind::Ping,
                         seq: *seq,
@@ -669,6 +689,13 @@ impl Engine {
                     )
                 }
                 Outgoing::Pong { dest, key, bytes } => {
+                    if self.av.get(key).is_some_and(|e| e.pongs_in_flight > 0) {
+                        self.queued_pongs -= 1;
+                        self.counters()
+                            .pongs_dropped_backlog
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     self.scratch.clear();
                     self.scratch.extend_from_slice(bytes);
                     (*dest, key.clone(), SendPurpose::Pong { key: key.clone() })
@@ -685,7 +712,10 @@ impl Engine {
                         self.queued_pongs -= 1;
                     }
                     if let Some(entry) = self.av.get_mut(&key) {
-                        entry.sends_in_flight += 1;
+                        match purpose {
+                            SendPurpose::Ping { .. } => entry.pings_in_flight += 1,
+                            SendPurpose::Pong { .. } => entry.pongs_in_flight += 1,
+                        }
                     }
                     self.sends.insert(id, purpose);
                     self.last_activity = Instant::now();
@@ -752,7 +782,14 @@ impl Engine {
             SendPurpose::Ping { key, .. } | SendPurpose::Pong { key } => key.clone(),
         };
         if let Some(entry) = self.av.get_mut(&key) {
-            entry.sends_in_flight = entry.sends_in_flight.saturating_sub(1);
+            match purpose {
+                SendPurpose::Ping { .. } => {
+                    entry.pings_in_flight = entry.pings_in_flight.saturating_sub(1)
+                }
+                SendPurpose::Pong { .. } => {
+                    entry.pongs_in_flight = entry.pongs_in_flight.saturating_sub(1)
+                }
+            }
         }
         match (purpose, error) {
             (SendPurpose::Ping { seq, .. }, Some(error)) => {
