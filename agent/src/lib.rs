@@ -5,8 +5,12 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod fabric_ping;
 pub mod hello;
+pub mod http;
+pub mod metrics;
+pub mod monitor;
 pub mod probe;
 pub mod shutdown;
 pub mod state;

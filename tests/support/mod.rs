@@ -2,4 +2,5 @@
 //! only. Everything a test creates is removed when its handle is dropped.
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod netns;

@@ -153,3 +153,67 @@ impl Pair {
         Pair { a, b, a_ip, b_ip }
     }
 }
+
+/// Hosts on one LAN: a bridge in its own namespace (nothing is added to the host's), and
+/// `hosts` namespaces at 198.18.`subnet`.1 .. .`hosts` (/24), each with a veth to the bridge.
+/// `tag` must be unique per test (at most 6 characters).
+pub struct Lan {
+    pub hosts: Vec<Netns>,
+    pub ips: Vec<String>,
+    // Dropped last: the bridge namespace takes the far ends of the veths with it.
+    _switch: Netns,
+}
+
+impl Lan {
+    pub fn new(tag: &str, subnet: u8, hosts: usize) -> Lan {
+        assert!(tag.len() <= 6, "tag {tag:?} too long for an interface name");
+        assert!((1..=250).contains(&hosts));
+        let switch = Netns::new(&format!("efp-{tag}-sw"));
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let mut list = Vec::new();
+        let mut ips = Vec::new();
+        for i in 1..=hosts {
+            let ns = Netns::new(&format!("efp-{tag}-{i}"));
+            let (inner, outer) = (format!("e{tag}{i}"), format!("s{tag}{i}"));
+            run(Command::new("ip").args([
+                "link",
+                "add",
+                &inner,
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &outer,
+                "netns",
+                &switch.name,
+            ]));
+            switch.ip(&["link", "set", &outer, "master", "br0"]);
+            switch.ip(&["link", "set", &outer, "up"]);
+            let ip = format!("198.18.{subnet}.{i}");
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &inner]);
+            ns.ip(&["link", "set", &inner, "up"]);
+            list.push(ns);
+            ips.push(ip);
+        }
+        Lan {
+            hosts: list,
+            ips,
+            _switch: switch,
+        }
+    }
+}
+
+/// GET `http://{addr}{path}` from inside `ns`, bounded by a 2 s timeout; `None` on failure.
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> Option<String> {
+    let out = ns
+        .command("curl")
+        .args(["-sf", "--max-time", "2", &format!("http://{addr}{path}")])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod agent;
 pub mod check;
 pub mod fabric_ping;
 
@@ -22,6 +23,9 @@ pub enum Command {
     /// Check services from this node once (TCP, NATS, Prometheus, HTTP) and say why each
     /// failed.
     Check(check::Args),
+    /// Run the per-node agent: probe every peer over the fabric and over IP, check services,
+    /// and serve metrics, an API and a status page.
+    Agent(crate::config::AgentArgs),
 }
 
 /// Exit code for a bad command line or configuration (EX_USAGE).
@@ -67,6 +71,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::FabricPing(args) => fabric_ping::run(args),
         Command::Check(args) => check::run(args),
+        Command::Agent(args) => agent::run(args),
     }
 }
 

@@ -1,0 +1,219 @@
+//! `efaprobe agent`: the long-running per-node agent.
+
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{AgentArgs, AgentConfig};
+use crate::fabric_ping::{self, exchange::encode_hex, FabricPinger, PingerConfig};
+use crate::hello::{Hello, HelloEndpoint, HelloFabric};
+use crate::http::{router, AppState};
+use crate::metrics::Metrics;
+use crate::monitor::{targets, PeerMonitor, PeerProbeSettings};
+use crate::shutdown::ShutdownSignal;
+use crate::state::{AgentState, FabricDevice, FabricStatus};
+
+use super::EXIT_USAGE;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub fn run(args: AgentArgs) -> ExitCode {
+    let config = match AgentConfig::from_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("efaprobe agent: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Some(provider) = &config.fabric_provider {
+        fabric_ping::prepare_environment(provider);
+    }
+    fabric::process::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("efaprobe agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("efaprobe agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens this node's fabric: one engine per device. A missing provider is not fatal: the
+/// agent runs IP-only and says so.
+fn open_fabric(config: &AgentConfig) -> (Vec<FabricPinger>, FabricStatus) {
+    let Some(provider) = &config.fabric_provider else {
+        return (
+            vec![],
+            FabricStatus {
+                provider: "none".into(),
+                available: false,
+                error: Some("fabric path turned off (--fabric-provider none)".into()),
+                devices: vec![],
+            },
+        );
+    };
+    let mut pc = PingerConfig::new(provider);
+    pc.bind = config.fabric_bind;
+    pc.max_probe_size = pc.max_probe_size.max(config.probe_size);
+    match fabric_ping::open_all(&pc) {
+        Ok(pingers) if !pingers.is_empty() => {
+            let devices = pingers
+                .iter()
+                .map(|p| FabricDevice {
+                    domain: p.domain().to_owned(),
+                    provider: p.provider().to_owned(),
+                    address: p.address_display().to_owned(),
+                })
+                .collect();
+            (
+                pingers,
+                FabricStatus {
+                    provider: provider.clone(),
+                    available: true,
+                    error: None,
+                    devices,
+                },
+            )
+        }
+        Ok(_) => (vec![], no_fabric(provider, "no device found".into())),
+        Err(e) => (vec![], no_fabric(provider, e.to_string())),
+    }
+}
+
+fn no_fabric(provider: &str, error: String) -> FabricStatus {
+    tracing::warn!(provider, %error, "fabric unavailable: running IP-only");
+    FabricStatus {
+        provider: provider.to_owned(),
+        available: false,
+        error: Some(error),
+        devices: vec![],
+    }
+}
+
+async fn serve(config: AgentConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut signals = ShutdownSignal::install().context("installing signal handlers")?;
+    let (pingers, fabric) = open_fabric(&config);
+    let pinger = pingers.first().cloned();
+
+    let state = Arc::new(AgentState::new(&config.node_name, fabric.clone()));
+    let metrics = Arc::new(Metrics::new(VERSION, &fabric));
+    let hello = Hello {
+        node_name: config.node_name.clone(),
+        agent_version: VERSION.to_owned(),
+        instance_id: rand::random(),
+        fabric: HelloFabric {
+            provider: fabric.provider.clone(),
+            available: fabric.available,
+            error: fabric.error.clone(),
+            endpoints: pingers
+                .iter()
+                .map(|p| HelloEndpoint {
+                    domain: p.domain().to_owned(),
+                    address: encode_hex(p.address()),
+                    display: p.address_display().to_owned(),
+                })
+                .collect(),
+        },
+        topology: None,
+    };
+    let app = AppState {
+        state: state.clone(),
+        metrics: metrics.clone(),
+        hello: Arc::new(RwLock::new(hello)),
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+    tracing::info!(listen = %config.listen, node = %config.node_name, "serving");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            axum::serve(listener, router(app))
+                .with_graceful_shutdown(shutdown)
+                .await
+        })
+    };
+
+    let peers: Vec<String> = config
+        .peers
+        .iter()
+        .filter(|p| !config.is_self(p))
+        .cloned()
+        .collect();
+    let mut monitor = PeerMonitor::new(
+        PeerProbeSettings {
+            timeout: config.timeout,
+            probe_size: config.probe_size,
+            policy: config.policy,
+            provider: config.fabric_provider.clone(),
+        },
+        state.clone(),
+        metrics.clone(),
+        pinger,
+    );
+    monitor.set_peers(&peers);
+
+    let probing = {
+        let mut stop = stop_rx.clone();
+        let (state, metrics) = (state.clone(), metrics.clone());
+        let (interval, timeout, targets_cfg) =
+            (config.interval, config.timeout, config.targets.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                let round = async {
+                    tokio::join!(
+                        monitor.run_round(),
+                        targets::check_round(&targets_cfg, timeout, &state, &metrics)
+                    )
+                };
+                tokio::select! {
+                    _ = round => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                if !state.is_ready() {
+                    // Readiness is a latch: released once the first full round is done.
+                    state.mark_ready();
+                    metrics.set_ready(true);
+                    tracing::info!("first probe round done: ready");
+                }
+            }
+            monitor.release();
+        })
+    };
+
+    signals.recv().await;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), probing).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    for p in &pingers {
+        p.shutdown();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The agent's HTTP API: metrics for Prometheus, probes for the kubelet, JSON for tools and
+//! peers, and a status page for a person.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | the status page (HTML, no scripts, no external assets) |
+//! | `GET /metrics` | OpenMetrics when asked for, else Prometheus text 0.0.4 (see [`crate::metrics::ExpositionFormat`]) |
+//! | `GET /healthz` | 200 `ok` while the process serves |
+//! | `GET /readyz` | 200 once the first full probe round has finished, else 503 |
+//! | `GET /v1/hello` | this agent's [`Hello`] (peers fetch it as their IP probe) |
+//! | `GET /v1/peers` | every [`crate::state::PeerStatus`] |
+//! | `GET /v1/targets` | every [`crate::probe::TargetReport`] of the last round |
+//!
+//! Handlers only read the shared snapshot; nothing here waits on a probe.
+
+mod status_page;
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, VARY};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+pub use status_page::{escape_html, render_status_page, StatusSnapshot};
+
+use crate::hello::Hello;
+use crate::metrics::{ExpositionFormat, Metrics};
+use crate::state::{unix_now, AgentState};
+
+/// What the handlers read. Cheap to clone: every field is shared.
+#[derive(Clone)]
+pub struct AppState {
+    pub state: Arc<AgentState>,
+    pub metrics: Arc<Metrics>,
+    pub hello: Arc<RwLock<Hello>>,
+}
+
+/// The agent's routes; unknown paths answer 404.
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .route("/", get(status))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/hello", get(hello))
+        .route("/v1/peers", get(peers))
+        .route("/v1/targets", get(targets))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let format = ExpositionFormat::negotiate(accept);
+    (
+        // The body depends on Accept: a cache must not hand one client's format to another.
+        [(CONTENT_TYPE, format.content_type()), (VARY, "Accept")],
+        app.metrics.encode_as(format),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Not ready until the first round: before it, every peer would read `unknown` and a
+/// rollout would move on before the agent knows anything.
+async fn readyz(State(app): State<AppState>) -> Response {
+    if app.state.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the first probe round has not finished\n",
+        )
+            .into_response()
+    }
+}
+
+async fn hello(State(app): State<AppState>) -> Json<Hello> {
+    // A writer that panicked left a whole Hello behind; keep serving it.
+    Json(app.hello.read().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+async fn peers(State(app): State<AppState>) -> Response {
+    Json(app.state.peers()).into_response()
+}
+
+async fn targets(State(app): State<AppState>) -> Response {
+    Json(app.state.targets()).into_response()
+}
+
+async fn status(State(app): State<AppState>) -> Response {
+    let agent_version = app
+        .hello
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .agent_version
+        .clone();
+    let snapshot = StatusSnapshot {
+        node_name: app.state.node_name().to_owned(),
+        agent_version,
+        ready: app.state.is_ready(),
+        fabric: app.state.fabric(),
+        peers: app.state.peers(),
+        targets: app.state.targets(),
+        now_unix: unix_now(),
+    };
+    (
+        [(CACHE_CONTROL, "no-store")],
+        Html(render_status_page(&snapshot)),
+    )
+        .into_response()
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (
+        StatusCode::NOT_FOUND,
+        "not found; this agent serves /, /metrics, /healthz, /readyz, /v1/hello, /v1/peers, \
+         /v1/targets\n",
+    )
+}
+
+#[cfg(test)]
+mod tests;

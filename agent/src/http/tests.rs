@@ -1,0 +1,217 @@
+//! Handlers through the router, without a socket.
+
+use std::sync::{Arc, RwLock};
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+use crate::hello::{Hello, HelloFabric};
+use crate::probe::{AddressReport, FailureReason, ProbeFailure, TargetReport, TargetSpec};
+use crate::state::{FabricStatus, PathStatus, PeerStatus};
+use crate::verdict::{DiagnosisReason, PeerState};
+
+const HOSTILE_NAME: &str = "<script>alert(1)</script>";
+const HOSTILE_ERROR: &str = "fi_cq_readerr: <script>document.location='//x'</script> & co";
+
+fn app() -> AppState {
+    let fabric = FabricStatus {
+        provider: "efa".into(),
+        available: false,
+        error: Some("no EFA device <script>".into()),
+        devices: vec![],
+    };
+    let hello = Hello {
+        node_name: "gpu-node-1".into(),
+        agent_version: "0.1.0".into(),
+        instance_id: 7,
+        fabric: HelloFabric {
+            provider: "efa".into(),
+            available: false,
+            error: None,
+            endpoints: vec![],
+        },
+        topology: None,
+    };
+    AppState {
+        state: Arc::new(AgentState::new("gpu-node-1", fabric.clone())),
+        metrics: Arc::new(Metrics::new("0.1.0", &fabric)),
+        hello: Arc::new(RwLock::new(hello)),
+    }
+}
+
+fn dropped_peer(name: &str) -> PeerStatus {
+    PeerStatus {
+        name: name.into(),
+        address: "198.18.0.2:9464".into(),
+        state: PeerState::FabricDropped,
+        reason: Some(DiagnosisReason::ProviderError),
+        summary: "IP works but the fabric path fails: check the security group".into(),
+        ip: PathStatus {
+            reachable: Some(true),
+            rtt_seconds: Some(0.0004),
+            last_failure: None,
+            last_error: None,
+        },
+        fabric: PathStatus {
+            reachable: Some(false),
+            rtt_seconds: None,
+            last_failure: Some("provider_error".into()),
+            last_error: Some(HOSTILE_ERROR.into()),
+        },
+        fabric_loss: 1.0,
+        hello: None,
+        since_unix: 1,
+        rounds: 4,
+    }
+}
+
+async fn get(app: &AppState, uri: &str, accept: Option<&str>) -> (StatusCode, String, String) {
+    let mut request = Request::get(uri);
+    if let Some(accept) = accept {
+        request = request.header(header::ACCEPT, accept);
+    }
+    let response = router(app.clone())
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn readyz_waits_for_the_first_round() {
+    let app = app();
+    let (status, _, body) = get(&app, "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("first probe round"), "{body}");
+    app.state.mark_ready();
+    let (status, _, _) = get(&app, "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = get(&app, "/healthz", None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+}
+
+#[tokio::test]
+async fn peers_as_json() {
+    let app = app();
+    let (_, _, body) = get(&app, "/v1/peers", None).await;
+    assert_eq!(body, "[]");
+    app.state
+        .set_peer("198.18.0.2:9464", dropped_peer("gpu-node-2"));
+    let (status, content_type, body) = get(&app, "/v1/peers", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "application/json");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let peers = json.as_array().expect("an array");
+    assert_eq!(peers.len(), 1);
+    let p = &peers[0];
+    assert_eq!(p["name"], "gpu-node-2");
+    assert_eq!(p["state"], "fabric_dropped");
+    assert_eq!(p["reason"], "provider_error");
+    assert!(p["summary"].as_str().unwrap().contains("security group"));
+    assert_eq!(p["ip"]["reachable"], true);
+    assert_eq!(p["ip"]["rtt_seconds"], 0.0004);
+    assert_eq!(p["fabric"]["reachable"], false);
+    assert_eq!(p["fabric"]["rtt_seconds"], serde_json::Value::Null);
+    assert_eq!(p["fabric"]["last_failure"], "provider_error");
+    assert_eq!(p["fabric"]["last_error"], HOSTILE_ERROR);
+}
+
+#[tokio::test]
+async fn hello_and_targets_as_json() {
+    let app = app();
+    let (status, _, body) = get(&app, "/v1/hello", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let hello = Hello::parse(body.as_bytes()).expect("our own hello parses as a peer's");
+    assert_eq!(hello.node_name, "gpu-node-1");
+
+    app.state.set_targets(vec![TargetReport {
+        spec: TargetSpec::parse("nats=nats.svc:4222").unwrap(),
+        addresses: Ok(vec![AddressReport {
+            address: "198.18.1.10:4222".parse().unwrap(),
+            result: Err(ProbeFailure::new(FailureReason::Timeout, "no answer")),
+        }]),
+        addresses_skipped: 0,
+    }]);
+    let (_, _, body) = get(&app, "/v1/targets", None).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json[0]["target"], "nats");
+    assert_eq!(json[0]["ok"], false);
+    assert_eq!(json[0]["addresses"][0]["reason"], "timeout");
+}
+
+#[tokio::test]
+async fn metrics_in_the_format_asked_for() {
+    let app = app();
+    app.metrics.set_peer(&dropped_peer("gpu-node-2"));
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (status, content_type, body) = get(&app, "/metrics", Some(prometheus)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(body.contains("efa_peer_state{peer=\"gpu-node-2\",state=\"fabric_dropped\"} 1\n"));
+    assert!(body.ends_with("# EOF\n"));
+
+    let (status, content_type, body) = get(&app, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(body.contains("efa_peer_state{peer=\"gpu-node-2\",state=\"fabric_dropped\"} 1\n"));
+    assert!(body.contains("# TYPE efa_probes_total counter\n"));
+    assert!(!body.contains("# EOF"));
+}
+
+#[tokio::test]
+async fn status_page_escapes_what_peers_and_servers_say() {
+    let app = app();
+    app.state
+        .set_peer("198.18.0.2:9464", dropped_peer(HOSTILE_NAME));
+    app.state.set_targets(vec![TargetReport {
+        spec: TargetSpec::parse("prom=prometheus.svc:9090").unwrap(),
+        addresses: Ok(vec![AddressReport {
+            address: "198.18.1.20:9090".parse().unwrap(),
+            result: Err(ProbeFailure::new(
+                FailureReason::HttpStatus,
+                "GET /-/ready answered 503: <script>x()</script>",
+            )),
+        }]),
+        addresses_skipped: 0,
+    }]);
+    let (status, content_type, page) = get(&app, "/", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    assert!(!page.contains("<script"), "{page}");
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(page.contains("document.location=&#39;//x&#39;&lt;/script&gt; &amp; co"));
+    assert!(page.contains("answered 503: &lt;script&gt;x()&lt;/script&gt;"));
+    assert!(page.contains("no EFA device &lt;script&gt;"));
+    // What an operator looks for first.
+    assert!(page.contains("gpu-node-1"));
+    assert!(page.contains("NOT READY"));
+    assert!(page.contains("1 of 1 peers not healthy (1 fabric_dropped)"));
+    assert!(page.contains("1 of 1 target addresses failing"));
+    assert!(page.contains(">FAIL<"));
+}
+
+#[tokio::test]
+async fn unknown_paths_are_not_found() {
+    let app = app();
+    for uri in ["/nope", "/v1", "/metrics/extra", "/v1/peers/x"] {
+        let (status, _, _) = get(&app, uri, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+    }
+}

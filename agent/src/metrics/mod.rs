@@ -1,0 +1,625 @@
+//! The agent's Prometheus metrics: every family is registered in [`Metrics::new`] and set
+//! from the shared snapshot types (`PeerStatus`, `TargetReport`, `FabricStatus`), so a
+//! metric says exactly what the API and the status page say.
+//!
+//! | family (as encoded) | type | labels |
+//! |---|---|---|
+//! | `efa_peer_reachable` | gauge 0/1 | `peer` (absent while the fabric path is not probed) |
+//! | `efa_peer_ip_reachable` | gauge 0/1 | `peer` |
+//! | `efa_peer_state` | gauge, one-hot over the six states | `peer`, `state` |
+//! | `efa_peer_diagnosis` | gauge 1 | `peer`, `reason` (while not healthy and a reason is known) |
+//! | `efa_peer_rtt_seconds` | gauge | `peer`, `path` (`ip`, `fabric`; while known) |
+//! | `efa_peer_fabric_loss_ratio` | gauge | `peer` (while the fabric path is probed) |
+//! | `efa_probes_total` | counter | `path`, `result` ([`ProbeResult`]) |
+//! | `efa_probe_rtt_seconds` | histogram, 10µs to 1s | `path` |
+//! | `efa_target_up` | gauge 0/1 | `target`, `address` |
+//! | `efa_target_failures_total` | counter | `target`, `address`, `reason` |
+//! | `efa_target_rtt_seconds` | gauge (TCP connect) | `target`, `address` |
+//! | `efa_target_nats_jetstream` | gauge 0/1 | `target`, `address` (NATS checks) |
+//! | `efa_fabric_available` | gauge 0/1 | `provider` |
+//! | `efa_fabric_device_info` | gauge 1 | `provider`, `domain`, `address` |
+//! | `efa_build_info` | gauge 1 | `version`, `provider` |
+//! | `efa_agent_ready` | gauge 0/1 | |
+//! | `efa_peers` | gauge | |
+//!
+//! Series that describe something gone are removed, not left at their last value: a
+//! departed peer loses every series it had, a target address that no longer resolves
+//! loses its gauges. Counters stay while their target is configured, so `increase()` still
+//! sees a failure from a round whose address has since changed.
+//!
+//! A target whose name does not resolve is reported under `address="HOST:PORT"` (the name
+//! as configured), with `efa_target_up` 0 and a `dns` failure: an alert on
+//! `efa_target_up == 0` fires for it like for any failing address.
+//!
+//! Counters are created at 0 for every label value they can take (the results a probe on
+//! each path can have, the reasons each target address's check can fail with) so the first
+//! failure is an increase Prometheus can see, not the appearance of a new series.
+
+mod exposition;
+mod labels;
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry, Unit};
+
+use exposition::openmetrics_to_prometheus_text;
+pub use exposition::ExpositionFormat;
+pub use labels::{ProbePath, ProbeResult};
+
+use crate::probe::{FailureReason, TargetCheck, TargetReport};
+use crate::state::{FabricStatus, PeerStatus};
+use crate::verdict::{DiagnosisReason, PeerState};
+use labels::*;
+
+/// Upper bounds of `efa_probe_rtt_seconds`: 1-2.5-5 steps from 10µs (a fabric round trip
+/// on one host) to 1s (well past any probe deadline worth having).
+const PROBE_RTT_BUCKETS: [f64; 16] = [
+    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1,
+    0.25, 0.5, 1.0,
+];
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+/// The agent's metric families and the registry that encodes them. Shared as
+/// `Arc<Metrics>`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Family names as they appear in `# TYPE` lines, in registration order.
+    family_names: Vec<String>,
+
+    peer_reachable: Family<PeerLabels, Gauge>,
+    peer_ip_reachable: Family<PeerLabels, Gauge>,
+    peer_state: Family<PeerStateLabels, Gauge>,
+    peer_diagnosis: Family<PeerDiagnosisLabels, Gauge>,
+    peer_rtt: Family<PeerPathLabels, FloatGauge>,
+    peer_fabric_loss: Family<PeerLabels, FloatGauge>,
+    probes: Family<ProbeLabels, Counter>,
+    probe_rtt: HistogramFamily<PathLabels>,
+
+    target_up: Family<TargetAddressLabels, Gauge>,
+    target_failures: Family<TargetFailureLabels, Counter>,
+    target_rtt: Family<TargetAddressLabels, FloatGauge>,
+    target_nats_jetstream: Family<TargetAddressLabels, Gauge>,
+
+    fabric_available: Family<ProviderLabels, Gauge>,
+    fabric_device_info: Family<DeviceLabels, Gauge>,
+    agent_ready: Gauge,
+    peers: Gauge,
+
+    /// Held by every setter that changes several series, for its whole update, and by
+    /// [`Metrics::encode`]: a scrape never sees half an update (two states at 1, a peer
+    /// with some of its series gone).
+    series: Mutex<SeriesBook>,
+}
+
+/// Which label sets exist now, where a family cannot tell (prometheus-client has no way to
+/// list a family's label sets), so departed ones can be removed.
+#[derive(Debug, Default)]
+struct SeriesBook {
+    target_up: HashSet<TargetAddressLabels>,
+    target_rtt: HashSet<TargetAddressLabels>,
+    target_nats_jetstream: HashSet<TargetAddressLabels>,
+    target_failures: HashSet<TargetFailureLabels>,
+    fabric_available: HashSet<ProviderLabels>,
+    fabric_devices: HashSet<DeviceLabels>,
+}
+
+impl Metrics {
+    /// Registers every family; sets build info, the fabric status and zeroed counters.
+    pub fn new(version: &str, fabric: &FabricStatus) -> Metrics {
+        let mut registry = Registry::default();
+        let mut family_names = Vec::new();
+        let mut register = Register {
+            registry: &mut registry,
+            names: &mut family_names,
+        };
+
+        let peer_reachable = register.add(
+            "efa_peer_reachable",
+            "1 when the fabric (OS-bypass) path to the peer answers, 0 when it does not; \
+             absent while that path is not probed",
+            None,
+            Family::default(),
+        );
+        let peer_ip_reachable = register.add(
+            "efa_peer_ip_reachable",
+            "1 when the peer's agent answers over IP (HTTP hello), 0 when it does not",
+            None,
+            Family::default(),
+        );
+        let peer_state = register.add(
+            "efa_peer_state",
+            "Verdict per peer, one-hot: 1 for the current state of healthy, fabric_dropped, \
+             ip_blocked, down, degraded, unknown",
+            None,
+            Family::default(),
+        );
+        let peer_diagnosis = register.add(
+            "efa_peer_diagnosis",
+            "1 for the likely cause while a peer is not healthy; absent while healthy or \
+             while the cause is not known",
+            None,
+            Family::default(),
+        );
+        let peer_rtt = register.add(
+            "efa_peer_rtt",
+            "Round-trip time of the peer's last answered probe, per path",
+            Some(Unit::Seconds),
+            Family::default(),
+        );
+        let peer_fabric_loss = register.add(
+            "efa_peer_fabric_loss",
+            "Share of the peer's fabric probes lost over the recent window",
+            Some(Unit::Other("ratio".into())),
+            Family::default(),
+        );
+        let probes = register.add(
+            "efa_probes",
+            "Peer probes by path and result",
+            None,
+            Family::default(),
+        );
+        let probe_rtt: HistogramFamily<PathLabels> = register.add(
+            "efa_probe_rtt",
+            "Round-trip time of answered peer probes",
+            Some(Unit::Seconds),
+            Family::new_with_constructor(|| Histogram::new(PROBE_RTT_BUCKETS)),
+        );
+        let target_up = register.add(
+            "efa_target_up",
+            "1 when the target address passes its check, 0 when it fails; address is \
+             HOST:PORT when the name did not resolve",
+            None,
+            Family::default(),
+        );
+        let target_failures = register.add(
+            "efa_target_failures",
+            "Failed target checks by reason; address is HOST:PORT for dns failures",
+            None,
+            Family::default(),
+        );
+        let target_rtt = register.add(
+            "efa_target_rtt",
+            "TCP connect time of the target address's last passed check",
+            Some(Unit::Seconds),
+            Family::default(),
+        );
+        let target_nats_jetstream = register.add(
+            "efa_target_nats_jetstream",
+            "1 when the NATS server at the address runs JetStream, 0 when it does not",
+            None,
+            Family::default(),
+        );
+        let fabric_available = register.add(
+            "efa_fabric_available",
+            "1 when at least one fabric endpoint of the configured provider is open",
+            None,
+            Family::default(),
+        );
+        let fabric_device_info = register.add(
+            "efa_fabric_device_info",
+            "One series per open fabric endpoint, naming its provider, domain and address; \
+             value always 1",
+            None,
+            Family::default(),
+        );
+        // Set once here; the registry keeps it.
+        let build_info: Family<BuildLabels, Gauge> = register.add(
+            "efa_build_info",
+            "Agent version and configured fabric provider; value always 1",
+            None,
+            Family::default(),
+        );
+        let agent_ready: Gauge = register.add(
+            "efa_agent_ready",
+            "1 once the agent's first full probe round has finished",
+            None,
+            Gauge::default(),
+        );
+        let peers: Gauge = register.add(
+            "efa_peers",
+            "Peers this agent knows, configured or discovered",
+            None,
+            Gauge::default(),
+        );
+
+        build_info
+            .get_or_create(&BuildLabels {
+                version: version.into(),
+                provider: fabric.provider.as_str().into(),
+            })
+            .set(1);
+        for path in ProbePath::ALL {
+            for &result in ProbeResult::possible_on(path) {
+                create_series(&probes, &ProbeLabels { path, result });
+            }
+            create_series(&probe_rtt, &PathLabels { path });
+        }
+
+        let metrics = Metrics {
+            registry,
+            family_names,
+            peer_reachable,
+            peer_ip_reachable,
+            peer_state,
+            peer_diagnosis,
+            peer_rtt,
+            peer_fabric_loss,
+            probes,
+            probe_rtt,
+            target_up,
+            target_failures,
+            target_rtt,
+            target_nats_jetstream,
+            fabric_available,
+            fabric_device_info,
+            agent_ready,
+            peers,
+            series: Mutex::default(),
+        };
+        metrics.set_fabric(fabric);
+        metrics
+    }
+
+    /// The OpenMetrics text exposition, `# EOF` included.
+    pub fn encode(&self) -> String {
+        let _book = self.book();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail, and every label value encodes");
+        text
+    }
+
+    /// The exposition in `format` (see [`ExpositionFormat`] for why there are two).
+    pub fn encode_as(&self, format: ExpositionFormat) -> String {
+        match format {
+            ExpositionFormat::OpenMetrics => self.encode(),
+            ExpositionFormat::PrometheusText => openmetrics_to_prometheus_text(&self.encode()),
+        }
+    }
+
+    /// Family names as they appear in the `# TYPE` lines of [`Metrics::encode`].
+    pub fn family_names(&self) -> &[String] {
+        &self.family_names
+    }
+
+    /// Sets every per-peer series from the snapshot, and removes those the snapshot says
+    /// are not known (a path not probed, an RTT not measured, a diagnosis that changed).
+    pub fn set_peer(&self, peer: &PeerStatus) {
+        let _book = self.book();
+        let name = LabelText::from(peer.name.as_str());
+        let by_name = PeerLabels { peer: name.clone() };
+
+        set_or_remove(
+            &self.peer_reachable,
+            &by_name,
+            peer.fabric.reachable.map(i64::from),
+        );
+        set_or_remove(
+            &self.peer_ip_reachable,
+            &by_name,
+            peer.ip.reachable.map(i64::from),
+        );
+        for state in PeerState::ALL {
+            let labels = PeerStateLabels {
+                peer: name.clone(),
+                state: StateLabel(state),
+            };
+            self.peer_state
+                .get_or_create(&labels)
+                .set(i64::from(state == peer.state));
+        }
+        let diagnosis = peer.reason.filter(|_| peer.state != PeerState::Healthy);
+        for reason in DiagnosisReason::ALL {
+            let labels = PeerDiagnosisLabels {
+                peer: name.clone(),
+                reason: DiagnosisLabel(reason),
+            };
+            set_or_remove(
+                &self.peer_diagnosis,
+                &labels,
+                (diagnosis == Some(reason)).then_some(1),
+            );
+        }
+        for path in ProbePath::ALL {
+            let status = match path {
+                ProbePath::Ip => &peer.ip,
+                ProbePath::Fabric => &peer.fabric,
+            };
+            let labels = PeerPathLabels {
+                peer: name.clone(),
+                path,
+            };
+            set_or_remove(&self.peer_rtt, &labels, status.rtt_seconds);
+        }
+        // A loss ratio of a path never probed would read as "no loss".
+        let loss = peer.fabric.reachable.map(|_| peer.fabric_loss);
+        set_or_remove(&self.peer_fabric_loss, &by_name, loss);
+    }
+
+    /// Removes every series labelled with this peer.
+    pub fn remove_peer(&self, name: &str) {
+        let _book = self.book();
+        let name = LabelText::from(name);
+        let by_name = PeerLabels { peer: name.clone() };
+        self.peer_reachable.remove(&by_name);
+        self.peer_ip_reachable.remove(&by_name);
+        self.peer_fabric_loss.remove(&by_name);
+        for state in PeerState::ALL {
+            self.peer_state.remove(&PeerStateLabels {
+                peer: name.clone(),
+                state: StateLabel(state),
+            });
+        }
+        for reason in DiagnosisReason::ALL {
+            self.peer_diagnosis.remove(&PeerDiagnosisLabels {
+                peer: name.clone(),
+                reason: DiagnosisLabel(reason),
+            });
+        }
+        for path in ProbePath::ALL {
+            self.peer_rtt.remove(&PeerPathLabels {
+                peer: name.clone(),
+                path,
+            });
+        }
+    }
+
+    /// A peer known by its address until its first hello is now known by its node name:
+    /// its series under the old name go (the caller's `set_peer` adds the new ones).
+    pub fn rename_peer(&self, old: &str, new: &str) {
+        if old != new {
+            self.remove_peer(old);
+        }
+    }
+
+    /// Counts one peer probe; `rtt` (of an answered probe) goes into the histogram.
+    pub fn record_probe(&self, path: ProbePath, result: ProbeResult, rtt: Option<Duration>) {
+        self.probes
+            .get_or_create(&ProbeLabels { path, result })
+            .inc();
+        if let Some(rtt) = rtt {
+            self.probe_rtt
+                .get_or_create(&PathLabels { path })
+                .observe(rtt.as_secs_f64());
+        }
+    }
+
+    /// Sets the target series from one round's reports (all configured targets), counts
+    /// the round's failures, and removes the gauges of addresses and targets not in it.
+    pub fn set_targets(&self, reports: &[TargetReport]) {
+        let mut book = self.book();
+        let mut up = HashSet::new();
+        let mut rtt = HashSet::new();
+        let mut jetstream = HashSet::new();
+        let mut failures = HashSet::new();
+
+        for report in reports {
+            let target = LabelText::from(report.spec.name.as_str());
+            let as_configured = LabelText(report.spec.authority());
+            if report.spec.ip().is_none() {
+                // Zeroed, so the first resolution failure is an increase.
+                let dns = TargetFailureLabels {
+                    target: target.clone(),
+                    address: as_configured.clone(),
+                    reason: FailureLabel(FailureReason::Dns),
+                };
+                create_series(&self.target_failures, &dns);
+                failures.insert(dns);
+            }
+            let addresses = match &report.addresses {
+                Ok(addresses) => addresses,
+                Err(failure) => {
+                    let labels = TargetAddressLabels {
+                        target: target.clone(),
+                        address: as_configured.clone(),
+                    };
+                    self.target_up.get_or_create(&labels).set(0);
+                    up.insert(labels);
+                    let counted = TargetFailureLabels {
+                        target: target.clone(),
+                        address: as_configured,
+                        reason: FailureLabel(failure.reason),
+                    };
+                    self.target_failures.get_or_create(&counted).inc();
+                    failures.insert(counted);
+                    continue;
+                }
+            };
+            for address in addresses {
+                let labels = TargetAddressLabels {
+                    target: target.clone(),
+                    address: LabelText(address.address.to_string()),
+                };
+                let failure_labels = |reason| TargetFailureLabels {
+                    target: labels.target.clone(),
+                    address: labels.address.clone(),
+                    reason: FailureLabel(reason),
+                };
+                for &reason in address_failures(&report.spec.check) {
+                    let zeroed = failure_labels(reason);
+                    create_series(&self.target_failures, &zeroed);
+                    failures.insert(zeroed);
+                }
+                self.target_up
+                    .get_or_create(&labels)
+                    .set(i64::from(address.is_ok()));
+                up.insert(labels.clone());
+                match &address.result {
+                    Ok(success) => {
+                        self.target_rtt
+                            .get_or_create(&labels)
+                            .set(success.connect_rtt.as_secs_f64());
+                        rtt.insert(labels.clone());
+                        if let (TargetCheck::Nats, Some(info)) = (&report.spec.check, &success.nats)
+                        {
+                            self.target_nats_jetstream
+                                .get_or_create(&labels)
+                                .set(i64::from(info.jetstream));
+                            jetstream.insert(labels.clone());
+                        }
+                    }
+                    Err(failure) => {
+                        let counted = failure_labels(failure.reason);
+                        self.target_failures.get_or_create(&counted).inc();
+                        failures.insert(counted);
+                    }
+                }
+            }
+        }
+
+        // Counters of a target still configured stay (see the module docs).
+        let configured: HashSet<&str> = reports.iter().map(|r| r.spec.name.as_str()).collect();
+        failures.extend(
+            book.target_failures
+                .iter()
+                .filter(|labels| configured.contains(labels.target.0.as_str()))
+                .cloned(),
+        );
+        remove_departed(&self.target_up, &mut book.target_up, up);
+        remove_departed(&self.target_rtt, &mut book.target_rtt, rtt);
+        remove_departed(
+            &self.target_nats_jetstream,
+            &mut book.target_nats_jetstream,
+            jetstream,
+        );
+        remove_departed(&self.target_failures, &mut book.target_failures, failures);
+    }
+
+    /// Sets the fabric series; devices (and a provider) no longer open lose theirs.
+    pub fn set_fabric(&self, fabric: &FabricStatus) {
+        let mut book = self.book();
+        let provider = ProviderLabels {
+            provider: fabric.provider.as_str().into(),
+        };
+        self.fabric_available
+            .get_or_create(&provider)
+            .set(i64::from(fabric.available));
+        let devices: HashSet<DeviceLabels> = fabric
+            .devices
+            .iter()
+            .map(|device| DeviceLabels {
+                provider: device.provider.as_str().into(),
+                domain: device.domain.as_str().into(),
+                address: device.address.as_str().into(),
+            })
+            .collect();
+        for device in &devices {
+            self.fabric_device_info.get_or_create(device).set(1);
+        }
+        remove_departed(
+            &self.fabric_available,
+            &mut book.fabric_available,
+            HashSet::from([provider]),
+        );
+        remove_departed(&self.fabric_device_info, &mut book.fabric_devices, devices);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.agent_ready.set(i64::from(ready));
+    }
+
+    pub fn set_peer_count(&self, n: usize) {
+        self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The bookkeeping lock. A panic elsewhere while holding it leaves whole values behind
+    /// (each series is set atomically), so a poisoned lock is still good to use.
+    fn book(&self) -> MutexGuard<'_, SeriesBook> {
+        self.series.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The reasons a check of one address can fail with (`dns` is the name's, not an
+/// address's): the failure series created at 0 for each address.
+fn address_failures(check: &TargetCheck) -> &'static [FailureReason] {
+    use FailureReason::*;
+    match check {
+        // A bare connect: nothing is read, so no protocol to get wrong.
+        TargetCheck::Tcp => &[Timeout, Refused, Unreachable, Reset],
+        TargetCheck::Nats => &[Timeout, Refused, Unreachable, Reset, Protocol],
+        TargetCheck::Prometheus | TargetCheck::Http { .. } => {
+            &[Timeout, Refused, Unreachable, Reset, Protocol, HttpStatus]
+        }
+    }
+}
+
+/// Registers families and remembers their encoded names.
+struct Register<'a> {
+    registry: &'a mut Registry,
+    names: &'a mut Vec<String>,
+}
+
+impl Register<'_> {
+    /// Registers `metric` and returns it (families share their series with the registry's
+    /// clone). The encoded name is `name_<unit>`, as prometheus-client appends the unit.
+    fn add<M: Metric + Clone>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+        metric: M,
+    ) -> M {
+        let encoded = match &unit {
+            Some(unit) => format!("{name}_{}", unit.as_str()),
+            None => name.to_owned(),
+        };
+        match unit {
+            Some(unit) => self
+                .registry
+                .register_with_unit(name, help, unit, metric.clone()),
+            None => self.registry.register(name, help, metric.clone()),
+        }
+        self.names.push(encoded);
+        metric
+    }
+}
+
+/// Sets the series to `value`, or removes it when the value is not known.
+fn set_or_remove<S, N, A>(family: &Family<S, Gauge<N, A>>, labels: &S, value: Option<N>)
+where
+    S: Clone + std::hash::Hash + Eq,
+    A: prometheus_client::metrics::gauge::Atomic<N> + Default,
+{
+    match value {
+        Some(value) => {
+            family.get_or_create(labels).set(value);
+        }
+        None => {
+            family.remove(labels);
+        }
+    }
+}
+
+/// Creates the series at its initial value (0, an empty histogram) if it is not there.
+fn create_series<S, M, C>(family: &Family<S, M, C>, labels: &S)
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: MetricConstructor<M>,
+{
+    drop(family.get_or_create(labels));
+}
+
+/// Removes from `family` the label sets in `known` but not in `now`; `now` becomes `known`.
+fn remove_departed<S, M, C>(family: &Family<S, M, C>, known: &mut HashSet<S>, now: HashSet<S>)
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: MetricConstructor<M>,
+{
+    for departed in known.difference(&now) {
+        family.remove(departed);
+    }
+    *known = now;
+}
+
+#[cfg(test)]
+mod tests;

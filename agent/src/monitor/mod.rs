@@ -1,0 +1,403 @@
+//! The probe loops: every interval, each peer over both paths, and each configured target.
+
+mod summary;
+pub mod targets;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use tokio::time::Instant;
+
+use crate::fabric_ping::{FabricPinger, PeerHandle, ProbeOutcome};
+use crate::hello::{Hello, MAX_HELLO_BYTES};
+use crate::metrics::{Metrics, ProbePath, ProbeResult};
+use crate::probe::{http::http_get, tcp::connect_tcp, FailureReason, ProbeFailure};
+use crate::state::{unix_now, AgentState, PathStatus, PeerStatus};
+use crate::verdict::{FabricObservation, IpObservation, PeerVerdict, Round, VerdictPolicy};
+
+/// Peers probed at once, at most.
+const CONCURRENCY: usize = 64;
+
+/// How peers are probed.
+#[derive(Debug, Clone)]
+pub struct PeerProbeSettings {
+    pub timeout: Duration,
+    pub probe_size: usize,
+    pub policy: VerdictPolicy,
+    /// The provider this node was asked to use; a peer with another cannot be reached.
+    pub provider: Option<String>,
+}
+
+/// What one round found for one peer, before it is applied.
+struct RoundResult {
+    key: String,
+    hello: Result<(Hello, Duration), ProbeFailure>,
+    fabric: Option<ProbeOutcome>,
+}
+
+/// One monitored peer.
+struct Peer {
+    /// The peer agent's HTTP address, as configured or discovered.
+    address: String,
+    verdict: PeerVerdict,
+    status: PeerStatus,
+    hello: Option<Hello>,
+    /// The fabric address in use and its handle in the engine.
+    fabric: Option<(Vec<u8>, PeerHandle)>,
+}
+
+/// Probes peers over both paths and keeps their verdicts.
+pub struct PeerMonitor {
+    settings: PeerProbeSettings,
+    state: Arc<AgentState>,
+    metrics: Arc<Metrics>,
+    pinger: Option<FabricPinger>,
+    peers: HashMap<String, Peer>,
+}
+
+impl PeerMonitor {
+    pub fn new(
+        settings: PeerProbeSettings,
+        state: Arc<AgentState>,
+        metrics: Arc<Metrics>,
+        pinger: Option<FabricPinger>,
+    ) -> Self {
+        PeerMonitor {
+            settings,
+            state,
+            metrics,
+            pinger,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Makes `addresses` the set of peers: new ones start `unknown`, departed ones lose their
+    /// state, their metric series and their address-vector entry.
+    pub fn set_peers(&mut self, addresses: &[String]) {
+        self.peers.retain(|key, peer| {
+            if addresses.contains(key) {
+                return true;
+            }
+            self.state.remove_peer(key);
+            self.metrics.remove_peer(&peer.status.name);
+            if let (Some(pinger), Some((_, handle))) = (&self.pinger, peer.fabric.take()) {
+                pinger.remove_peer(handle);
+            }
+            tracing::info!(peer = %peer.status.name, "peer left");
+            false
+        });
+        for addr in addresses {
+            if self.peers.contains_key(addr) {
+                continue;
+            }
+            let status = PeerStatus {
+                name: addr.clone(),
+                address: addr.clone(),
+                state: crate::verdict::PeerState::Unknown,
+                reason: None,
+                summary: "waiting for the peer's first answer".into(),
+                ip: PathStatus::default(),
+                fabric: PathStatus::default(),
+                fabric_loss: 0.0,
+                hello: None,
+                since_unix: unix_now(),
+                rounds: 0,
+            };
+            self.state.set_peer(addr, status.clone());
+            self.metrics.set_peer(&status);
+            self.peers.insert(
+                addr.clone(),
+                Peer {
+                    address: addr.clone(),
+                    verdict: PeerVerdict::new(self.settings.policy),
+                    status,
+                    hello: None,
+                    fabric: None,
+                },
+            );
+        }
+        self.metrics.set_peer_count(self.peers.len());
+    }
+
+    /// Probes every peer once, both paths at the same time, and applies the results.
+    pub async fn run_round(&mut self) {
+        let timeout = self.settings.timeout;
+        let size = self.settings.probe_size;
+        let jobs: Vec<_> = self
+            .peers
+            .values()
+            .map(|p| {
+                let handle = p.fabric.as_ref().map(|(_, h)| *h);
+                (p.address.clone(), handle)
+            })
+            .collect();
+        let pinger = self.pinger.clone();
+        let results: Vec<RoundResult> = stream::iter(jobs)
+            .map(|(key, handle)| {
+                let pinger = pinger.clone();
+                async move {
+                    let fabric = async {
+                        match (pinger, handle) {
+                            (Some(p), Some(h)) => p.probe(h, size, timeout).get().await,
+                            _ => None,
+                        }
+                    };
+                    let (hello, fabric) = tokio::join!(fetch_hello(&key, timeout), fabric);
+                    RoundResult { key, hello, fabric }
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for result in results {
+            self.apply(result).await;
+        }
+    }
+
+    async fn apply(&mut self, result: RoundResult) {
+        let provider = self.settings.provider.clone();
+        let local_fabric = self.pinger.is_some();
+        let Some(peer) = self.peers.get_mut(&result.key) else {
+            return; // left during the round
+        };
+        let old_name = peer.status.name.clone();
+
+        // The IP path.
+        let ip = match &result.hello {
+            Ok((hello, rtt)) => {
+                peer.status.ip = PathStatus {
+                    reachable: Some(true),
+                    rtt_seconds: Some(rtt.as_secs_f64()),
+                    last_failure: None,
+                    last_error: None,
+                };
+                self.metrics
+                    .record_probe(ProbePath::Ip, ProbeResult::Ok, Some(*rtt));
+                peer.hello = Some(hello.clone());
+                IpObservation::Answered(*rtt)
+            }
+            Err(failure) => {
+                peer.status.ip = PathStatus {
+                    reachable: Some(false),
+                    rtt_seconds: None,
+                    last_failure: Some(failure.reason.as_str().to_owned()),
+                    last_error: Some(failure.message.clone()),
+                };
+                self.metrics.record_probe(
+                    ProbePath::Ip,
+                    ProbeResult::from_failure(failure.reason),
+                    None,
+                );
+                match failure.reason {
+                    FailureReason::Timeout => IpObservation::Timeout,
+                    FailureReason::Refused => IpObservation::Refused,
+                    FailureReason::Protocol | FailureReason::HttpStatus => IpObservation::Protocol,
+                    _ => IpObservation::OtherError,
+                }
+            }
+        };
+
+        // The fabric path: what was probed this round, or why nothing was.
+        let fabric = match (&result.fabric, &peer.hello) {
+            _ if !local_fabric => FabricObservation::LocalNoFabric,
+            (Some(outcome), _) => {
+                let (obs, status, result) = fabric_result(outcome);
+                peer.status.fabric = status;
+                self.metrics
+                    .record_probe(ProbePath::Fabric, result, rtt_of(outcome));
+                obs
+            }
+            (None, Some(hello)) if !hello.fabric.available => {
+                let why = hello
+                    .fabric
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "no fabric".into());
+                peer.status.fabric = not_probed("peer_no_fabric", why);
+                FabricObservation::PeerNoFabric
+            }
+            (None, Some(hello)) if Some(&hello.fabric.provider) != provider.as_ref() => {
+                peer.status.fabric = not_probed(
+                    "provider_mismatch",
+                    format!(
+                        "the peer uses {:?}, this node {:?}",
+                        hello.fabric.provider,
+                        provider.as_deref().unwrap_or("none")
+                    ),
+                );
+                FabricObservation::ProviderMismatch
+            }
+            (None, _) => FabricObservation::NotLearned,
+        };
+
+        let changed = peer.verdict.observe(&Round { ip, fabric });
+        if changed {
+            peer.status.since_unix = unix_now();
+            tracing::info!(
+                peer = %peer.status.name,
+                state = peer.verdict.state().as_str(),
+                reason = peer.verdict.reason().map(|r| r.as_str()),
+                "peer state changed"
+            );
+        }
+        peer.status.state = peer.verdict.state();
+        peer.status.reason = peer.verdict.reason();
+        peer.status.fabric_loss = peer.verdict.fabric_loss();
+        peer.status.rounds += 1;
+        if let Some(hello) = &peer.hello {
+            peer.status.name = hello.node_name.clone();
+        }
+        peer.status.hello = peer.hello.clone();
+        peer.status.summary = summary::summarize(
+            peer.status.state,
+            peer.status.reason,
+            &peer.status.ip,
+            &peer.status.fabric,
+            peer.status.fabric_loss,
+        );
+
+        // Learn or update the peer's fabric address from its hello. It is kept when the IP
+        // path later fails, so the fabric probe goes on.
+        let wanted = peer
+            .hello
+            .as_ref()
+            .filter(|h| h.fabric.available && Some(&h.fabric.provider) == provider.as_ref())
+            .and_then(|h| h.fabric_address(0));
+        let current = peer.fabric.as_ref().map(|(a, _)| a.as_slice());
+        if let (Some(pinger), Some(address)) = (&self.pinger, wanted) {
+            if Some(address.as_slice()) != current {
+                if let Some((_, old)) = peer.fabric.take() {
+                    pinger.remove_peer(old);
+                }
+                match pinger.add_peer(&address).get().await {
+                    Some(Ok(handle)) => peer.fabric = Some((address, handle)),
+                    Some(Err(e)) => {
+                        tracing::warn!(peer = %peer.status.name, error = %e, "peer's fabric address refused");
+                        peer.status.fabric = not_probed("bad_address", e);
+                    }
+                    None => {}
+                }
+            }
+        }
+
+        if old_name != peer.status.name {
+            self.metrics.rename_peer(&old_name, &peer.status.name);
+        }
+        self.state.set_peer(&result.key, peer.status.clone());
+        self.metrics.set_peer(&peer.status);
+    }
+
+    /// Closes every peer's fabric handle (shutdown).
+    pub fn release(&mut self) {
+        if let Some(pinger) = &self.pinger {
+            for peer in self.peers.values_mut() {
+                if let Some((_, h)) = peer.fabric.take() {
+                    pinger.remove_peer(h);
+                }
+            }
+        }
+    }
+}
+
+fn not_probed(failure: &str, why: String) -> PathStatus {
+    PathStatus {
+        reachable: None,
+        rtt_seconds: None,
+        last_failure: Some(failure.to_owned()),
+        last_error: Some(why),
+    }
+}
+
+fn rtt_of(outcome: &ProbeOutcome) -> Option<Duration> {
+    match outcome {
+        ProbeOutcome::Pong { rtt, .. } => Some(*rtt),
+        _ => None,
+    }
+}
+
+fn fabric_result(outcome: &ProbeOutcome) -> (FabricObservation, PathStatus, ProbeResult) {
+    match outcome {
+        ProbeOutcome::Pong { rtt, .. } => (
+            FabricObservation::Answered(*rtt),
+            PathStatus {
+                reachable: Some(true),
+                rtt_seconds: Some(rtt.as_secs_f64()),
+                last_failure: None,
+                last_error: None,
+            },
+            ProbeResult::Ok,
+        ),
+        ProbeOutcome::Timeout => (
+            FabricObservation::Timeout,
+            PathStatus {
+                reachable: Some(false),
+                rtt_seconds: None,
+                last_failure: Some("timeout".into()),
+                last_error: Some("no answer before the deadline (silently dropped)".into()),
+            },
+            ProbeResult::Timeout,
+        ),
+        ProbeOutcome::SendFailed { error } => (
+            FabricObservation::Failed,
+            PathStatus {
+                reachable: Some(false),
+                rtt_seconds: None,
+                last_failure: Some("provider_error".into()),
+                last_error: Some(error.to_string()),
+            },
+            ProbeResult::ProviderError,
+        ),
+        ProbeOutcome::NotSent { reason } => (
+            FabricObservation::Failed,
+            PathStatus {
+                reachable: Some(false),
+                rtt_seconds: None,
+                last_failure: Some("not_sent".into()),
+                last_error: Some(reason.clone()),
+            },
+            ProbeResult::Error,
+        ),
+    }
+}
+
+/// GET the peer agent's `/v1/hello` within `timeout`.
+async fn fetch_hello(peer: &str, timeout: Duration) -> Result<(Hello, Duration), ProbeFailure> {
+    let deadline = Instant::now() + timeout;
+    let addr = resolve(peer, deadline).await?;
+    let started = Instant::now();
+    let conn = connect_tcp(addr, deadline).await?;
+    let response = http_get(conn.stream, peer, "/v1/hello", MAX_HELLO_BYTES, deadline).await?;
+    let rtt = started.elapsed();
+    if response.status != 200 {
+        return Err(ProbeFailure::new(
+            FailureReason::HttpStatus,
+            format!("{peer} answered /v1/hello with HTTP {}", response.status),
+        ));
+    }
+    let hello = Hello::parse(&response.body)
+        .map_err(|e| ProbeFailure::new(FailureReason::Protocol, format!("{peer}: {e}")))?;
+    Ok((hello, rtt))
+}
+
+async fn resolve(peer: &str, deadline: Instant) -> Result<SocketAddr, ProbeFailure> {
+    if let Ok(addr) = peer.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let lookup = tokio::time::timeout_at(deadline, tokio::net::lookup_host(peer.to_owned()));
+    match lookup.await {
+        Err(_) => Err(ProbeFailure::new(
+            FailureReason::Dns,
+            format!("resolving {peer} timed out"),
+        )),
+        Ok(Err(e)) => Err(ProbeFailure::new(
+            FailureReason::Dns,
+            format!("resolving {peer}: {e}"),
+        )),
+        Ok(Ok(mut addrs)) => addrs
+            .next()
+            .ok_or_else(|| ProbeFailure::new(FailureReason::Dns, format!("{peer} has no address"))),
+    }
+}

@@ -1,0 +1,255 @@
+//! `efaprobe agent` on loopback: hostile peers (garbage, a huge body, silence) give `protocol`
+//! or `timeout` and leave the agent unaffected; a missing provider means IP-only, said in a
+//! metric; bad settings exit 64; SIGTERM exits 0.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::metrics::{parse, value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
+
+struct Agent(Child);
+
+impl Agent {
+    fn start(args: &[&str]) -> Agent {
+        let child = Command::new(BIN)
+            .arg("agent")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start agent");
+        Agent(child)
+    }
+
+    fn stop(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A plain HTTP GET on loopback, bounded.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A peer that is not an agent: it runs `behave` on every connection, in its own thread.
+fn fake_peer(behave: fn(TcpStream)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || behave(stream));
+        }
+    });
+    port
+}
+
+fn garbage(mut s: TcpStream) {
+    let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n");
+}
+
+fn huge(mut s: TcpStream) {
+    let _ = s.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n",
+    );
+    let chunk = vec![b'{'; 64 * 1024];
+    for _ in 0..800 {
+        if s.write_all(&chunk).is_err() {
+            return;
+        }
+    }
+}
+
+fn silent(s: TcpStream) {
+    std::thread::sleep(Duration::from_secs(30));
+    drop(s);
+}
+
+fn peer_json(port: u16) -> Vec<serde_json::Value> {
+    get(port, "/v1/peers")
+        .and_then(|(_, body)| serde_json::from_str::<Vec<serde_json::Value>>(&body).ok())
+        .unwrap_or_default()
+}
+
+#[test]
+fn hostile_peers_are_classified_and_do_not_hurt_the_agent() {
+    let garbage_port = fake_peer(garbage);
+    let huge_port = fake_peer(huge);
+    let silent_port = fake_peer(silent);
+    let (a_port, b_port) = (47_761, 47_762);
+    let peers = format!(
+        "127.0.0.1:{garbage_port},127.0.0.1:{huge_port},127.0.0.1:{silent_port},127.0.0.1:{b_port}"
+    );
+    let common = |name: &str, port: u16| -> Vec<String> {
+        [
+            "--node-name",
+            name,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--fabric-provider",
+            "udp;ofi_rxd",
+            "--fabric-bind",
+            "127.0.0.1",
+            "--interval",
+            "1s",
+            "--timeout",
+            "500ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut a_args = common("node-a", a_port);
+    a_args.extend(["--peers".into(), peers]);
+    let b_args = common("node-b", b_port);
+    let a = Agent::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = Agent::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let by_address = |peers: &[serde_json::Value], port: u16| {
+        peers
+            .iter()
+            .find(|p| p["address"] == format!("127.0.0.1:{port}"))
+            .cloned()
+    };
+    let peers = wait_for("verdicts for every peer", Duration::from_secs(20), || {
+        let peers = peer_json(a_port);
+        let real = by_address(&peers, b_port)?;
+        let settled = [garbage_port, huge_port, silent_port]
+            .iter()
+            .all(|p| by_address(&peers, *p).is_some_and(|p| p["state"] == "down"));
+        (real["state"] == "healthy" && settled).then_some(peers)
+    });
+    let ip_failure = |port| by_address(&peers, port).unwrap()["ip"]["last_failure"].clone();
+    assert_eq!(ip_failure(garbage_port), "protocol", "{peers:?}");
+    assert_eq!(ip_failure(huge_port), "protocol", "{peers:?}");
+    assert_eq!(ip_failure(silent_port), "timeout", "{peers:?}");
+    let real = by_address(&peers, b_port).unwrap();
+    assert_eq!(real["name"], "node-b", "named by its hello");
+    assert_eq!(real["fabric"]["reachable"], true);
+
+    // Unaffected: still serving, and its own metrics are whole.
+    assert_eq!(get(a_port, "/healthz").map(|r| r.0), Some(200));
+    let m = parse(&get(a_port, "/metrics").unwrap().1);
+    assert_eq!(
+        value(
+            &m,
+            "efa_peer_state",
+            &[("peer", "node-b"), ("state", "healthy")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&m, "efa_fabric_available", &[("provider", "udp;ofi_rxd")]),
+        Some(1.0)
+    );
+    assert_eq!(a.stop(), Some(0), "exit 0 on SIGTERM");
+    assert_eq!(b.stop(), Some(0));
+}
+
+#[test]
+fn a_missing_provider_means_ip_only_and_says_so() {
+    let port = 47_763;
+    let agent = Agent::start(&[
+        "--node-name",
+        "ip-only",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--fabric-provider",
+        "efa",
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+    ]);
+    let m = wait_for("metrics", Duration::from_secs(10), || {
+        get(port, "/metrics")
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, b)| parse(&b))
+    });
+    assert_eq!(
+        value(&m, "efa_fabric_available", &[("provider", "efa")]),
+        Some(0.0)
+    );
+    let hello: serde_json::Value =
+        serde_json::from_str(&get(port, "/v1/hello").unwrap().1).unwrap();
+    assert_eq!(hello["fabric"]["available"], false);
+    assert!(hello["fabric"]["error"].as_str().unwrap().contains("efa"));
+    wait_for("ready with no peers", Duration::from_secs(10), || {
+        get(port, "/readyz").filter(|(s, _)| *s == 200)
+    });
+    assert_eq!(agent.stop(), Some(0));
+}
+
+#[test]
+fn bad_settings_exit_64_naming_the_setting() {
+    for (args, setting) in [
+        (vec!["--listen", "127.0.0.1:1"], "node-name"),
+        (
+            vec!["--node-name", "n", "--interval", "1s", "--timeout", "2s"],
+            "timeout",
+        ),
+        (vec!["--node-name", "n", "--target", "nats=:4222"], "target"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("agent")
+            .args(&args)
+            .env_remove("NODE_NAME")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(setting), "{args:?}: {err}");
+    }
+    // Read from the environment too, as a DaemonSet passes it.
+    let out = Command::new(BIN)
+        .arg("agent")
+        .env("NODE_NAME", "Bad_Name")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NODE_NAME"));
+}
