@@ -191,6 +191,71 @@ fn hostile_peers_are_classified_and_do_not_hurt_the_agent() {
 }
 
 #[test]
+fn a_peer_without_fabric_is_diagnosed_peer_no_fabric() {
+    let (a_port, c_port) = (47_764, 47_765);
+    let c = Agent::start(&[
+        "--node-name",
+        "no-fabric",
+        "--listen",
+        &format!("127.0.0.1:{c_port}"),
+        "--fabric-provider",
+        "none",
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+        "--peers",
+        &format!("127.0.0.1:{a_port}"),
+    ]);
+    let a = Agent::start(&[
+        "--node-name",
+        "node-a",
+        "--listen",
+        &format!("127.0.0.1:{a_port}"),
+        "--fabric-provider",
+        "udp;ofi_rxd",
+        "--fabric-bind",
+        "127.0.0.1",
+        "--peers",
+        &format!("127.0.0.1:{c_port}"),
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+    ]);
+    let m = wait_for("peer_no_fabric", Duration::from_secs(15), || {
+        let m = parse(&get(a_port, "/metrics")?.1);
+        (value(
+            &m,
+            "efa_peer_diagnosis",
+            &[("peer", "no-fabric"), ("reason", "peer_no_fabric")],
+        ) == Some(1.0))
+        .then_some(m)
+    });
+    assert_eq!(
+        value(
+            &m,
+            "efa_peer_state",
+            &[("peer", "no-fabric"), ("state", "fabric_dropped")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&m, "efa_peer_ip_reachable", &[("peer", "no-fabric")]),
+        Some(1.0)
+    );
+    // The agent without a fabric cannot judge the fabric path: unknown, saying why.
+    let peers = wait_for("c judges a", Duration::from_secs(10), || {
+        let peers = peer_json(c_port);
+        (peers.len() == 1 && peers[0]["rounds"].as_u64() > Some(0)).then_some(peers)
+    });
+    assert_eq!(peers[0]["state"], "unknown", "{peers:?}");
+    assert_eq!(peers[0]["reason"], "local_no_fabric", "{peers:?}");
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(c.stop(), Some(0));
+}
+
+#[test]
 fn a_missing_provider_means_ip_only_and_says_so() {
     let port = 47_763;
     let agent = Agent::start(&[

@@ -197,6 +197,26 @@ fn three_agents_tell_fabric_drops_from_outages() {
     expect(&m, 3, "node-1", "healthy").unwrap();
     expect(&m, 3, "node-2", "healthy").unwrap();
 
+    // 2c. Node 1 also refuses node 2's connections to its agent port: node 2 still reaches
+    //     node 1 over the fabric (the address it learned earlier is kept), so it says
+    //     ip_blocked, not down.
+    lan.hosts[0].nft(&format!(
+        "table inet efp_agent_port {{
+            chain input {{ type filter hook input priority 0; policy accept; ip saddr {} tcp dport {PORT} drop; }}
+        }}",
+        ips[1]
+    ));
+    lan.hosts[0].nft("delete table inet efp_sg");
+    wait_until("ip_blocked on node 2", 5 * INTERVAL, || {
+        let m = scrape(&lan, 2);
+        expect(&m, 2, "node-1", "ip_blocked")?;
+        if value(&m, "efa_peer_reachable", &[("peer", "node-1")]) != Some(1.0) {
+            return Err("node-2: fabric to node-1 should still work".into());
+        }
+        Ok(())
+    });
+    lan.hosts[0].nft_flush();
+
     // 3. Agent 3 stops (gracefully: exit 0); the others see it down, not fabric_dropped.
     let code = agents[2].take().unwrap().stop();
     assert_eq!(code, Some(0), "agent exits 0 on SIGTERM");

@@ -401,3 +401,40 @@ async fn resolve(peer: &str, deadline: Instant) -> Result<SocketAddr, ProbeFailu
             .ok_or_else(|| ProbeFailure::new(FailureReason::Dns, format!("{peer} has no address"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::FabricStatus;
+
+    #[tokio::test]
+    async fn a_departed_peer_loses_its_state_and_every_series() {
+        let state = Arc::new(AgentState::new("me", FabricStatus::default()));
+        let metrics = Arc::new(Metrics::new("test", &FabricStatus::default()));
+        let settings = PeerProbeSettings {
+            timeout: Duration::from_millis(200),
+            probe_size: 64,
+            policy: VerdictPolicy::default(),
+            provider: None,
+        };
+        let mut monitor = PeerMonitor::new(settings, state.clone(), metrics.clone(), None);
+        // Nothing listens on these loopback ports: both peers end up down, with series.
+        let peers = vec!["127.0.0.1:9".to_owned(), "127.0.0.1:19".to_owned()];
+        monitor.set_peers(&peers);
+        monitor.run_round().await;
+        monitor.run_round().await;
+        let text = metrics.encode();
+        assert!(text.contains(r#"peer="127.0.0.1:19""#), "{text}");
+        assert_eq!(state.peers().len(), 2);
+
+        monitor.set_peers(&peers[..1]);
+        let text = metrics.encode();
+        assert!(
+            !text.contains(r#"peer="127.0.0.1:19""#),
+            "stale series left: {text}"
+        );
+        assert!(text.contains(r#"peer="127.0.0.1:9""#));
+        assert_eq!(state.peers().len(), 1);
+        assert!(text.contains("efa_peers 1"), "{text}");
+    }
+}

@@ -6,7 +6,7 @@
 //! | ok | timeouts or error completions | `fabric_dropped` |
 //! | fails | ok | `ip_blocked` |
 //! | fails | fails, or never learned | `down` |
-//! | any | this node has no fabric, or nothing known yet | `unknown` |
+//! | ok | this node has no fabric, or nothing known yet | `unknown` |
 //!
 //! A state changes only after `hysteresis` consecutive rounds agree, so one lost probe does
 //! not flap it. Leaving `unknown` takes one round: there is nothing to flap from.
@@ -265,7 +265,9 @@ impl PeerVerdict {
             I::OtherError => Some(R::IpError),
         };
         match (&round.fabric, ip_reason) {
-            (F::LocalNoFabric, _) => (PeerState::Unknown, Some(R::LocalNoFabric)),
+            // Without a fabric here only the IP path can be judged: its failure is still news.
+            (F::LocalNoFabric, Some(reason)) => (PeerState::Down, Some(reason)),
+            (F::LocalNoFabric, None) => (PeerState::Unknown, Some(R::LocalNoFabric)),
             (F::Answered(fabric_rtt), None) => {
                 let I::Answered(ip_rtt) = round.ip else {
                     unreachable!("ip_reason is None only when the IP path answered")
