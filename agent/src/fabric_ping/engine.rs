@@ -34,8 +34,8 @@ pub struct PingerConfig {
     pub max_probe_size: usize,
     /// Poll period while nothing is in flight: bounds how late an idle responder sees a
     /// ping (which is why probes come in pairs; see [`FabricPinger::probe`]). Each poll
-    /// costs tens of microseconds on rxd (its progress makes several system calls), so 10 ms
-    /// keeps an idle engine near 0.25% of a core.
+    /// costs tens of microseconds here (a timer wake-up plus the provider's progress), so
+    /// 20 ms keeps an idle engine well under 1% of a core.
     pub idle_poll: Duration,
     /// How long to spin after traffic before backing off.
     pub spin_window: Duration,
@@ -52,7 +52,7 @@ impl PingerConfig {
             provider: provider.to_owned(),
             bind: None,
             max_probe_size: 8192,
-            idle_poll: Duration::from_millis(10),
+            idle_poll: Duration::from_millis(20),
             spin_window: Duration::from_millis(1),
             max_learned_peers: 1024,
             max_queued_pongs: 1024,
@@ -387,7 +387,7 @@ struct AvEntry {
     refs: u32,
     /// Set while the entry is also a learned sender: its position in the LRU order.
     learned_tick: Option<u64>,
-    /// Pings not yet completed (at most one: see `flush_outbox`).
+    /// Pings not yet completed (one unanswered at most: see `flush_outbox`).
     pings_in_flight: u32,
     /// Pongs not yet completed (at most one).
     pongs_in_flight: u32,
@@ -651,7 +651,7 @@ impl Engine {
     /// and the rest go ahead: tcp;ofi_rxm answers FI_EAGAIN for as long as a peer refuses its
     /// connection, and that peer must not hold up the others.
     ///
-    /// At most one ping and one pong per destination are in flight. On a blackholed path rxd
+    /// At most one unanswered ping and one pong per destination are in flight. On a blackholed path rxd
     /// never completes a send (it retransmits until the path heals) and other providers may
     /// take long to give up; without this cap every probe to such a peer would hold a
     /// transmit slot, and after a hundred rounds no peer could be probed. A ping waits while
@@ -668,7 +668,10 @@ impl Engine {
                     let Some(entry) = self.av.get(&probe.key) else {
                         continue;
                     };
-                    if entry.pings_in_flight > 0 {
+                    // The warm ping of a pair may go while the cold one's completion is
+                    // pending: its pong proved the path, and waiting for the provider's
+                    // acknowledgement would let the responder fall idle again.
+                    if entry.pings_in_flight > 0 && probe.cold.is_none() {
                         deferred.push_back(out);
                         continue;
                     }
