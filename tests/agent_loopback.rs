@@ -17,8 +17,10 @@ struct Agent(Child);
 
 impl Agent {
     fn start(args: &[&str]) -> Agent {
+        // Never the real instance-metadata address: tests name their IMDS (or none).
         let child = Command::new(BIN)
             .arg("agent")
+            .args(["--imds-endpoint", "none"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -303,6 +305,7 @@ fn bad_settings_exit_64_naming_the_setting() {
     ] {
         let out = Command::new(BIN)
             .arg("agent")
+            .args(["--imds-endpoint", "none"])
             .args(&args)
             .env_remove("NODE_NAME")
             .output()
@@ -314,6 +317,7 @@ fn bad_settings_exit_64_naming_the_setting() {
     // Read from the environment too, as a DaemonSet passes it.
     let out = Command::new(BIN)
         .arg("agent")
+        .args(["--imds-endpoint", "none"])
         .env("NODE_NAME", "Bad_Name")
         .output()
         .unwrap();

@@ -48,6 +48,7 @@ fn start_agent(ns: &Netns, index: usize, ips: &[String], nats: &str) -> Process 
     let child = ns
         .command(BIN)
         .args(["agent", "--node-name", &format!("node-{index}")])
+        .args(["--imds-endpoint", "none"])
         .args(["--listen", &format!("{}:{PORT}", ips[index - 1])])
         .args(["--pod-ip", &ips[index - 1]])
         .args(["--peers", &peers.join(",")])

@@ -21,6 +21,7 @@ use axum::body::Body;
 use axum::http::{header, Request};
 use efaprobe::hello::{Hello, HelloFabric};
 use efaprobe::http::{router, AppState};
+use efaprobe::inventory::DeviceCounters;
 use efaprobe::metrics::{Metrics, ProbePath, ProbeResult};
 use efaprobe::probe::http::http_get;
 use efaprobe::probe::nats::NatsServerInfo;
@@ -29,6 +30,7 @@ use efaprobe::probe::{
     AddressReport, CheckSuccess, FailureReason, ProbeFailure, TargetReport, TargetSpec,
 };
 use efaprobe::state::{AgentState, FabricDevice, FabricStatus, PathStatus, PeerStatus};
+use efaprobe::topology::{NetworkInterface, Topology};
 use efaprobe::verdict::{DiagnosisReason, PeerState};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -86,6 +88,7 @@ fn realistic_app() -> AppState {
         fabric: path(true, Some(0.000_018), None),
         fabric_loss: 0.0,
         hello: None,
+        warnings: Vec::new(),
         since_unix: 1_700_000_000,
         rounds: 40,
     };
@@ -103,6 +106,7 @@ fn realistic_app() -> AppState {
         ),
         fabric_loss: 1.0,
         hello: None,
+        warnings: Vec::new(),
         since_unix: 1_700_000_100,
         rounds: 40,
     };
@@ -111,6 +115,7 @@ fn realistic_app() -> AppState {
         metrics.set_peer(peer);
     }
     metrics.set_peer_count(2);
+    metrics.set_unreachable_peers(1);
     for _ in 0..5 {
         metrics.record_probe(
             ProbePath::Ip,
@@ -166,6 +171,39 @@ fn realistic_app() -> AppState {
     state.set_targets(targets);
     state.mark_ready();
     metrics.set_ready(true);
+    metrics.set_topology(Some(&Topology {
+        instance_id: "i-0123456789abcdef0".into(),
+        instance_type: "p5.48xlarge".into(),
+        availability_zone: "us-east-1a".into(),
+        availability_zone_id: Some("use1-az4".into()),
+        placement_group: None,
+        primary_mac: "0e:00:00:00:00:01".into(),
+        interfaces: vec![NetworkInterface {
+            mac: "0e:00:00:00:00:01".into(),
+            subnet_id: "subnet-0123456789abcdef0".into(),
+            vpc_id: "vpc-0123456789abcdef0".into(),
+            security_group_ids: vec!["sg-0123456789abcdef0".into()],
+            subnet_cidr: Some("10.0.0.0/20".into()),
+        }],
+    }));
+    let counters = |pairs: &[(&str, u64)]| {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), *value))
+            .collect()
+    };
+    metrics.set_device_counters(&[
+        DeviceCounters {
+            device: "rdmap0s6".into(),
+            port: "1".into(),
+            counters: counters(&[("rx_drops", 0), ("tx_bytes", 123_456_789)]),
+        },
+        DeviceCounters {
+            device: "rdmap0s7".into(),
+            port: "1".into(),
+            counters: counters(&[("rx_drops", 2), ("tx_bytes", u64::MAX)]),
+        },
+    ]);
 
     let hello = Hello {
         node_name: "gpu-node-1.ec2.internal".into(),
@@ -245,6 +283,10 @@ async fn what_curl_gets_passes_promtool() {
         "efa_target_up{target=\"prometheus\",address=\"prometheus.monitoring.svc:9090\"} 0\n",
         "efa_probe_rtt_seconds_bucket{le=\"+Inf\",path=\"fabric\"} 5\n",
         "efa_fabric_device_info{provider=\"efa\",domain=\"rdmap0s7-rdm\",",
+        "efa_node_topology_info{instance_id=\"i-0123456789abcdef0\",instance_type=\"p5.48xlarge\",availability_zone=\"us-east-1a\",subnet=\"subnet-0123456789abcdef0\",vpc=\"vpc-0123456789abcdef0\",placement_group=\"\"} 1\n",
+        "efa_node_topology_available 1\n",
+        "# TYPE efa_device_hw_stat_total counter\n",
+        "efa_device_hw_stat_total{device=\"rdmap0s7\",port=\"1\",counter=\"tx_bytes\"} 18446744073709551615\n",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
@@ -408,6 +450,9 @@ async fn prometheus_scrapes_openmetrics_without_error() {
     assert_eq!(query("efa_probes_total").await.len(), 7 + 4);
     assert_eq!(query("efa_probe_rtt_seconds_bucket").await.len(), 2 * 17);
     assert_eq!(query("efa_peer_diagnosis").await.len(), 1);
+    // Hardware counters from a collector arrive as counters, under their _total name.
+    assert_eq!(query("efa_device_hw_stat_total").await.len(), 4);
+    assert_eq!(query("efa_node_topology_info").await.len(), 1);
     let ready = query("efa_agent_ready").await;
     assert_eq!(ready[0]["value"][1], "1", "{ready:?}");
 

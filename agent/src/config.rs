@@ -56,6 +56,15 @@ pub struct AgentArgs {
     /// Fabric probe size in bytes.
     #[arg(long, env = "EFAPROBE_PROBE_SIZE", default_value_t = 64)]
     pub probe_size: usize,
+    /// EC2 instance metadata (IMDSv2), `http://HOST[:PORT]`, or `none` off AWS.
+    #[arg(long, env = "EFAPROBE_IMDS_ENDPOINT", default_value = crate::topology::DEFAULT_IMDS_ENDPOINT)]
+    pub imds_endpoint: String,
+    /// Deadline for reading instance metadata at start: off AWS, start-up waits no longer.
+    #[arg(long, env = "EFAPROBE_IMDS_TIMEOUT", default_value = "2s")]
+    pub imds_timeout: String,
+    /// Where sysfs is mounted (device hardware counters are read below it).
+    #[arg(long, env = "EFAPROBE_SYSFS_ROOT", default_value = "/sys")]
+    pub sysfs_root: std::path::PathBuf,
 }
 
 /// The validated configuration.
@@ -73,6 +82,10 @@ pub struct AgentConfig {
     pub timeout: Duration,
     pub policy: VerdictPolicy,
     pub probe_size: usize,
+    /// `None`: instance metadata is not read.
+    pub imds_endpoint: Option<crate::topology::ImdsEndpoint>,
+    pub imds_timeout: Duration,
+    pub sysfs_root: std::path::PathBuf,
 }
 
 /// A setting that cannot be used, named.
@@ -211,6 +224,22 @@ impl AgentConfig {
                 "between 1 and 8192 bytes",
             ));
         }
+        let imds_endpoint = match a.imds_endpoint.trim() {
+            "none" | "" => None,
+            url => Some(
+                crate::topology::parse_endpoint(url)
+                    .map_err(|e| bad("imds-endpoint", "EFAPROBE_IMDS_ENDPOINT", e))?,
+            ),
+        };
+        let imds_timeout = parse_duration(&a.imds_timeout)
+            .map_err(|e| bad("imds-timeout", "EFAPROBE_IMDS_TIMEOUT", e))?;
+        if imds_timeout.is_zero() || imds_timeout > Duration::from_secs(30) {
+            return Err(bad(
+                "imds-timeout",
+                "EFAPROBE_IMDS_TIMEOUT",
+                "above zero, at most 30s",
+            ));
+        }
         Ok(AgentConfig {
             node_name,
             listen,
@@ -228,6 +257,9 @@ impl AgentConfig {
                 ..VerdictPolicy::default()
             },
             probe_size: a.probe_size,
+            imds_endpoint,
+            imds_timeout,
+            sysfs_root: a.sysfs_root.clone(),
         })
     }
 
@@ -277,6 +309,10 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<AgentConfig, ConfigError> {
         let mut full = vec!["efaprobe"];
+        if !args.contains(&"--imds-endpoint") {
+            // Never the real metadata address from a test.
+            full.extend_from_slice(&["--imds-endpoint", "none"]);
+        }
         full.extend_from_slice(args);
         let cli = Cli::try_parse_from(full).expect("clap accepts the shape");
         AgentConfig::from_args(&cli.args)
@@ -340,6 +376,11 @@ mod tests {
             (&["--max-loss", "1.5"], "max-loss"),
             (&["--max-rtt", "fast"], "max-rtt"),
             (&["--probe-size", "0"], "probe-size"),
+            (
+                &["--imds-endpoint", "https://169.254.169.254"],
+                "imds-endpoint",
+            ),
+            (&["--imds-timeout", "1h"], "imds-timeout"),
         ];
         for (extra, setting) in cases {
             let mut args: Vec<&str> = if *setting == "node-name" {

@@ -16,9 +16,9 @@ pub struct Hello {
     /// Random per agent start: tells a restarted agent from a long-running one.
     pub instance_id: u64,
     pub fabric: HelloFabric,
-    /// Instance topology (subnet, zone, ...), when known.
+    /// Instance topology (zone, subnet, security groups, placement group), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topology: Option<serde_json::Value>,
+    pub topology: Option<crate::topology::Topology>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +94,11 @@ impl Hello {
                     self.fabric.endpoints.len()
                 ),
             );
+        }
+        if let Some(t) = &self.topology {
+            if let Err(e) = t.validate() {
+                return invalid("topology", e);
+            }
         }
         for ep in &self.fabric.endpoints {
             if ep.address.len() > MAX_ADDRESS_HEX

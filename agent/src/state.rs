@@ -49,6 +49,8 @@ pub struct PeerStatus {
     pub fabric_loss: f64,
     /// The peer's last hello.
     pub hello: Option<Hello>,
+    /// Things worth knowing that do not change the verdict (placement groups).
+    pub warnings: Vec<String>,
     /// When the state last changed (seconds since the epoch).
     pub since_unix: u64,
     pub rounds: u64,

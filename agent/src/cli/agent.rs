@@ -10,10 +10,13 @@ use crate::config::{AgentArgs, AgentConfig};
 use crate::fabric_ping::{self, exchange::encode_hex, FabricPinger, PingerConfig};
 use crate::hello::{Hello, HelloEndpoint, HelloFabric};
 use crate::http::{router, AppState};
+use crate::inventory::read_hw_counters;
 use crate::metrics::Metrics;
 use crate::monitor::{targets, PeerMonitor, PeerProbeSettings};
 use crate::shutdown::ShutdownSignal;
 use crate::state::{AgentState, FabricDevice, FabricStatus};
+use crate::topology::fetch_topology_from;
+use crate::verdict::diagnosis::Placement;
 
 use super::EXIT_USAGE;
 
@@ -130,10 +133,11 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         },
         topology: None,
     };
+    let hello = Arc::new(RwLock::new(hello));
     let app = AppState {
         state: state.clone(),
         metrics: metrics.clone(),
-        hello: Arc::new(RwLock::new(hello)),
+        hello: hello.clone(),
     };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -153,6 +157,28 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         })
     };
 
+    // Instance topology, bounded by its own timeout: off AWS, start-up waits no longer. The
+    // HTTP server already answers /healthz meanwhile.
+    let topology = match &config.imds_endpoint {
+        None => {
+            tracing::info!("instance metadata not read (--imds-endpoint none)");
+            None
+        }
+        Some(endpoint) => match fetch_topology_from(endpoint, config.imds_timeout).await {
+            Ok(t) => {
+                tracing::info!(az = %t.availability_zone, instance = %t.instance_id, "instance topology read");
+                Some(t)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no instance topology: diagnoses will not name subnets or zones");
+                None
+            }
+        },
+    };
+    metrics.set_topology(topology.as_ref());
+    let placement = topology.as_ref().and_then(Placement::of);
+    hello.write().unwrap_or_else(|p| p.into_inner()).topology = topology;
+
     let peers: Vec<String> = config
         .peers
         .iter()
@@ -165,6 +191,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             probe_size: config.probe_size,
             policy: config.policy,
             provider: config.fabric_provider.clone(),
+            placement,
         },
         state.clone(),
         metrics.clone(),
@@ -177,6 +204,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         let (state, metrics) = (state.clone(), metrics.clone());
         let (interval, timeout, targets_cfg) =
             (config.interval, config.timeout, config.targets.clone());
+        let sysfs_root = config.sysfs_root.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -186,10 +214,15 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
                     _ = stop.wait_for(|s| *s) => break,
                 }
                 let round = async {
+                    let root = sysfs_root.clone();
+                    let counters = tokio::task::spawn_blocking(move || read_hw_counters(&root));
                     tokio::join!(
                         monitor.run_round(),
                         targets::check_round(&targets_cfg, timeout, &state, &metrics)
-                    )
+                    );
+                    if let Ok(devices) = counters.await {
+                        metrics.set_device_counters(&devices);
+                    }
                 };
                 tokio::select! {
                     _ = round => {}

@@ -63,6 +63,7 @@ fn dropped_peer(name: &str) -> PeerStatus {
         },
         fabric_loss: 1.0,
         hello: None,
+        warnings: Vec::new(),
         since_unix: 1,
         rounds: 4,
     }

@@ -265,6 +265,26 @@ pub struct DeviceLabels {
     pub address: LabelText,
 }
 
+/// The node's place in EC2: its primary interface's subnet and VPC.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TopologyLabels {
+    pub instance_id: LabelText,
+    pub instance_type: LabelText,
+    pub availability_zone: LabelText,
+    pub subnet: LabelText,
+    pub vpc: LabelText,
+    /// Empty when the instance is in no placement group.
+    pub placement_group: LabelText,
+}
+
+/// One hardware counter of one port of one device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
+pub struct HwCounterLabels {
+    pub device: LabelText,
+    pub port: LabelText,
+    pub counter: LabelText,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: LabelText,

@@ -18,9 +18,13 @@
 //! | `efa_target_nats_jetstream` | gauge 0/1 | `target`, `address` (NATS checks) |
 //! | `efa_fabric_available` | gauge 0/1 | `provider` |
 //! | `efa_fabric_device_info` | gauge 1 | `provider`, `domain`, `address` |
+//! | `efa_device_hw_stat_total` | counter (values read from sysfs) | `device`, `port`, `counter` |
+//! | `efa_node_topology_info` | gauge 1 | `instance_id`, `instance_type`, `availability_zone`, `subnet`, `vpc`, `placement_group` (primary interface; `placement_group=""` when in none; absent while unknown) |
+//! | `efa_node_topology_available` | gauge 0/1 | |
 //! | `efa_build_info` | gauge 1 | `version`, `provider` |
 //! | `efa_agent_ready` | gauge 0/1 | |
 //! | `efa_peers` | gauge | |
+//! | `efa_node_unreachable_peers` | gauge | (peers in `down`, `fabric_dropped`, `ip_blocked`) |
 //!
 //! Series that describe something gone are removed, not left at their last value: a
 //! departed peer loses every series it had, a target address that no longer resolves
@@ -31,11 +35,17 @@
 //! as configured), with `efa_target_up` 0 and a `dns` failure: an alert on
 //! `efa_target_up == 0` fires for it like for any failing address.
 //!
+//! Off AWS (or before instance metadata was read) there is no topology: no
+//! `efa_node_topology_info` series, and `efa_node_topology_available` 0 says so. The
+//! hardware counters are the devices' own (see [`hw_counters`] for why a collector sets
+//! counters); a device that vanishes loses its series.
+//!
 //! Counters are created at 0 for every label value they can take (the results a probe on
 //! each path can have, the reasons each target address's check can fail with) so the first
 //! failure is an increase Prometheus can see, not the appearance of a new series.
 
 mod exposition;
+mod hw_counters;
 mod labels;
 
 use std::collections::HashSet;
@@ -43,6 +53,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -53,9 +64,12 @@ use exposition::openmetrics_to_prometheus_text;
 pub use exposition::ExpositionFormat;
 pub use labels::{ProbePath, ProbeResult};
 
+use crate::inventory::DeviceCounters;
 use crate::probe::{FailureReason, TargetCheck, TargetReport};
 use crate::state::{FabricStatus, PeerStatus};
+use crate::topology::Topology;
 use crate::verdict::{DiagnosisReason, PeerState};
+use hw_counters::HwCounters;
 use labels::*;
 
 /// Upper bounds of `efa_probe_rtt_seconds`: 1-2.5-5 steps from 10µs (a fabric round trip
@@ -92,8 +106,12 @@ pub struct Metrics {
 
     fabric_available: Family<ProviderLabels, Gauge>,
     fabric_device_info: Family<DeviceLabels, Gauge>,
+    device_hw_counters: HwCounters,
+    node_topology_info: Family<TopologyLabels, Gauge>,
+    node_topology_available: Gauge,
     agent_ready: Gauge,
     peers: Gauge,
+    unreachable_peers: Gauge,
 
     /// Held by every setter that changes several series, for its whole update, and by
     /// [`Metrics::encode`]: a scrape never sees half an update (two states at 1, a peer
@@ -111,6 +129,7 @@ struct SeriesBook {
     target_failures: HashSet<TargetFailureLabels>,
     fabric_available: HashSet<ProviderLabels>,
     fabric_devices: HashSet<DeviceLabels>,
+    node_topology: Option<TopologyLabels>,
 }
 
 impl Metrics {
@@ -212,6 +231,21 @@ impl Metrics {
             None,
             Family::default(),
         );
+        let node_topology_info = register.add(
+            "efa_node_topology_info",
+            "Where this node sits in EC2 (from instance metadata; subnet and vpc of the \
+             primary interface, placement_group empty when in none); value always 1, absent \
+             while unknown",
+            None,
+            Family::default(),
+        );
+        let node_topology_available: Gauge = register.add(
+            "efa_node_topology_available",
+            "1 when this node's EC2 topology was read from instance metadata, 0 when it was \
+             not (off AWS, or instance metadata unreachable)",
+            None,
+            Gauge::default(),
+        );
         // Set once here; the registry keeps it.
         let build_info: Family<BuildLabels, Gauge> = register.add(
             "efa_build_info",
@@ -231,6 +265,17 @@ impl Metrics {
             None,
             Gauge::default(),
         );
+        let unreachable_peers: Gauge = register.add(
+            "efa_node_unreachable_peers",
+            "Peers this node cannot reach on some path (down, fabric_dropped, ip_blocked); \
+             compared with other nodes by the EFANodeIsolated rule",
+            None,
+            Gauge::default(),
+        );
+
+        // A collector: encoded after every registered family, so registered last.
+        let device_hw_counters = HwCounters::default();
+        register.add_collector(hw_counters::NAME, device_hw_counters.clone());
 
         build_info
             .get_or_create(&BuildLabels {
@@ -262,8 +307,12 @@ impl Metrics {
             target_nats_jetstream,
             fabric_available,
             fabric_device_info,
+            device_hw_counters,
+            node_topology_info,
+            node_topology_available,
             agent_ready,
             peers,
+            unreachable_peers,
             series: Mutex::default(),
         };
         metrics.set_fabric(fabric);
@@ -524,12 +573,54 @@ impl Metrics {
         remove_departed(&self.fabric_device_info, &mut book.fabric_devices, devices);
     }
 
+    /// Sets the node's topology series from the primary interface, or removes them and says
+    /// so (`efa_node_topology_available` 0) when there is no topology.
+    pub fn set_topology(&self, topology: Option<&Topology>) {
+        let mut book = self.book();
+        let labels = topology.map(|topology| {
+            let primary = topology.primary();
+            let text = |value: Option<&str>| LabelText::from(value.unwrap_or(""));
+            TopologyLabels {
+                instance_id: topology.instance_id.as_str().into(),
+                instance_type: topology.instance_type.as_str().into(),
+                availability_zone: topology.availability_zone.as_str().into(),
+                subnet: text(primary.map(|i| i.subnet_id.as_str())),
+                vpc: text(primary.map(|i| i.vpc_id.as_str())),
+                placement_group: text(topology.placement_group.as_deref()),
+            }
+        });
+        if let Some(old) = book.node_topology.take() {
+            if labels.as_ref() != Some(&old) {
+                self.node_topology_info.remove(&old);
+            }
+        }
+        if let Some(labels) = &labels {
+            self.node_topology_info.get_or_create(labels).set(1);
+        }
+        self.node_topology_available
+            .set(i64::from(labels.is_some()));
+        book.node_topology = labels;
+    }
+
+    /// Replaces the hardware counter series with these devices' (from
+    /// [`crate::inventory::read_hw_counters`]); devices and counters not in it lose theirs.
+    pub fn set_device_counters(&self, devices: &[DeviceCounters]) {
+        let _book = self.book();
+        self.device_hw_counters.replace(devices);
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.agent_ready.set(i64::from(ready));
     }
 
     pub fn set_peer_count(&self, n: usize) {
         self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Peers this node cannot reach on some path, after a round.
+    pub fn set_unreachable_peers(&self, n: usize) {
+        self.unreachable_peers
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The bookkeeping lock. A panic elsewhere while holding it leaves whole values behind
@@ -581,6 +672,12 @@ impl Register<'_> {
         }
         self.names.push(encoded);
         metric
+    }
+
+    /// Registers a collector that encodes one family, named `name` in `# TYPE`.
+    fn add_collector(&mut self, name: &str, collector: impl Collector) {
+        self.registry.register_collector(Box::new(collector));
+        self.names.push(name.to_owned());
     }
 }
 

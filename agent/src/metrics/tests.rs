@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
+use crate::inventory::DeviceCounters;
 use crate::probe::nats::NatsServerInfo;
 use crate::probe::{AddressReport, CheckSuccess, ProbeFailure, TargetSpec};
 use crate::state::{FabricDevice, PathStatus};
+use crate::topology::{NetworkInterface, Topology};
 
 /// One sample line of the exposition.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +131,7 @@ fn peer(name: &str, state: PeerState, reason: Option<DiagnosisReason>) -> PeerSt
         fabric: path(Some(true), Some(0.00002)),
         fabric_loss: 0.1,
         hello: None,
+        warnings: Vec::new(),
         since_unix: 0,
         rounds: 3,
     }
@@ -567,11 +570,14 @@ fn every_registered_family_is_updated_by_a_setter() {
         ]),
     )]);
     m.set_fabric(&efa_fabric());
+    m.set_topology(Some(&topology(Some("pg-1"))));
+    m.set_device_counters(&[device("rdmap0s6", &[("tx_bytes", 10)])]);
     m.set_ready(true);
     m.set_peer_count(1);
+    m.set_unreachable_peers(1);
     let after = m.encode();
 
-    assert_eq!(m.family_names().len(), 17);
+    assert_eq!(m.family_names().len(), 21);
     for family in m.family_names() {
         assert!(
             after.contains(&format!("\n# TYPE {family} ")),
@@ -618,4 +624,138 @@ fn hostile_peer_names_cannot_break_the_exposition() {
     let hostile = with_label(&text, "peer", "evil\"} 1\nefa_agent_ready 1\n#");
     assert_eq!(hostile.len(), 12, "{text}");
     assert_eq!(value(&text, "efa_agent_ready", &[]), Some(0.0));
+}
+
+fn topology(placement_group: Option<&str>) -> Topology {
+    let interface = |mac: &str, subnet: &str| NetworkInterface {
+        mac: mac.into(),
+        subnet_id: subnet.into(),
+        vpc_id: "vpc-0a".into(),
+        security_group_ids: vec!["sg-0a".into()],
+        subnet_cidr: None,
+    };
+    Topology {
+        instance_id: "i-0123456789abcdef0".into(),
+        instance_type: "p5.48xlarge".into(),
+        availability_zone: "us-east-1a".into(),
+        availability_zone_id: Some("use1-az4".into()),
+        placement_group: placement_group.map(str::to_owned),
+        primary_mac: "0e:00:00:00:00:02".into(),
+        interfaces: vec![
+            interface("0e:00:00:00:00:01", "subnet-secondary"),
+            interface("0e:00:00:00:00:02", "subnet-primary"),
+        ],
+    }
+}
+
+fn device(name: &str, counters: &[(&str, u64)]) -> DeviceCounters {
+    DeviceCounters {
+        device: name.into(),
+        port: "1".into(),
+        counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    }
+}
+
+#[test]
+fn topology_is_one_info_series_or_none_and_said_so() {
+    let m = metrics();
+    let text = m.encode();
+    assert_eq!(value(&text, "efa_node_topology_available", &[]), Some(0.0));
+    assert!(samples(&text)
+        .iter()
+        .all(|s| s.name != "efa_node_topology_info"));
+
+    let labels = |subnet: &str, placement_group: &str| {
+        [
+            ("instance_id", "i-0123456789abcdef0"),
+            ("instance_type", "p5.48xlarge"),
+            ("availability_zone", "us-east-1a"),
+            ("subnet", subnet),
+            ("vpc", "vpc-0a"),
+            ("placement_group", placement_group),
+        ]
+        .map(|(k, v)| (k, v.to_owned()))
+    };
+    let info = |text: &str| -> Vec<Sample> {
+        samples(text)
+            .into_iter()
+            .filter(|s| s.name == "efa_node_topology_info")
+            .collect()
+    };
+    let as_map = |pairs: [(&str, String); 6]| -> BTreeMap<String, String> {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    };
+
+    // The primary interface's subnet, not the first one's.
+    m.set_topology(Some(&topology(Some("pg-1"))));
+    let text = m.encode();
+    assert_eq!(value(&text, "efa_node_topology_available", &[]), Some(1.0));
+    let found = info(&text);
+    assert_eq!(found.len(), 1, "{text}");
+    assert_eq!(found[0].labels, as_map(labels("subnet-primary", "pg-1")));
+    assert_eq!(found[0].value, 1.0);
+
+    // Out of the placement group: the old series goes, the label is empty.
+    m.set_topology(Some(&topology(None)));
+    let found = info(&m.encode());
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].labels, as_map(labels("subnet-primary", "")));
+
+    // No primary interface known: empty subnet and VPC rather than no series.
+    let mut odd = topology(None);
+    odd.interfaces.clear();
+    m.set_topology(Some(&odd));
+    let found = info(&m.encode());
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].labels["subnet"], "");
+    assert_eq!(found[0].labels["vpc"], "");
+
+    m.set_topology(None);
+    let text = m.encode();
+    assert_eq!(info(&text), vec![], "{text}");
+    assert_eq!(value(&text, "efa_node_topology_available", &[]), Some(0.0));
+}
+
+#[test]
+fn hardware_counters_follow_the_devices() {
+    let m = metrics();
+    let counter = |text: &str, device: &str, name: &str| {
+        value(
+            text,
+            "efa_device_hw_stat_total",
+            &[("device", device), ("port", "1"), ("counter", name)],
+        )
+    };
+    m.set_device_counters(&[
+        device("rdmap0s6", &[("tx_bytes", 4096), ("rx_drops", 0)]),
+        device("rdmap0s7", &[("tx_bytes", u64::MAX)]),
+    ]);
+    let openmetrics = m.encode();
+    assert!(
+        openmetrics.contains("# TYPE efa_device_hw_stat counter\n"),
+        "{openmetrics}"
+    );
+    assert_eq!(counter(&openmetrics, "rdmap0s6", "tx_bytes"), Some(4096.0));
+    assert_eq!(counter(&openmetrics, "rdmap0s6", "rx_drops"), Some(0.0));
+    // The largest value a device can count is written exactly, not as a float.
+    assert!(
+        openmetrics.contains(&format!(
+            "efa_device_hw_stat_total{{device=\"rdmap0s7\",port=\"1\",counter=\"tx_bytes\"}} {}\n",
+            u64::MAX
+        )),
+        "{openmetrics}"
+    );
+    let text = m.encode_as(ExpositionFormat::PrometheusText);
+    assert!(text.contains("# TYPE efa_device_hw_stat_total counter\n"));
+
+    // rdmap0s7 is gone, and rdmap0s6 lost a counter: so do their series.
+    m.set_device_counters(&[device("rdmap0s6", &[("tx_bytes", 8192)])]);
+    let text = m.encode();
+    assert_eq!(counter(&text, "rdmap0s6", "tx_bytes"), Some(8192.0));
+    assert_eq!(counter(&text, "rdmap0s6", "rx_drops"), None);
+    assert_eq!(with_label(&text, "device", "rdmap0s7"), vec![], "{text}");
+
+    m.set_device_counters(&[]);
+    let text = m.encode();
+    assert!(!text.contains("efa_device_hw_stat"), "{text}");
 }

@@ -16,6 +16,7 @@ use crate::hello::{Hello, MAX_HELLO_BYTES};
 use crate::metrics::{Metrics, ProbePath, ProbeResult};
 use crate::probe::{http::http_get, tcp::connect_tcp, FailureReason, ProbeFailure};
 use crate::state::{unix_now, AgentState, PathStatus, PeerStatus};
+use crate::verdict::diagnosis::{placement_warning, relate, Placement};
 use crate::verdict::{FabricObservation, IpObservation, PeerVerdict, Round, VerdictPolicy};
 
 /// Peers probed at once, at most.
@@ -29,6 +30,8 @@ pub struct PeerProbeSettings {
     pub policy: VerdictPolicy,
     /// The provider this node was asked to use; a peer with another cannot be reached.
     pub provider: Option<String>,
+    /// Where this node runs, when instance metadata said so.
+    pub placement: Option<Placement>,
 }
 
 /// What one round found for one peer, before it is applied.
@@ -103,6 +106,7 @@ impl PeerMonitor {
                 fabric: PathStatus::default(),
                 fabric_loss: 0.0,
                 hello: None,
+                warnings: Vec::new(),
                 since_unix: unix_now(),
                 rounds: 0,
             };
@@ -155,6 +159,15 @@ impl PeerMonitor {
         for result in results {
             self.apply(result).await;
         }
+        let unreachable = self
+            .peers
+            .values()
+            .filter(|p| {
+                use crate::verdict::PeerState as S;
+                matches!(p.status.state, S::Down | S::FabricDropped | S::IpBlocked)
+            })
+            .count();
+        self.metrics.set_unreachable_peers(unreachable);
     }
 
     async fn apply(&mut self, result: RoundResult) {
@@ -233,7 +246,15 @@ impl PeerMonitor {
             (None, _) => FabricObservation::NotLearned,
         };
 
-        let changed = peer.verdict.observe(&Round { ip, fabric });
+        let relation = relate(
+            self.settings.placement.as_ref(),
+            peer_placement(peer.hello.as_ref()).as_ref(),
+        );
+        let changed = peer.verdict.observe(&Round {
+            ip,
+            fabric,
+            relation: relation.clone(),
+        });
         if changed {
             peer.status.since_unix = unix_now();
             tracing::info!(
@@ -257,7 +278,14 @@ impl PeerMonitor {
             &peer.status.ip,
             &peer.status.fabric,
             peer.status.fabric_loss,
+            &relation,
         );
+        peer.status.warnings = placement_warning(
+            self.settings.placement.as_ref(),
+            peer_placement(peer.hello.as_ref()).as_ref(),
+        )
+        .into_iter()
+        .collect();
 
         // Learn or update the peer's fabric address from its hello. It is kept when the IP
         // path later fails, so the fabric probe goes on.
@@ -300,6 +328,11 @@ impl PeerMonitor {
             }
         }
     }
+}
+
+/// Where a peer runs, from the topology in its hello.
+fn peer_placement(hello: Option<&Hello>) -> Option<Placement> {
+    hello?.topology.as_ref().and_then(Placement::of)
 }
 
 fn not_probed(failure: &str, why: String) -> PathStatus {
@@ -416,6 +449,7 @@ mod tests {
             probe_size: 64,
             policy: VerdictPolicy::default(),
             provider: None,
+            placement: None,
         };
         let mut monitor = PeerMonitor::new(settings, state.clone(), metrics.clone(), None);
         // Nothing listens on these loopback ports: both peers end up down, with series.

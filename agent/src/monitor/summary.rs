@@ -1,6 +1,7 @@
 //! One sentence per verdict, for the status page and `/v1/peers`: what is wrong and what to do.
 
 use crate::state::PathStatus;
+use crate::verdict::diagnosis::{explain, Relation};
 use crate::verdict::{DiagnosisReason as R, PeerState};
 
 pub fn summarize(
@@ -9,11 +10,19 @@ pub fn summarize(
     ip: &PathStatus,
     fabric: &PathStatus,
     loss: f64,
+    relation: &Relation,
 ) -> String {
     let ip_err = ip.last_error.as_deref().unwrap_or("no answer");
     let fabric_err = fabric.last_error.as_deref().unwrap_or("no answer");
     match (state, reason) {
         (PeerState::Healthy, _) => "fabric and IP paths both answer".into(),
+        (PeerState::FabricDropped, Some(R::CrossAz | R::CrossSubnet | R::SecurityGroup)) => {
+            let mut text = explain(relation).unwrap_or_default();
+            if fabric.last_failure.as_deref() == Some("provider_error") {
+                text.push_str(&format!(" The provider said: {fabric_err}"));
+            }
+            text
+        }
         (PeerState::FabricDropped, Some(R::ProviderError)) => {
             format!("IP path works but the fabric rejects traffic to this peer: {fabric_err}")
         }

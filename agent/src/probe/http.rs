@@ -1,4 +1,4 @@
-//! One HTTP/1.1 GET over a stream that is already connected.
+//! One HTTP/1.1 request (a GET, mostly) over a stream that is already connected.
 //!
 //! Connecting is done separately (see [`super::tcp`]) so that the connect time and the
 //! reason a connect failed stay visible; this module only speaks HTTP. It serves the
@@ -15,7 +15,7 @@ use std::io;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{HeaderMap, HeaderValue, HOST, USER_AGENT};
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -51,21 +51,49 @@ pub async fn http_get(
     max_body_bytes: usize,
     deadline: Instant,
 ) -> Result<HttpResponse, ProbeFailure> {
-    let request = Request::get(path)
+    http_request(
+        stream,
+        Method::GET,
+        authority,
+        path,
+        HeaderMap::new(),
+        max_body_bytes,
+        deadline,
+    )
+    .await
+}
+
+/// [`http_get`] for any method, with extra request headers and an empty request body:
+/// instance metadata (IMDSv2) wants a `PUT` and token headers.
+pub async fn http_request(
+    stream: TcpStream,
+    method: Method,
+    authority: &str,
+    path: &str,
+    headers: HeaderMap,
+    max_body_bytes: usize,
+    deadline: Instant,
+) -> Result<HttpResponse, ProbeFailure> {
+    let what = format!("{method} {path}");
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
         .header(HOST, authority)
         .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
         .body(Empty::<Bytes>::new())
         .map_err(|e| {
             ProbeFailure::new(
                 FailureReason::Protocol,
-                format!("cannot build GET {path:?} for {authority:?}: {e}"),
+                format!("cannot build {what:?} for {authority:?}: {e}"),
             )
         })?;
-    match tokio::time::timeout_at(deadline, exchange(stream, request, max_body_bytes)).await {
+    request.headers_mut().extend(headers);
+    match tokio::time::timeout_at(deadline, exchange(stream, request, &what, max_body_bytes)).await
+    {
         Ok(result) => result,
         Err(_elapsed) => Err(ProbeFailure::new(
             FailureReason::Timeout,
-            format!("connected, but no complete answer to GET {path} before the deadline"),
+            format!("connected, but no complete answer to {what} before the deadline"),
         )),
     }
 }
@@ -73,21 +101,20 @@ pub async fn http_get(
 async fn exchange(
     stream: TcpStream,
     request: Request<Empty<Bytes>>,
+    what: &str,
     max_body_bytes: usize,
 ) -> Result<HttpResponse, ProbeFailure> {
-    let path = request.uri().path().to_owned();
-    let conn_path = path.clone();
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(MAX_HEAD_BYTES)
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| classify(&path, &e))?;
+        .map_err(|e| classify(what, &e))?;
 
     let response = async move {
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| classify(&path, &e))?;
+            .map_err(|e| classify(what, &e))?;
         let (head, body) = response.into_parts();
         let body = Limited::new(body, max_body_bytes)
             .collect()
@@ -96,10 +123,10 @@ async fn exchange(
                 if e.is::<http_body_util::LengthLimitError>() {
                     ProbeFailure::new(
                         FailureReason::Protocol,
-                        format!("the body of GET {path} is larger than {max_body_bytes} bytes"),
+                        format!("the body of {what} is larger than {max_body_bytes} bytes"),
                     )
                 } else {
-                    classify(&path, e.as_ref())
+                    classify(what, e.as_ref())
                 }
             })?
             .to_bytes();
@@ -119,17 +146,16 @@ async fn exchange(
         ended = &mut connection => match ended {
             // Closed after the response was read: the request side finishes from what it has.
             Ok(()) => response.await,
-            Err(e) => Err(classify(&conn_path, &e)),
+            Err(e) => Err(classify(what, &e)),
         },
     }
 }
 
 /// Maps an error from hyper (or the body) to a failure reason: OS errors keep their
 /// meaning (a reset stays `reset`), everything else means the answer was not HTTP.
-fn classify(path: &str, err: &(dyn StdError + 'static)) -> ProbeFailure {
-    let context = format!("GET {path}");
+fn classify(context: &str, err: &(dyn StdError + 'static)) -> ProbeFailure {
     if let Some(io_err) = find_io_error(err) {
-        return ProbeFailure::from_io(&context, io_err);
+        return ProbeFailure::from_io(context, io_err);
     }
     let message = match err.downcast_ref::<hyper::Error>() {
         Some(e) if e.is_incomplete_message() => {

@@ -11,9 +11,13 @@
 //! A state changes only after `hysteresis` consecutive rounds agree, so one lost probe does
 //! not flap it. Leaving `unknown` takes one round: there is nothing to flap from.
 
+pub mod diagnosis;
+
 use std::time::Duration;
 
 use serde::Serialize;
+
+use diagnosis::Relation;
 
 /// The verdict for one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -75,10 +79,17 @@ pub enum DiagnosisReason {
     FabricLoss,
     /// Round-trip time above the threshold.
     HighLatency,
+    /// Fabric dropped between nodes in different subnets (EFA does not cross subnets).
+    CrossSubnet,
+    /// Fabric dropped between nodes in different availability zones.
+    CrossAz,
+    /// Fabric dropped within one subnet: the security group's self-referencing rule is
+    /// missing, or a rule went stale.
+    SecurityGroup,
 }
 
 impl DiagnosisReason {
-    pub const ALL: [DiagnosisReason; 11] = [
+    pub const ALL: [DiagnosisReason; 14] = [
         DiagnosisReason::ProviderError,
         DiagnosisReason::FabricTimeout,
         DiagnosisReason::PeerNoFabric,
@@ -90,6 +101,9 @@ impl DiagnosisReason {
         DiagnosisReason::IpProtocol,
         DiagnosisReason::FabricLoss,
         DiagnosisReason::HighLatency,
+        DiagnosisReason::CrossSubnet,
+        DiagnosisReason::CrossAz,
+        DiagnosisReason::SecurityGroup,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -105,6 +119,9 @@ impl DiagnosisReason {
             DiagnosisReason::IpProtocol => "ip_protocol",
             DiagnosisReason::FabricLoss => "fabric_loss",
             DiagnosisReason::HighLatency => "high_latency",
+            DiagnosisReason::CrossSubnet => "cross_subnet",
+            DiagnosisReason::CrossAz => "cross_az",
+            DiagnosisReason::SecurityGroup => "security_group",
         }
     }
 }
@@ -143,6 +160,8 @@ pub enum IpObservation {
 pub struct Round {
     pub ip: IpObservation,
     pub fabric: FabricObservation,
+    /// How the two nodes' placements relate, which explains a fabric drop when known.
+    pub relation: Relation,
 }
 
 /// Thresholds for `degraded` and the hysteresis depth.
@@ -281,8 +300,16 @@ impl PeerVerdict {
                 }
             }
             (F::Answered(_), Some(reason)) => (PeerState::IpBlocked, Some(reason)),
-            (F::Timeout, None) => (PeerState::FabricDropped, Some(R::FabricTimeout)),
-            (F::Failed, None) => (PeerState::FabricDropped, Some(R::ProviderError)),
+            (F::Timeout | F::Failed, None) => {
+                let reason = match (&round.relation, &round.fabric) {
+                    (Relation::CrossAz { .. }, _) => R::CrossAz,
+                    (Relation::CrossSubnet { .. }, _) => R::CrossSubnet,
+                    (Relation::SameSubnet { .. }, _) => R::SecurityGroup,
+                    (Relation::Unknown, F::Failed) => R::ProviderError,
+                    (Relation::Unknown, _) => R::FabricTimeout,
+                };
+                (PeerState::FabricDropped, Some(reason))
+            }
             (F::PeerNoFabric, None) => (PeerState::FabricDropped, Some(R::PeerNoFabric)),
             (F::ProviderMismatch, None) => (PeerState::FabricDropped, Some(R::ProviderMismatch)),
             (F::NotLearned, None) => (PeerState::Unknown, None),
@@ -301,7 +328,11 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn round(ip: I, fabric: F) -> Round {
-        Round { ip, fabric }
+        Round {
+            ip,
+            fabric,
+            relation: Relation::Unknown,
+        }
     }
 
     fn settled(r: &Round) -> (PeerState, Option<DiagnosisReason>) {
@@ -367,6 +398,65 @@ mod tests {
         for (r, state, reason) in cases {
             assert_eq!(settled(&r), (state, reason), "{r:?}");
         }
+    }
+
+    #[test]
+    fn placement_explains_a_fabric_drop() {
+        let placed = |relation| Round {
+            ip: I::Answered(MS),
+            fabric: F::Timeout,
+            relation,
+        };
+        let cases = [
+            (
+                Relation::CrossAz {
+                    local: "a".into(),
+                    peer: "b".into(),
+                },
+                R::CrossAz,
+            ),
+            (
+                Relation::CrossSubnet {
+                    local: "a".into(),
+                    peer: "b".into(),
+                },
+                R::CrossSubnet,
+            ),
+            (
+                Relation::SameSubnet {
+                    subnet: "s".into(),
+                    local_groups: vec![],
+                    peer_groups: vec![],
+                },
+                R::SecurityGroup,
+            ),
+        ];
+        for (relation, reason) in cases {
+            assert_eq!(
+                settled(&placed(relation.clone())),
+                (PeerState::FabricDropped, Some(reason))
+            );
+        }
+        // A provider error with unknown placement keeps the provider's reason.
+        let failed = Round {
+            ip: I::Answered(MS),
+            fabric: F::Failed,
+            relation: Relation::Unknown,
+        };
+        assert_eq!(
+            settled(&failed),
+            (PeerState::FabricDropped, Some(R::ProviderError))
+        );
+        // Placement does not turn an outage into a fabric drop.
+        let down = Round {
+            ip: I::Timeout,
+            fabric: F::Timeout,
+            relation: Relation::CrossSubnet {
+                local: "a".into(),
+                peer: "b".into(),
+            },
+        };
+        assert_eq!(settled(&down).0, PeerState::Down);
     }
 
     #[test]

@@ -1,0 +1,210 @@
+//! Why the fabric drops between two nodes, from what both publish about where they run.
+//!
+//! EFA (SRD) traffic does not cross subnets (and so not availability zones), and it needs a
+//! security group that allows all traffic to and from itself. From both sides' placement:
+//!
+//! | placement | reason | remedy |
+//! |---|---|---|
+//! | different availability zones | `cross_az` | one AZ and one subnet for EFA node groups |
+//! | same AZ, different subnets | `cross_subnet` | relaunch into one subnet; a cluster placement group |
+//! | same subnet | `security_group` | the self-referencing allow-all rule, both directions; look for stale rules |
+//! | unknown on either side | (the path's own reason: `fabric_timeout`, `provider_error`) | |
+//!
+//! Nodes in different (or no) cluster placement groups get a warning: EFA works, but with
+//! more latency and less bandwidth than it could.
+
+use serde::Serialize;
+
+/// Where a node runs, as far as EFA cares (its primary network interface).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    pub availability_zone: String,
+    pub subnet_id: String,
+    pub vpc_id: String,
+    pub security_group_ids: Vec<String>,
+    pub placement_group: Option<String>,
+}
+
+impl Placement {
+    /// From instance metadata: the primary network interface's subnet, VPC and groups.
+    pub fn of(topology: &crate::topology::Topology) -> Option<Placement> {
+        let primary = topology.primary()?;
+        Some(Placement {
+            availability_zone: topology.availability_zone.clone(),
+            subnet_id: primary.subnet_id.clone(),
+            vpc_id: primary.vpc_id.clone(),
+            security_group_ids: primary.security_group_ids.clone(),
+            placement_group: topology.placement_group.clone(),
+        })
+    }
+}
+
+/// How two nodes' placements relate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relation {
+    /// One side's placement is unknown (off AWS, IMDS blocked, old agent).
+    Unknown,
+    CrossAz {
+        local: String,
+        peer: String,
+    },
+    CrossSubnet {
+        local: String,
+        peer: String,
+    },
+    SameSubnet {
+        subnet: String,
+        local_groups: Vec<String>,
+        peer_groups: Vec<String>,
+    },
+}
+
+pub fn relate(local: Option<&Placement>, peer: Option<&Placement>) -> Relation {
+    let (Some(l), Some(p)) = (local, peer) else {
+        return Relation::Unknown;
+    };
+    if l.availability_zone != p.availability_zone {
+        Relation::CrossAz {
+            local: l.availability_zone.clone(),
+            peer: p.availability_zone.clone(),
+        }
+    } else if l.subnet_id != p.subnet_id {
+        Relation::CrossSubnet {
+            local: l.subnet_id.clone(),
+            peer: p.subnet_id.clone(),
+        }
+    } else {
+        Relation::SameSubnet {
+            subnet: l.subnet_id.clone(),
+            local_groups: l.security_group_ids.clone(),
+            peer_groups: p.security_group_ids.clone(),
+        }
+    }
+}
+
+/// A warning about placement groups, whatever the verdict.
+pub fn placement_warning(local: Option<&Placement>, peer: Option<&Placement>) -> Option<String> {
+    let (l, p) = (local?, peer?);
+    match (&l.placement_group, &p.placement_group) {
+        (Some(a), Some(b)) if a == b => None,
+        (Some(a), Some(b)) => Some(format!(
+            "the nodes are in different placement groups ({a}, {b}): EFA latency and bandwidth suffer"
+        )),
+        _ => Some(
+            "at least one node is not in a cluster placement group: EFA latency and bandwidth \
+             suffer"
+                .into(),
+        ),
+    }
+}
+
+/// The sentence and remedy for a fabric drop explained by placement; `None` when the
+/// relation explains nothing.
+pub fn explain(relation: &Relation) -> Option<String> {
+    Some(match relation {
+        Relation::Unknown => return None,
+        Relation::CrossAz { local, peer } => format!(
+            "IP works but the fabric is dropped: the nodes are in different availability zones \
+             ({local}, {peer}) and EFA traffic does not leave its subnet. Put EFA node groups in \
+             one AZ and one subnet, in a cluster placement group."
+        ),
+        Relation::CrossSubnet { local, peer } => format!(
+            "IP works but the fabric is dropped: the nodes are in different subnets ({local}, \
+             {peer}) and EFA traffic does not cross subnets. Relaunch the node group into one \
+             subnet, in a cluster placement group."
+        ),
+        Relation::SameSubnet {
+            subnet,
+            local_groups,
+            peer_groups,
+        } => {
+            let groups = if local_groups == peer_groups {
+                format!("security group {}", local_groups.join(","))
+            } else {
+                format!(
+                    "security groups {} and {}",
+                    local_groups.join(","),
+                    peer_groups.join(",")
+                )
+            };
+            format!(
+                "IP works but the fabric is dropped within subnet {subnet}: {groups} must allow \
+                 all traffic to and from itself (a self-referencing rule, inbound and outbound). \
+                 A rule that trusted a group in a peered VPC goes stale when the peering is \
+                 deleted: look for stale rules with `aws ec2 describe-stale-security-groups`."
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(az: &str, subnet: &str, sg: &str, pg: Option<&str>) -> Placement {
+        Placement {
+            availability_zone: az.into(),
+            subnet_id: subnet.into(),
+            vpc_id: "vpc-1".into(),
+            security_group_ids: vec![sg.into()],
+            placement_group: pg.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn the_diagnosis_table() {
+        let a = at("us-east-1a", "subnet-a", "sg-1", Some("pg"));
+        assert_eq!(relate(Some(&a), None), Relation::Unknown);
+        assert_eq!(relate(None, Some(&a)), Relation::Unknown);
+        assert!(matches!(
+            relate(
+                Some(&a),
+                Some(&at("us-east-1b", "subnet-b", "sg-1", Some("pg")))
+            ),
+            Relation::CrossAz { .. }
+        ));
+        assert!(matches!(
+            relate(
+                Some(&a),
+                Some(&at("us-east-1a", "subnet-c", "sg-1", Some("pg")))
+            ),
+            Relation::CrossSubnet { .. }
+        ));
+        assert!(matches!(
+            relate(
+                Some(&a),
+                Some(&at("us-east-1a", "subnet-a", "sg-2", Some("pg")))
+            ),
+            Relation::SameSubnet { .. }
+        ));
+    }
+
+    #[test]
+    fn explanations_name_the_facts_and_the_remedy() {
+        let a = at("us-east-1a", "subnet-a", "sg-1", None);
+        let b = at("us-east-1a", "subnet-b", "sg-1", None);
+        let text = explain(&relate(Some(&a), Some(&b))).unwrap();
+        assert!(
+            text.contains("subnet-a") && text.contains("subnet-b") && text.contains("one subnet")
+        );
+        let text = explain(&relate(Some(&a), Some(&a))).unwrap();
+        assert!(text.contains("sg-1") && text.contains("describe-stale-security-groups"));
+        let c = at("us-east-1a", "subnet-a", "sg-9", None);
+        let text = explain(&relate(Some(&a), Some(&c))).unwrap();
+        assert!(text.contains("sg-1 and sg-9"), "{text}");
+        assert_eq!(explain(&Relation::Unknown), None);
+    }
+
+    #[test]
+    fn placement_group_warnings() {
+        let same = at("az", "s", "sg", Some("pg-1"));
+        assert_eq!(placement_warning(Some(&same), Some(&same)), None);
+        let other = at("az", "s", "sg", Some("pg-2"));
+        assert!(placement_warning(Some(&same), Some(&other))
+            .unwrap()
+            .contains("pg-1"));
+        let none = at("az", "s", "sg", None);
+        assert!(placement_warning(Some(&same), Some(&none)).is_some());
+        assert_eq!(placement_warning(None, Some(&same)), None);
+    }
+}

@@ -1,0 +1,243 @@
+//! Instance topology end to end: two agents in network namespaces, each with a fake
+//! instance-metadata server (scripts/fake-imds.py) on its own loopback. With the fabric's UDP
+//! dropped, nodes in different subnets are diagnosed `cross_subnet` and nodes in one subnet
+//! `security_group`, on both sides. A slow IMDS does not delay start-up beyond its timeout.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::metrics::{parse, value, Sample};
+use support::netns::{can_run, http_get, Netns, Pair};
+
+const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
+const FAKE_IMDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fake-imds.py");
+const PORT: u16 = 9476;
+const IMDS: &str = "127.0.0.1:8169";
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(mut cmd: Command) -> Process {
+    Process(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
+fn fake_imds(ns: &Netns, instance: &str, subnet: &str, extra: &[&str]) -> Process {
+    let mut cmd = ns.command("python3");
+    cmd.args([FAKE_IMDS, "--listen", IMDS, "--instance-id", instance])
+        .args([
+            "--instance-type",
+            "p5.48xlarge",
+            "--az",
+            "us-east-1a",
+            "--subnet",
+            subnet,
+        ])
+        .args(["--vpc", "vpc-0test", "--security-groups", "sg-0efa"])
+        .args([
+            "--mac",
+            "0a:00:00:00:00:01",
+            "--placement-group",
+            "pg-train",
+        ])
+        .args(extra);
+    spawn(cmd)
+}
+
+fn agent(ns: &Netns, name: &str, ip: &str, peer_ip: &str) -> Process {
+    let mut cmd = ns.command(BIN);
+    cmd.args(["agent", "--node-name", name])
+        .args(["--listen", &format!("{ip}:{PORT}"), "--pod-ip", ip])
+        .args(["--peers", &format!("{peer_ip}:{PORT}")])
+        .args(["--fabric-provider", "udp;ofi_rxd"])
+        .args([
+            "--imds-endpoint",
+            &format!("http://{IMDS}"),
+            "--imds-timeout",
+            "2s",
+        ])
+        .args(["--interval", "1s", "--timeout", "400ms"]);
+    spawn(cmd)
+}
+
+fn scrape(ns: &Netns, ip: &str) -> Vec<Sample> {
+    http_get(ns, &format!("{ip}:{PORT}"), "/metrics")
+        .map(|t| parse(&t))
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> Result<(), String>) {
+    let started = Instant::now();
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(e) if started.elapsed() > limit => panic!("{what}: not within {limit:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+const DROP_FABRIC: &str = "table inet efp_sg {
+    chain input { type filter hook input priority 0; policy accept; meta l4proto udp drop; }
+}";
+
+/// Both agents up with their topology, then the fabric dropped: each side names `reason`.
+fn diagnose(pair: &Pair, subnet_a: &str, subnet_b: &str, reason: &str, sentence: &str) {
+    let _imds_a = fake_imds(&pair.a, "i-0aaaa", subnet_a, &[]);
+    let _imds_b = fake_imds(&pair.b, "i-0bbbb", subnet_b, &[]);
+    std::thread::sleep(Duration::from_millis(500)); // the fake servers bind
+    let _a = agent(&pair.a, "node-a", &pair.a_ip, &pair.b_ip);
+    let _b = agent(&pair.b, "node-b", &pair.b_ip, &pair.a_ip);
+    let sides = [
+        (&pair.a, &pair.a_ip, "node-b", subnet_a),
+        (&pair.b, &pair.b_ip, "node-a", subnet_b),
+    ];
+
+    wait_until("healthy with topology", Duration::from_secs(20), || {
+        for (ns, ip, peer, subnet) in sides {
+            let m = scrape(ns, ip);
+            if value(
+                &m,
+                "efa_peer_state",
+                &[("peer", peer), ("state", "healthy")],
+            ) != Some(1.0)
+            {
+                return Err(format!("{peer} not healthy yet"));
+            }
+            if value(
+                &m,
+                "efa_node_topology_info",
+                &[("subnet", subnet), ("placement_group", "pg-train")],
+            ) != Some(1.0)
+            {
+                return Err("no topology info".into());
+            }
+        }
+        Ok(())
+    });
+    pair.b.nft(DROP_FABRIC);
+    wait_until(reason, Duration::from_secs(8), || {
+        for (ns, ip, peer, _) in sides {
+            let m = scrape(ns, ip);
+            if value(
+                &m,
+                "efa_peer_diagnosis",
+                &[("peer", peer), ("reason", reason)],
+            ) != Some(1.0)
+            {
+                return Err(format!("{peer}: no {reason} diagnosis"));
+            }
+        }
+        Ok(())
+    });
+    let peers = http_get(&pair.a, &format!("{}:{PORT}", pair.a_ip), "/v1/peers").unwrap();
+    let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
+    let summary = peers[0]["summary"].as_str().unwrap();
+    assert!(summary.contains(sentence), "{summary}");
+    assert_eq!(peers[0]["state"], "fabric_dropped");
+    pair.b.nft_flush();
+}
+
+#[test]
+fn fabric_drops_are_explained_by_placement() {
+    if !can_run("fabric_drops_are_explained_by_placement") {
+        return;
+    }
+    let pair = Pair::new("topo", 41);
+    diagnose(
+        &pair,
+        "subnet-0aaa",
+        "subnet-0bbb",
+        "cross_subnet",
+        "different subnets (subnet-0aaa, subnet-0bbb)",
+    );
+    diagnose(
+        &pair,
+        "subnet-0aaa",
+        "subnet-0aaa",
+        "security_group",
+        "describe-stale-security-groups",
+    );
+}
+
+#[test]
+fn a_slow_imds_does_not_delay_start_up_beyond_its_timeout() {
+    // Loopback only: the fake answers every request after 10 s.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let imds_port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        FAKE_IMDS,
+        "--listen",
+        &format!("127.0.0.1:{imds_port}"),
+        "--delay",
+        "10",
+    ]);
+    let _imds = spawn(cmd);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let port = 47_781;
+    let started = Instant::now();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "agent",
+        "--node-name",
+        "slow-imds",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args([
+        "--fabric-provider",
+        "none",
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+    ])
+    .args([
+        "--imds-endpoint",
+        &format!("http://127.0.0.1:{imds_port}"),
+        "--imds-timeout",
+        "1s",
+    ]);
+    let _agent = spawn(cmd);
+    let get = |path: &str| -> Option<String> {
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    while get("/readyz").is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "ready after {took:?} with a 1 s IMDS timeout"
+    );
+    let m = parse(&get("/metrics").unwrap());
+    assert_eq!(value(&m, "efa_node_topology_available", &[]), Some(0.0));
+    assert!(value(&m, "efa_node_topology_info", &[]).is_none());
+}
