@@ -65,6 +65,8 @@ pub struct AgentArgs {
     /// Where sysfs is mounted (device hardware counters are read below it).
     #[arg(long, env = "EFAPROBE_SYSFS_ROOT", default_value = "/sys")]
     pub sysfs_root: std::path::PathBuf,
+    #[command(flatten)]
+    pub discovery: crate::discovery::DiscoveryArgs,
 }
 
 /// The validated configuration.
@@ -86,6 +88,10 @@ pub struct AgentConfig {
     pub imds_endpoint: Option<crate::topology::ImdsEndpoint>,
     pub imds_timeout: Duration,
     pub sysfs_root: std::path::PathBuf,
+    /// Where peers come from: the static list, a DNS name, or the DaemonSet's pods.
+    pub discovery: crate::discovery::DiscoveryConfig,
+    /// How long a newly eligible peer is `unknown` whatever its probes say.
+    pub peer_grace: Duration,
 }
 
 /// A setting that cannot be used, named.
@@ -240,6 +246,13 @@ impl AgentConfig {
                 "above zero, at most 30s",
             ));
         }
+        let (discovery, grace) =
+            crate::discovery::DiscoveryConfig::from_args(&a.discovery, &peers, listen.port())?;
+        // A configured list is not a rollout: its peers are judged from the first round.
+        let peer_grace = match discovery {
+            crate::discovery::DiscoveryConfig::Static(_) => Duration::ZERO,
+            _ => grace,
+        };
         Ok(AgentConfig {
             node_name,
             listen,
@@ -260,6 +273,8 @@ impl AgentConfig {
             imds_endpoint,
             imds_timeout,
             sysfs_root: a.sysfs_root.clone(),
+            discovery,
+            peer_grace,
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod fabric_ping;
 pub mod hello;
 pub mod http;

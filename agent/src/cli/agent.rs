@@ -179,12 +179,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let placement = topology.as_ref().and_then(Placement::of);
     hello.write().unwrap_or_else(|p| p.into_inner()).topology = topology;
 
-    let peers: Vec<String> = config
-        .peers
-        .iter()
-        .filter(|p| !config.is_self(p))
-        .cloned()
-        .collect();
+    let mut peer_sets =
+        crate::discovery::start(config.discovery.clone(), config.interval, stop_rx.clone())
+            .await
+            .context("starting peer discovery")?;
     let mut monitor = PeerMonitor::new(
         PeerProbeSettings {
             timeout: config.timeout,
@@ -197,7 +195,6 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         metrics.clone(),
         pinger,
     );
-    monitor.set_peers(&peers);
 
     let probing = {
         let mut stop = stop_rx.clone();
@@ -205,6 +202,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         let (interval, timeout, targets_cfg) =
             (config.interval, config.timeout, config.targets.clone());
         let sysfs_root = config.sysfs_root.clone();
+        let (self_check, peer_grace) = (config.clone(), config.peer_grace);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -213,6 +211,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
                     _ = ticker.tick() => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
+                // The latest peer set, without this agent itself.
+                let mut set = peer_sets.borrow_and_update().clone();
+                set.retain(|address, _| !self_check.is_self(address));
+                monitor.set_peers(&set, peer_grace);
                 let round = async {
                     let root = sysfs_root.clone();
                     let counters = tokio::task::spawn_blocking(move || read_hw_counters(&root));

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 pub mod agent;
 pub mod check;
+pub mod discover;
 pub mod fabric_ping;
 
 #[derive(Debug, Parser)]
@@ -25,7 +26,10 @@ pub enum Command {
     Check(check::Args),
     /// Run the per-node agent: probe every peer over the fabric and over IP, check services,
     /// and serve metrics, an API and a status page.
-    Agent(crate::config::AgentArgs),
+    Agent(Box<crate::config::AgentArgs>),
+    /// Print the peers this node would probe (static list, DNS name or Kubernetes pods), once
+    /// or at every change.
+    Discover(discover::Args),
 }
 
 /// Exit code for a bad command line or configuration (EX_USAGE).
@@ -71,7 +75,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::FabricPing(args) => fabric_ping::run(args),
         Command::Check(args) => check::run(args),
-        Command::Agent(args) => agent::run(args),
+        Command::Agent(args) => agent::run(*args),
+        Command::Discover(args) => discover::run(args),
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use tokio::time::Instant;
 
+use crate::discovery::PeerSet;
 use crate::fabric_ping::{FabricPinger, PeerHandle, ProbeOutcome};
 use crate::hello::{Hello, MAX_HELLO_BYTES};
 use crate::metrics::{Metrics, ProbePath, ProbeResult};
@@ -50,6 +51,8 @@ struct Peer {
     hello: Option<Hello>,
     /// The fabric address in use and its handle in the engine.
     fabric: Option<(Vec<u8>, PeerHandle)>,
+    /// Until then the peer is reported `unknown`, whatever its probes say.
+    grace_until: std::time::Instant,
 }
 
 /// Probes peers over both paths and keeps their verdicts.
@@ -77,11 +80,13 @@ impl PeerMonitor {
         }
     }
 
-    /// Makes `addresses` the set of peers: new ones start `unknown`, departed ones lose their
-    /// state, their metric series and their address-vector entry.
-    pub fn set_peers(&mut self, addresses: &[String]) {
+    /// Makes `set` the peers: new ones start `unknown` and stay so for `grace` after they
+    /// became eligible (a pod that just rolled out is not an outage); departed ones lose
+    /// their state, their metric series and their address-vector entry at once, before they
+    /// could look `down`.
+    pub fn set_peers(&mut self, set: &PeerSet, grace: Duration) {
         self.peers.retain(|key, peer| {
-            if addresses.contains(key) {
+            if set.contains_key(key) {
                 return true;
             }
             self.state.remove_peer(key);
@@ -92,12 +97,13 @@ impl PeerMonitor {
             tracing::info!(peer = %peer.status.name, "peer left");
             false
         });
-        for addr in addresses {
-            if self.peers.contains_key(addr) {
+        for (addr, candidate) in set {
+            if let Some(peer) = self.peers.get_mut(addr) {
+                peer.grace_until = candidate.eligible_since + grace;
                 continue;
             }
             let status = PeerStatus {
-                name: addr.clone(),
+                name: candidate.node_name.clone().unwrap_or_else(|| addr.clone()),
                 address: addr.clone(),
                 state: crate::verdict::PeerState::Unknown,
                 reason: None,
@@ -120,6 +126,7 @@ impl PeerMonitor {
                     status,
                     hello: None,
                     fabric: None,
+                    grace_until: candidate.eligible_since + grace,
                 },
             );
         }
@@ -266,6 +273,7 @@ impl PeerMonitor {
         }
         peer.status.state = peer.verdict.state();
         peer.status.reason = peer.verdict.reason();
+        let in_grace = std::time::Instant::now() < peer.grace_until;
         peer.status.fabric_loss = peer.verdict.fabric_loss();
         peer.status.rounds += 1;
         if let Some(hello) = &peer.hello {
@@ -280,6 +288,19 @@ impl PeerMonitor {
             peer.status.fabric_loss,
             &relation,
         );
+        if in_grace {
+            // A new peer: its verdict is formed, but not reported (nor alerted on) yet.
+            let left = peer
+                .grace_until
+                .saturating_duration_since(std::time::Instant::now());
+            peer.status.state = crate::verdict::PeerState::Unknown;
+            peer.status.reason = None;
+            peer.status.summary = format!(
+                "new peer, in its grace period for {}s more ({})",
+                left.as_secs() + 1,
+                peer.status.summary
+            );
+        }
         peer.status.warnings = placement_warning(
             self.settings.placement.as_ref(),
             peer_placement(peer.hello.as_ref()).as_ref(),
@@ -454,14 +475,18 @@ mod tests {
         let mut monitor = PeerMonitor::new(settings, state.clone(), metrics.clone(), None);
         // Nothing listens on these loopback ports: both peers end up down, with series.
         let peers = vec!["127.0.0.1:9".to_owned(), "127.0.0.1:19".to_owned()];
-        monitor.set_peers(&peers);
+        let now = std::time::Instant::now();
+        monitor.set_peers(&crate::discovery::static_set(&peers, now), Duration::ZERO);
         monitor.run_round().await;
         monitor.run_round().await;
         let text = metrics.encode();
         assert!(text.contains(r#"peer="127.0.0.1:19""#), "{text}");
         assert_eq!(state.peers().len(), 2);
 
-        monitor.set_peers(&peers[..1]);
+        monitor.set_peers(
+            &crate::discovery::static_set(&peers[..1], now),
+            Duration::ZERO,
+        );
         let text = metrics.encode();
         assert!(
             !text.contains(r#"peer="127.0.0.1:19""#),

@@ -1,0 +1,231 @@
+//! `efaprobe discover`: which peers would this node probe?
+//!
+//! Takes the agent's discovery settings (the same flags and environment variables, so
+//! `kubectl exec ds/efaprobe -- efaprobe discover --once` answers for that pod) and prints the
+//! peer set: once with `--once`, or again at every change until SIGINT/SIGTERM. Exit status: 0
+//! when a set was found, 1 when discovery failed (the error says why), 64 for a bad setting.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::DEFAULT_PORT;
+use crate::discovery::{self, DiscoveryArgs, DiscoveryConfig, DiscoveryError, PeerSet};
+use crate::shutdown::ShutdownSignal;
+
+use super::{parse_duration, EXIT_USAGE};
+
+/// How long `--once` waits for the API server or the resolver.
+const ONCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the runtime waits, on exit, for a resolver thread stuck in `getaddrinfo`.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+    /// static: peer agents' addresses, HOST:PORT, comma-separated.
+    #[arg(long, env = "EFAPROBE_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// The port peer agents listen on (default: the port of EFAPROBE_LISTEN, else 9476).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// dns: how often to resolve the name again while watching (the agent's probe interval).
+    #[arg(long, env = "EFAPROBE_INTERVAL", default_value = "5s")]
+    pub refresh: String,
+    /// Print the set once and exit, instead of printing it again at every change.
+    #[arg(long)]
+    pub once: bool,
+    /// One JSON document per set instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let (config, refresh) = match validate(&args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("efaprobe discover: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if !args.once {
+        // libfabric, linked in, installs SIGTERM/SIGINT handlers that end the process; take
+        // them back so following ends cleanly on a signal.
+        fabric::process::init();
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("efaprobe discover: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = if args.once {
+        runtime.block_on(discover_once(config)).map(|set| {
+            print_set(&set, args.json);
+        })
+    } else {
+        runtime.block_on(follow(config, refresh, args.json))
+    };
+    // A resolver thread stuck in getaddrinfo must not hold up the exit.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("efaprobe discover: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(args: &Args) -> Result<(DiscoveryConfig, Duration), crate::config::ConfigError> {
+    let bad = |setting, env, detail: String| crate::config::ConfigError {
+        setting,
+        flag: setting,
+        env,
+        detail,
+    };
+    let port = match args.port {
+        Some(p) => p,
+        None => match std::env::var("EFAPROBE_LISTEN") {
+            Ok(listen) => listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| {
+                    bad(
+                        "listen",
+                        "EFAPROBE_LISTEN",
+                        format!("{listen:?} is not IP:PORT"),
+                    )
+                })?
+                .port(),
+            Err(_) => DEFAULT_PORT,
+        },
+    };
+    let refresh =
+        parse_duration(&args.refresh).map_err(|e| bad("refresh", "EFAPROBE_INTERVAL", e))?;
+    let peers: Vec<String> = args
+        .peers
+        .iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let (config, _grace) = DiscoveryConfig::from_args(&args.discovery, &peers, port)?;
+    Ok((config, refresh))
+}
+
+/// The set as of now: the static list, one resolution, or one listing of the pods.
+async fn discover_once(config: DiscoveryConfig) -> Result<PeerSet, DiscoveryError> {
+    let now = std::time::Instant::now();
+    match config {
+        DiscoveryConfig::Static(peers) => Ok(discovery::static_set(&peers, now)),
+        DiscoveryConfig::Dns { name, port } => {
+            let found = discovery::dns::resolve(&name, port, ONCE_TIMEOUT).await?;
+            Ok(discovery::dns::merge(&PeerSet::new(), &found, now))
+        }
+        DiscoveryConfig::Kubernetes {
+            namespace,
+            selector,
+            port,
+        } => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(DiscoveryError::KubeClient)?;
+            discovery::kubernetes::list_once(client, &namespace, &selector, port).await
+        }
+    }
+}
+
+/// Prints the set now and at every change, until SIGINT or SIGTERM.
+async fn follow(
+    config: DiscoveryConfig,
+    refresh: Duration,
+    json: bool,
+) -> Result<(), DiscoveryError> {
+    let mut signals = match ShutdownSignal::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "no signal handlers; stop with SIGKILL");
+            return follow_until(config, refresh, json, std::future::pending()).await;
+        }
+    };
+    follow_until(config, refresh, json, async move { signals.recv().await }).await
+}
+
+async fn follow_until(
+    config: DiscoveryConfig,
+    refresh: Duration,
+    json: bool,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), DiscoveryError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut peers = discovery::start(config, refresh, stop_rx).await?;
+    let mut stop = std::pin::pin!(stop);
+    // The first set of dns and kubernetes is the empty one before the first answer.
+    let mut first = true;
+    loop {
+        let set = peers.borrow_and_update().clone();
+        if !(first && set.is_empty()) {
+            print_set(&set, json);
+        }
+        first = false;
+        tokio::select! {
+            changed = peers.changed() => if changed.is_err() { break },
+            _ = &mut stop => break,
+        }
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct SetView<'a> {
+    peers: Vec<PeerView<'a>>,
+}
+
+#[derive(Serialize)]
+struct PeerView<'a> {
+    address: &'a str,
+    node_name: Option<&'a str>,
+    /// How long the peer has been eligible, as of printing: compare with the grace period.
+    eligible_for_ms: u64,
+}
+
+fn print_set(set: &PeerSet, json: bool) {
+    let views: Vec<PeerView> = set
+        .values()
+        .map(|p| PeerView {
+            address: &p.address,
+            node_name: p.node_name.as_deref(),
+            eligible_for_ms: u64::try_from(p.eligible_since.elapsed().as_millis())
+                .unwrap_or(u64::MAX),
+        })
+        .collect();
+    let text = if json {
+        let mut line = serde_json::to_string(&SetView { peers: views }).unwrap_or_default();
+        line.push('\n');
+        line
+    } else {
+        let mut out = format!("{} peers\n", views.len());
+        for v in &views {
+            out.push_str(&format!(
+                "{:<40} {:<32} eligible for {:.1}s\n",
+                v.address,
+                v.node_name.unwrap_or("-"),
+                v.eligible_for_ms as f64 / 1000.0
+            ));
+        }
+        out
+    };
+    // A closed stdout (`| head`) must not panic; flush so a reader sees each set at once.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
