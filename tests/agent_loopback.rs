@@ -324,3 +324,54 @@ fn bad_settings_exit_64_naming_the_setting() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NODE_NAME"));
 }
+
+#[test]
+fn device_counters_from_sysfs_are_exported_each_round() {
+    // A fake sysfs tree: one EFA device, one port, a few counters.
+    let root = tempfile::tempdir().unwrap();
+    let counters = root
+        .path()
+        .join("class/infiniband/rdmap0s6/ports/1/hw_counters");
+    std::fs::create_dir_all(&counters).unwrap();
+    for (name, value) in [
+        ("tx_bytes", "1000"),
+        ("rx_bytes", "2000"),
+        ("rx_drops", "3"),
+    ] {
+        std::fs::write(counters.join(name), format!("{value}\n")).unwrap();
+    }
+    let port = 47_766;
+    let agent = Agent::start(&[
+        "--node-name",
+        "counted",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--fabric-provider",
+        "none",
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+        "--sysfs-root",
+        root.path().to_str().unwrap(),
+    ]);
+    let sample = |m: &[support::metrics::Sample], counter: &str| {
+        value(
+            m,
+            "efa_device_hw_stat_total",
+            &[("device", "rdmap0s6"), ("port", "1"), ("counter", counter)],
+        )
+    };
+    wait_for("counters exported", Duration::from_secs(10), || {
+        let m = parse(&get(port, "/metrics")?.1);
+        (sample(&m, "rx_drops") == Some(3.0)).then_some(())
+    });
+    // The device counts on: the next round reads the new value.
+    std::fs::write(counters.join("rx_drops"), "7\n").unwrap();
+    wait_for("counters follow sysfs", Duration::from_secs(10), || {
+        let m = parse(&get(port, "/metrics")?.1);
+        (sample(&m, "rx_drops") == Some(7.0) && sample(&m, "tx_bytes") == Some(1000.0))
+            .then_some(())
+    });
+    assert_eq!(agent.stop(), Some(0));
+}
