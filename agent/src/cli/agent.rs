@@ -45,7 +45,11 @@ pub fn run(args: AgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let result = runtime.block_on(serve(config));
+    // The fabric is closed and the server stopped; a blocking task still running (a name
+    // lookup, a sysfs read) must not hold the exit, which a restart waits for.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("efaprobe agent: {e:#}");

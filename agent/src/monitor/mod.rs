@@ -320,6 +320,7 @@ impl PeerMonitor {
             if Some(address.as_slice()) != current {
                 if let Some((_, old)) = peer.fabric.take() {
                     pinger.remove_peer(old);
+                    peer.verdict.fabric_path_changed();
                 }
                 match pinger.add_peer(&address).get().await {
                     Some(Ok(handle)) => peer.fabric = Some((address, handle)),

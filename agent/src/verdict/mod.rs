@@ -230,11 +230,23 @@ impl PeerVerdict {
         lost as f64 / self.fabric_window.len() as f64
     }
 
+    /// The peer's fabric address changed (its agent restarted): losses recorded against the
+    /// old address say nothing about the new path.
+    pub fn fabric_path_changed(&mut self) {
+        self.fabric_window.clear();
+    }
+
     /// Feeds one round; returns true if the state changed.
     pub fn observe(&mut self, round: &Round) -> bool {
+        // The loss window measures a working path's quality. During an outage its losses are
+        // explained by the outage, and counting them would hold a recovered peer in
+        // `degraded`; so they are not recorded, and the window restarts on entering one.
+        let in_outage = matches!(self.state, PeerState::FabricDropped | PeerState::Down);
         match round.fabric {
-            FabricObservation::Answered(_) => self.push_fabric(true),
-            FabricObservation::Timeout | FabricObservation::Failed => self.push_fabric(false),
+            FabricObservation::Answered(_) if !in_outage => self.push_fabric(true),
+            FabricObservation::Timeout | FabricObservation::Failed if !in_outage => {
+                self.push_fabric(false)
+            }
             _ => {}
         }
         let raw = self.classify(round);
@@ -252,13 +264,11 @@ impl PeerVerdict {
         let (state, reason) = raw;
         if self.streak >= needed && (state, reason) != (self.state, self.reason) {
             let changed = state != self.state;
-            self.state = state;
-            self.reason = reason;
-            if matches!(state, PeerState::FabricDropped | PeerState::Down) {
-                // These losses are explained by the outage; they must not hold the peer in
-                // `degraded` once it recovers.
+            if changed && matches!(state, PeerState::FabricDropped | PeerState::Down) {
                 self.fabric_window.clear();
             }
+            self.state = state;
+            self.reason = reason;
             return changed;
         }
         false
@@ -480,6 +490,40 @@ mod tests {
         assert!(v.observe(&good));
         assert_eq!(v.state(), PeerState::Healthy);
         assert_eq!(v.reason(), None);
+    }
+
+    #[test]
+    fn a_long_outage_does_not_leave_the_peer_degraded() {
+        let mut v = PeerVerdict::new(VerdictPolicy::default());
+        let good = round(I::Answered(MS), F::Answered(MS));
+        let lost = round(I::Answered(MS), F::Timeout);
+        v.observe(&good);
+        for _ in 0..8 {
+            v.observe(&lost);
+        }
+        assert_eq!(v.state(), PeerState::FabricDropped);
+        v.observe(&good);
+        v.observe(&good);
+        assert_eq!(v.state(), PeerState::Healthy, "loss {}", v.fabric_loss());
+        for _ in 0..5 {
+            v.observe(&good);
+            assert_eq!(v.state(), PeerState::Healthy);
+        }
+    }
+
+    #[test]
+    fn a_new_fabric_address_forgets_the_old_losses() {
+        let mut v = PeerVerdict::new(VerdictPolicy::default());
+        let good = round(I::Answered(MS), F::Answered(MS));
+        let lost = round(I::Answered(MS), F::Timeout);
+        v.observe(&good);
+        v.observe(&lost);
+        assert!(v.fabric_loss() > 0.2);
+        v.fabric_path_changed();
+        v.observe(&good);
+        v.observe(&good);
+        assert_eq!(v.state(), PeerState::Healthy);
+        assert_eq!(v.fabric_loss(), 0.0);
     }
 
     #[test]
