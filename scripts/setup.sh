@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   libfabric-dev libfabric-bin   # the fabric library, headers, fi_info and fi_pingpong
   libclang-dev pkg-config       # bindgen
-  nftables iproute2 procps curl dnsmasq-base # test hosts in netns, security-group rules, DNS
+  nftables iproute2 procps curl dnsmasq-base socat # test hosts in netns, security-group rules, DNS
   nats-server prometheus        # real infrastructure services (prometheus ships promtool)
   prometheus-blackbox-exporter  # the reference prober for benchmarks
 )

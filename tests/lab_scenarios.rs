@@ -1,0 +1,508 @@
+//! The lab end to end: scripts/lab.sh brings up the namespace cluster (router, two subnets,
+//! three GPU nodes, a system node with real nats-server and Prometheus, a fake IMDS per
+//! node); every scenario is broken, detected, alerted on and healed. Assertions read the
+//! agents' `/metrics` and the real Prometheus's HTTP API. Each scenario prints its detection
+//! time (fault to verdict); the goal is 3 probe intervals.
+//!
+//! The dashboard's queries run against the same Prometheus: each must parse everywhere and
+//! return data in at least one scenario.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::metrics::{parse, value, Sample};
+use support::netns::can_run;
+
+const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
+const PREFIX: &str = "efp-lt";
+const INTERVAL: Duration = Duration::from_secs(1);
+const SYS: &str = "198.18.100.10";
+
+fn repo() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).to_path_buf()
+}
+
+fn ip(node: &str) -> &'static str {
+    match node {
+        "sys" => SYS,
+        "gpu1" => "198.18.100.11",
+        "gpu2" => "198.18.100.12",
+        "gpu3" => "198.18.101.13",
+        _ => unreachable!("{node}"),
+    }
+}
+
+/// The lab; `down` on drop.
+struct Lab {
+    dir: PathBuf,
+}
+
+impl Lab {
+    fn script(&self, args: &[&str]) -> std::process::Output {
+        Command::new("bash")
+            .arg(repo().join("scripts/lab.sh"))
+            .args(args)
+            .env("LAB_DIR", &self.dir)
+            .env("LAB_PREFIX", PREFIX)
+            .env("LAB_SKIP_BUILD", "1")
+            .env("LAB_NO_FORWARD", "1")
+            .env("LAB_QUIET", "1")
+            .env("EFAPROBE_BIN", BIN)
+            .output()
+            .expect("run scripts/lab.sh")
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = self.script(args);
+        assert!(
+            out.status.success(),
+            "lab.sh {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn up() -> Lab {
+        let lab = Lab {
+            dir: std::env::temp_dir().join(format!("efaprobe-lab-test-{}", std::process::id())),
+        };
+        let _ = lab.script(&["down"]);
+        lab.run(&["up"]);
+        lab
+    }
+
+    fn curl(&self, node: &str, url: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("{PREFIX}-{node}"),
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+            ])
+            .arg(url)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn metrics(&self, node: &str) -> Vec<Sample> {
+        self.curl(node, &format!("http://{}:9476/metrics", ip(node)))
+            .map(|t| parse(&t))
+            .unwrap_or_default()
+    }
+
+    fn prometheus(&self, path: &str) -> serde_json::Value {
+        self.curl("sys", &format!("http://{SYS}:9090{path}"))
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Pending and firing alerts as (name, labels without severity).
+    fn alerts(&self) -> Vec<(String, BTreeMap<String, String>, String)> {
+        let v = self.prometheus("/api/v1/alerts");
+        let Some(list) = v["data"]["alerts"].as_array() else {
+            return vec![];
+        };
+        list.iter()
+            .map(|a| {
+                let mut labels: BTreeMap<String, String> =
+                    serde_json::from_value(a["labels"].clone()).unwrap_or_default();
+                let name = labels.remove("alertname").unwrap_or_default();
+                labels.remove("severity");
+                (name, labels, a["state"].as_str().unwrap_or("").to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.script(&["down"]);
+    }
+}
+
+/// Polls until `check` holds, returning how long it took, or panics after `limit`.
+fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return started.elapsed(),
+            Err(e) if started.elapsed() > limit => panic!("{what}: not within {limit:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// What a scenario must produce: verdicts seen by agents, and the alerts.
+struct Expect {
+    scenario: &'static str,
+    /// (observer, peer, state, reason)
+    verdicts: &'static [(
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+    )],
+    /// (observer, target) checks that must fail, and the failure reason.
+    targets: &'static [(&'static str, &'static str, &'static str)],
+    /// Alerts (name, labels that must match) expected pending or firing; nothing else may be.
+    alerts: &'static [(&'static str, &'static [(&'static str, &'static str)])],
+    /// Alerts that may show up in this scenario without being required.
+    tolerated: &'static [&'static str],
+}
+
+fn check_verdicts(lab: &Lab, e: &Expect) -> Result<(), String> {
+    for (observer, peer, state, reason) in e.verdicts {
+        let m = lab.metrics(observer);
+        if value(&m, "efa_peer_state", &[("peer", peer), ("state", state)]) != Some(1.0) {
+            return Err(format!("{observer} does not see {peer} {state}"));
+        }
+        if let Some(reason) = reason {
+            if value(
+                &m,
+                "efa_peer_diagnosis",
+                &[("peer", peer), ("reason", reason)],
+            ) != Some(1.0)
+            {
+                return Err(format!("{observer}: no {reason} diagnosis for {peer}"));
+            }
+        }
+    }
+    for (observer, target, reason) in e.targets {
+        let m = lab.metrics(observer);
+        if value(&m, "efa_target_up", &[("target", target)]) != Some(0.0) {
+            return Err(format!("{observer}: {target} not down"));
+        }
+        let failures = m
+            .iter()
+            .filter(|s| {
+                s.name == "efa_target_failures_total"
+                    && s.labels.get("target").map(String::as_str) == Some(target)
+                    && s.labels.get("reason").map(String::as_str) == Some(reason)
+            })
+            .map(|s| s.value)
+            .sum::<f64>();
+        if failures < 1.0 {
+            return Err(format!(
+                "{observer}: no {reason} failure counted for {target}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_alerts(lab: &Lab, e: &Expect) -> Result<(), String> {
+    let alerts = lab.alerts();
+    for (name, want) in e.alerts {
+        let found = alerts.iter().any(|(n, labels, _)| {
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        });
+        if !found {
+            return Err(format!("no {name} {want:?}; alerts: {alerts:?}"));
+        }
+    }
+    let unexpected: Vec<_> = alerts
+        .iter()
+        .filter(|(n, _, _)| {
+            !e.alerts.iter().any(|(name, _)| name == n) && !e.tolerated.contains(&n.as_str())
+        })
+        .collect();
+    if unexpected.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("unexpected alerts: {unexpected:?}"))
+    }
+}
+
+fn all_healthy(lab: &Lab) -> Result<(), String> {
+    for observer in ["gpu1", "gpu2", "gpu3"] {
+        let m = lab.metrics(observer);
+        for peer in ["gpu1", "gpu2", "gpu3"]
+            .into_iter()
+            .filter(|p| *p != observer)
+        {
+            if value(
+                &m,
+                "efa_peer_state",
+                &[("peer", peer), ("state", "healthy")],
+            ) != Some(1.0)
+            {
+                return Err(format!("{observer} does not see {peer} healthy"));
+            }
+        }
+        for target in ["nats", "prometheus"] {
+            if value(&m, "efa_target_up", &[("target", target)]) != Some(1.0) {
+                return Err(format!("{observer}: {target} not up"));
+            }
+        }
+    }
+    let alerts = lab.alerts();
+    if alerts.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("alerts still active: {alerts:?}"))
+    }
+}
+
+/// Every `expr` in the dashboard, with Grafana's variables filled in.
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join("manifests/grafana/efaprobe-dashboard.json"))
+        .expect("dashboard JSON");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard parses");
+    let mut exprs = BTreeSet::new();
+    fn walk(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr", serde_json::Value::String(s)) if !s.trim().is_empty() => {
+                            out.insert(s.clone());
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    walk(&json, &mut exprs);
+    exprs
+        .into_iter()
+        .map(|e| {
+            e.replace("$__rate_interval", "1m")
+                .replace("${node:regex}", ".*")
+                .replace("${node}", ".*")
+                .replace("$node", ".*")
+        })
+        .collect()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs every dashboard query; records which returned data. Each must parse.
+///
+/// A problem-only panel (`... > 0`) shows nothing unless that problem occurs, and the lab
+/// has no partial fabric loss nor growing drop counters: for those, the expression without
+/// its filter must return data, which shows its series exist and it computes.
+fn run_dashboard(lab: &Lab, queries: &[String], had_data: &mut BTreeSet<String>) {
+    let returns_data = |q: &str| {
+        let v = lab.prometheus(&format!("/api/v1/query?query={}", urlencode(q)));
+        assert_eq!(v["status"], "success", "dashboard query fails: {q}\n{v}");
+        v["data"]["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    };
+    for q in queries {
+        let filtered = q.trim_end().strip_suffix("> 0");
+        if returns_data(q) || filtered.is_some_and(returns_data) {
+            had_data.insert(q.clone());
+        }
+    }
+}
+
+const SCENARIOS: &[Expect] = &[
+    Expect {
+        scenario: "cross_subnet",
+        verdicts: &[
+            ("gpu1", "gpu3", "fabric_dropped", Some("cross_subnet")),
+            ("gpu3", "gpu1", "fabric_dropped", Some("cross_subnet")),
+            ("gpu2", "gpu3", "fabric_dropped", Some("cross_subnet")),
+            ("gpu1", "gpu2", "healthy", None),
+        ],
+        targets: &[],
+        alerts: &[
+            (
+                "EFAOSBypassDropped",
+                &[
+                    ("node", "gpu1"),
+                    ("peer", "gpu3"),
+                    ("reason", "cross_subnet"),
+                ],
+            ),
+            (
+                "EFAOSBypassDropped",
+                &[
+                    ("node", "gpu3"),
+                    ("peer", "gpu1"),
+                    ("reason", "cross_subnet"),
+                ],
+            ),
+        ],
+        tolerated: &[],
+    },
+    Expect {
+        scenario: "sg_self_rule",
+        verdicts: &[
+            ("gpu1", "gpu2", "fabric_dropped", Some("security_group")),
+            ("gpu2", "gpu1", "fabric_dropped", Some("security_group")),
+            ("gpu1", "gpu3", "healthy", None),
+        ],
+        targets: &[],
+        alerts: &[
+            (
+                "EFAOSBypassDropped",
+                &[
+                    ("node", "gpu1"),
+                    ("peer", "gpu2"),
+                    ("reason", "security_group"),
+                ],
+            ),
+            (
+                "EFAOSBypassDropped",
+                &[
+                    ("node", "gpu2"),
+                    ("peer", "gpu1"),
+                    ("reason", "security_group"),
+                ],
+            ),
+        ],
+        tolerated: &[],
+    },
+    Expect {
+        scenario: "nats_port",
+        verdicts: &[],
+        targets: &[
+            ("gpu1", "nats", "timeout"),
+            ("gpu2", "nats", "timeout"),
+            ("gpu3", "nats", "timeout"),
+        ],
+        alerts: &[
+            ("NATSUnreachableFromNode", &[("node", "gpu1")]),
+            ("NATSUnreachableFromNode", &[("node", "gpu2")]),
+            ("NATSUnreachableFromNode", &[("node", "gpu3")]),
+        ],
+        tolerated: &[],
+    },
+    Expect {
+        scenario: "prometheus_port",
+        verdicts: &[],
+        targets: &[("gpu1", "prometheus", "timeout")],
+        alerts: &[("PrometheusUnreachableFromNode", &[("node", "gpu1")])],
+        tolerated: &[],
+    },
+    Expect {
+        scenario: "node_down",
+        verdicts: &[
+            ("gpu1", "gpu2", "down", None),
+            ("gpu3", "gpu2", "down", None),
+        ],
+        targets: &[],
+        alerts: &[("EFAPeerDown", &[("peer", "gpu2")])],
+        // Prometheus cannot scrape gpu2 either: its agent is absent as far as it can tell.
+        tolerated: &["ProberAbsent"],
+    },
+    Expect {
+        scenario: "agent_restart",
+        verdicts: &[],
+        targets: &[],
+        alerts: &[],
+        // A scrape may hit the moment the agent is restarting: pending, never firing.
+        tolerated: &["ProberAbsent"],
+    },
+];
+
+#[test]
+fn every_scenario_is_detected_alerted_and_healed() {
+    if !can_run("every_scenario_is_detected_alerted_and_healed") {
+        return;
+    }
+    for tool in ["nats-server", "prometheus", "python3", "curl"] {
+        assert!(
+            Command::new("which")
+                .arg(tool)
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{tool} is needed (scripts/setup.sh)"
+        );
+    }
+    let lab = Lab::up();
+    wait_until("lab healthy", Duration::from_secs(30), || all_healthy(&lab));
+    let queries = dashboard_queries();
+    let mut had_data = BTreeSet::new();
+    let mut report = Vec::new();
+
+    for e in SCENARIOS {
+        let started = Instant::now();
+        lab.run(&["break", e.scenario]);
+        let detection = if e.verdicts.is_empty() && e.targets.is_empty() {
+            Duration::ZERO
+        } else {
+            wait_until(e.scenario, 10 * INTERVAL, || check_verdicts(&lab, e))
+        };
+        // Detection: fault to verdict, within 3 probe intervals.
+        assert!(
+            detection <= 3 * INTERVAL,
+            "{}: detected after {detection:?}, more than 3 intervals",
+            e.scenario
+        );
+        if e.alerts.is_empty() {
+            // Nothing may fire, for several evaluation rounds.
+            let until = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < until {
+                for (name, labels, state) in lab.alerts() {
+                    assert!(
+                        e.tolerated.contains(&name.as_str()) && state == "pending",
+                        "{}: alert {name} {labels:?} is {state}",
+                        e.scenario
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        } else {
+            wait_until(
+                &format!("{} alerts", e.scenario),
+                Duration::from_secs(20),
+                || check_alerts(&lab, e),
+            );
+        }
+        run_dashboard(&lab, &queries, &mut had_data);
+        report.push(format!(
+            "{:<16} detection {:>6} ms  ({} s to alerts)",
+            e.scenario,
+            detection.as_millis(),
+            started.elapsed().as_secs()
+        ));
+        lab.run(&["heal"]);
+        wait_until(
+            &format!("{} healed", e.scenario),
+            Duration::from_secs(30),
+            || all_healthy(&lab),
+        );
+    }
+    run_dashboard(&lab, &queries, &mut had_data);
+    eprintln!("lab scenarios, fault to verdict (goal: 3 intervals of {INTERVAL:?}):");
+    for line in &report {
+        eprintln!("  {line}");
+    }
+    let empty: Vec<&String> = queries.iter().filter(|q| !had_data.contains(*q)).collect();
+    assert!(
+        empty.is_empty(),
+        "dashboard queries that never returned data: {empty:#?}"
+    );
+}
