@@ -133,13 +133,42 @@ impl PeerMonitor {
         self.metrics.set_peer_count(self.peers.len());
     }
 
-    /// Probes every peer once, both paths at the same time, and applies the results.
+    /// Probes every peer, both paths at the same time, and applies the results. A peer whose
+    /// result disagrees with its state is probed again at once, up to the confirmations its
+    /// hysteresis needs: a state still changes only on consecutive agreeing results, but a
+    /// blackhole is confirmed within one round rather than over several intervals.
     pub async fn run_round(&mut self) {
-        let timeout = self.settings.timeout;
-        let size = self.settings.probe_size;
-        let jobs: Vec<_> = self
+        let mut keys: Vec<String> = self.peers.keys().cloned().collect();
+        for _ in 0..self.settings.policy.hysteresis.max(1) {
+            if keys.is_empty() {
+                break;
+            }
+            self.probe_and_apply(&keys).await;
+            keys = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.verdict.is_changing())
+                .map(|(k, _)| k.clone())
+                .collect();
+        }
+        let unreachable = self
             .peers
             .values()
+            .filter(|p| {
+                use crate::verdict::PeerState as S;
+                matches!(p.status.state, S::Down | S::FabricDropped | S::IpBlocked)
+            })
+            .count();
+        self.metrics.set_unreachable_peers(unreachable);
+    }
+
+    /// One probe of each of `keys` over both paths (bounded concurrency), then the verdicts.
+    async fn probe_and_apply(&mut self, keys: &[String]) {
+        let timeout = self.settings.timeout;
+        let size = self.settings.probe_size;
+        let jobs: Vec<_> = keys
+            .iter()
+            .filter_map(|k| self.peers.get(k))
             .map(|p| {
                 let handle = p.fabric.as_ref().map(|(_, h)| *h);
                 (p.address.clone(), handle)
@@ -166,15 +195,6 @@ impl PeerMonitor {
         for result in results {
             self.apply(result).await;
         }
-        let unreachable = self
-            .peers
-            .values()
-            .filter(|p| {
-                use crate::verdict::PeerState as S;
-                matches!(p.status.state, S::Down | S::FabricDropped | S::IpBlocked)
-            })
-            .count();
-        self.metrics.set_unreachable_peers(unreachable);
     }
 
     async fn apply(&mut self, result: RoundResult) {

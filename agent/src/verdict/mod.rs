@@ -230,6 +230,15 @@ impl PeerVerdict {
         lost as f64 / self.fabric_window.len() as f64
     }
 
+    /// True while the latest results disagree with the state but are not yet enough to
+    /// change it: a confirming probe now decides sooner than the next round would.
+    pub fn is_changing(&self) -> bool {
+        match self.candidate {
+            Some(c) => c != (self.state, self.reason),
+            None => false,
+        }
+    }
+
     /// The peer's fabric address changed (its agent restarted): losses recorded against the
     /// old address say nothing about the new path.
     pub fn fabric_path_changed(&mut self) {
@@ -301,7 +310,9 @@ impl PeerVerdict {
                 let I::Answered(ip_rtt) = round.ip else {
                     unreachable!("ip_reason is None only when the IP path answered")
                 };
-                if self.fabric_loss() > self.policy.max_loss {
+                // A ratio over a few samples is noise: one loss in three is not 33% loss.
+                let judged = self.fabric_window.len() * 2 >= self.policy.loss_window.max(2);
+                if judged && self.fabric_loss() > self.policy.max_loss {
                     (PeerState::Degraded, Some(R::FabricLoss))
                 } else if *fabric_rtt > self.policy.max_rtt || ip_rtt > self.policy.max_rtt {
                     (PeerState::Degraded, Some(R::HighLatency))
@@ -509,6 +520,23 @@ mod tests {
             v.observe(&good);
             assert_eq!(v.state(), PeerState::Healthy);
         }
+    }
+
+    #[test]
+    fn a_disagreeing_result_is_a_change_in_progress() {
+        let mut v = PeerVerdict::new(VerdictPolicy::default());
+        let good = round(I::Answered(MS), F::Answered(MS));
+        let lost = round(I::Answered(MS), F::Timeout);
+        v.observe(&good);
+        assert!(!v.is_changing());
+        v.observe(&lost);
+        assert!(v.is_changing(), "one lost probe: a confirmation is due");
+        v.observe(&good);
+        assert!(!v.is_changing(), "the confirmation agreed with the state");
+        v.observe(&lost);
+        v.observe(&lost);
+        assert_eq!(v.state(), PeerState::FabricDropped);
+        assert!(!v.is_changing());
     }
 
     #[test]
