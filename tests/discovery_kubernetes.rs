@@ -473,6 +473,7 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
     let settings = PeerProbeSettings {
         timeout: Duration::from_millis(400),
         probe_size: 64,
+        large_probe_sizes: vec![],
         policy: VerdictPolicy::default(),
         provider: Some("udp;ofi_rxd".into()),
         placement: None,

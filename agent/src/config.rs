@@ -53,9 +53,13 @@ pub struct AgentArgs {
     /// Round-trip time on either path above which a peer is degraded.
     #[arg(long, env = "EFAPROBE_MAX_RTT", default_value = "50ms")]
     pub max_rtt: String,
-    /// Fabric probe size in bytes.
+    /// Fabric probe size in bytes (the probe that decides reachability).
     #[arg(long, env = "EFAPROBE_PROBE_SIZE", default_value_t = 64)]
     pub probe_size: usize,
+    /// Larger fabric probes, comma-separated bytes, one per round in turn after the small one
+    /// answers: drops that hit only large packets are real. Empty turns them off.
+    #[arg(long, env = "EFAPROBE_LARGE_PROBE_SIZES", default_value = "1024,8192")]
+    pub large_probe_sizes: String,
     /// EC2 instance metadata (IMDSv2), `http://HOST[:PORT]`, or `none` off AWS.
     #[arg(long, env = "EFAPROBE_IMDS_ENDPOINT", default_value = crate::topology::DEFAULT_IMDS_ENDPOINT)]
     pub imds_endpoint: String,
@@ -84,6 +88,7 @@ pub struct AgentConfig {
     pub timeout: Duration,
     pub policy: VerdictPolicy,
     pub probe_size: usize,
+    pub large_probe_sizes: Vec<usize>,
     /// `None`: instance metadata is not read.
     pub imds_endpoint: Option<crate::topology::ImdsEndpoint>,
     pub imds_timeout: Duration,
@@ -230,6 +235,28 @@ impl AgentConfig {
                 "between 1 and 8192 bytes",
             ));
         }
+        let mut large_probe_sizes = Vec::new();
+        for part in a
+            .large_probe_sizes
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let size = part
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > a.probe_size && *n <= 8192)
+                .ok_or_else(|| {
+                    bad(
+                        "large-probe-sizes",
+                        "EFAPROBE_LARGE_PROBE_SIZES",
+                        format!("{part:?}: sizes above --probe-size, at most 8192 bytes"),
+                    )
+                })?;
+            large_probe_sizes.push(size);
+        }
+        large_probe_sizes.sort_unstable();
+        large_probe_sizes.dedup();
         let imds_endpoint = match a.imds_endpoint.trim() {
             "none" | "" => None,
             url => Some(
@@ -270,6 +297,7 @@ impl AgentConfig {
                 ..VerdictPolicy::default()
             },
             probe_size: a.probe_size,
+            large_probe_sizes,
             imds_endpoint,
             imds_timeout,
             sysfs_root: a.sysfs_root.clone(),
@@ -391,6 +419,9 @@ mod tests {
             (&["--max-loss", "1.5"], "max-loss"),
             (&["--max-rtt", "fast"], "max-rtt"),
             (&["--probe-size", "0"], "probe-size"),
+            (&["--large-probe-sizes", "1024,big"], "large-probe-sizes"),
+            (&["--large-probe-sizes", "32"], "large-probe-sizes"),
+            (&["--large-probe-sizes", "9000"], "large-probe-sizes"),
             (
                 &["--imds-endpoint", "https://169.254.169.254"],
                 "imds-endpoint",

@@ -74,7 +74,8 @@ fn open_fabric(config: &AgentConfig) -> (Vec<FabricPinger>, FabricStatus) {
     };
     let mut pc = PingerConfig::new(provider);
     pc.bind = config.fabric_bind;
-    pc.max_probe_size = pc.max_probe_size.max(config.probe_size);
+    let largest = config.large_probe_sizes.iter().copied().max().unwrap_or(0);
+    pc.max_probe_size = pc.max_probe_size.max(config.probe_size).max(largest);
     match fabric_ping::open_all(&pc) {
         Ok(pingers) if !pingers.is_empty() => {
             let devices = pingers
@@ -115,6 +116,21 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let mut signals = ShutdownSignal::install().context("installing signal handlers")?;
     let (pingers, fabric) = open_fabric(&config);
     let pinger = pingers.first().cloned();
+    // The larger probes get an endpoint of their own on the same device (see PeerMonitor).
+    let large_pinger = match (&pinger, config.large_probe_sizes.is_empty()) {
+        (Some(p), false) => match open_fabric(&config)
+            .0
+            .into_iter()
+            .find(|l| l.domain() == p.domain())
+        {
+            Some(l) => Some(l),
+            None => {
+                tracing::warn!("no second endpoint for larger probes: sizes not probed");
+                None
+            }
+        },
+        _ => None,
+    };
 
     let state = Arc::new(AgentState::new(&config.node_name, fabric.clone()));
     let metrics = Arc::new(Metrics::new(VERSION, &fabric));
@@ -191,6 +207,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         PeerProbeSettings {
             timeout: config.timeout,
             probe_size: config.probe_size,
+            large_probe_sizes: config.large_probe_sizes.clone(),
             policy: config.policy,
             provider: config.fabric_provider.clone(),
             placement,
@@ -198,7 +215,8 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         state.clone(),
         metrics.clone(),
         pinger,
-    );
+    )
+    .with_large_probe_endpoint(large_pinger.clone());
 
     let probing = {
         let mut stop = stop_rx.clone();
@@ -250,7 +268,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), probing).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    for p in &pingers {
+    for p in pingers.iter().chain(&large_pinger) {
         p.shutdown();
     }
     tracing::info!("stopped");

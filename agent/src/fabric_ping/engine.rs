@@ -44,6 +44,10 @@ pub struct PingerConfig {
     pub max_learned_peers: usize,
     /// Pongs waiting for transmit resources, at most; more are dropped and counted.
     pub max_queued_pongs: usize,
+    /// Pongs in flight to one destination, at most; a ping answered beyond that is dropped
+    /// and counted (see `flush_outbox`). 1 for an agent; `efaprobe simulate-peers`, whose
+    /// one responder answers every probe of the agent under test, raises it.
+    pub max_pongs_in_flight_per_peer: u32,
 }
 
 impl PingerConfig {
@@ -56,6 +60,7 @@ impl PingerConfig {
             spin_window: Duration::from_millis(1),
             max_learned_peers: 1024,
             max_queued_pongs: 1024,
+            max_pongs_in_flight_per_peer: 1,
         }
     }
 }
@@ -387,8 +392,9 @@ struct AvEntry {
     refs: u32,
     /// Set while the entry is also a learned sender: its position in the LRU order.
     learned_tick: Option<u64>,
-    /// Pings not yet completed (one unanswered at most: see `flush_outbox`).
-    pings_in_flight: u32,
+    /// Pings not yet completed, by probe size (one unanswered per size at most: see
+    /// `flush_outbox`).
+    pings_in_flight: BTreeMap<usize, u32>,
     /// Pongs not yet completed (at most one).
     pongs_in_flight: u32,
 }
@@ -415,7 +421,7 @@ struct InFlight {
 }
 
 enum SendPurpose {
-    Ping { seq: u64, key: Vec<u8> },
+    Ping { seq: u64, key: Vec<u8>, size: usize },
     Pong { key: Vec<u8> },
 }
 
@@ -580,7 +586,7 @@ impl Engine {
                 addr,
                 refs: 0,
                 learned_tick: None,
-                pings_in_flight: 0,
+                pings_in_flight: BTreeMap::new(),
                 pongs_in_flight: 0,
             },
         );
@@ -593,7 +599,7 @@ impl Engine {
         let unused = self.av.get(key).is_some_and(|e| {
             e.refs == 0
                 && e.learned_tick.is_none()
-                && e.pings_in_flight == 0
+                && e.pings_in_flight.values().all(|n| *n == 0)
                 && e.pongs_in_flight == 0
         });
         if unused {
@@ -651,7 +657,9 @@ impl Engine {
     /// and the rest go ahead: tcp;ofi_rxm answers FI_EAGAIN for as long as a peer refuses its
     /// connection, and that peer must not hold up the others.
     ///
-    /// At most one unanswered ping and one pong per destination are in flight. On a blackholed path rxd
+    /// At most one unanswered ping per probe size and one pong (`max_pongs_in_flight_per_peer`)
+    /// per destination are in flight; a large probe stuck on a path that drops large packets
+    /// never holds up the small ones. On a blackholed path rxd
     /// never completes a send (it retransmits until the path heals) and other providers may
     /// take long to give up; without this cap every probe to such a peer would hold a
     /// transmit slot, and after a hundred rounds no peer could be probed. A ping waits while
@@ -671,7 +679,8 @@ impl Engine {
                     // The warm ping of a pair may go while the cold one's completion is
                     // pending: its pong proved the path, and waiting for the provider's
                     // acknowledgement would let the responder fall idle again.
-                    if entry.pings_in_flight > 0 && probe.cold.is_none() {
+                    let same_size = entry.pings_in_flight.get(&probe.size).copied().unwrap_or(0);
+                    if same_size > 0 && probe.cold.is_none() {
                         deferred.push_back(out);
                         continue;
                     }
@@ -688,11 +697,16 @@ impl Engine {
                     (
                         entry.addr,
                         key.clone(),
-                        SendPurpose::Ping { seq: *seq, key },
+                        SendPurpose::Ping {
+                            seq: *seq,
+                            key,
+                            size: probe.size,
+                        },
                     )
                 }
                 Outgoing::Pong { dest, key, bytes } => {
-                    if self.av.get(key).is_some_and(|e| e.pongs_in_flight > 0) {
+                    let cap = self.config.max_pongs_in_flight_per_peer;
+                    if self.av.get(key).is_some_and(|e| e.pongs_in_flight >= cap) {
                         self.queued_pongs -= 1;
                         self.counters()
                             .pongs_dropped_backlog
@@ -716,7 +730,9 @@ impl Engine {
                     }
                     if let Some(entry) = self.av.get_mut(&key) {
                         match purpose {
-                            SendPurpose::Ping { .. } => entry.pings_in_flight += 1,
+                            SendPurpose::Ping { size, .. } => {
+                                *entry.pings_in_flight.entry(size).or_default() += 1
+                            }
                             SendPurpose::Pong { .. } => entry.pongs_in_flight += 1,
                         }
                     }
@@ -786,8 +802,10 @@ impl Engine {
         };
         if let Some(entry) = self.av.get_mut(&key) {
             match purpose {
-                SendPurpose::Ping { .. } => {
-                    entry.pings_in_flight = entry.pings_in_flight.saturating_sub(1)
+                SendPurpose::Ping { size, .. } => {
+                    if let Some(n) = entry.pings_in_flight.get_mut(&size) {
+                        *n = n.saturating_sub(1);
+                    }
                 }
                 SendPurpose::Pong { .. } => {
                     entry.pongs_in_flight = entry.pongs_in_flight.saturating_sub(1)

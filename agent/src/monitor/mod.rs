@@ -28,6 +28,8 @@ const CONCURRENCY: usize = 64;
 pub struct PeerProbeSettings {
     pub timeout: Duration,
     pub probe_size: usize,
+    /// Larger probe sizes, one per round in turn, sent once the small probe has answered.
+    pub large_probe_sizes: Vec<usize>,
     pub policy: VerdictPolicy,
     /// The provider this node was asked to use; a peer with another cannot be reached.
     pub provider: Option<String>,
@@ -40,6 +42,8 @@ struct RoundResult {
     key: String,
     hello: Result<(Hello, Duration), ProbeFailure>,
     fabric: Option<ProbeOutcome>,
+    /// A larger probe sent after the small one answered: (size, outcome).
+    large: Option<(usize, ProbeOutcome)>,
 }
 
 /// One monitored peer.
@@ -51,8 +55,12 @@ struct Peer {
     hello: Option<Hello>,
     /// The fabric address in use and its handle in the engine.
     fabric: Option<(Vec<u8>, PeerHandle)>,
+    /// The same address's handle in the large-probe engine.
+    large_handle: Option<PeerHandle>,
     /// Until then the peer is reported `unknown`, whatever its probes say.
     grace_until: std::time::Instant,
+    /// The latest outcome of each larger probe size (true: answered).
+    large_results: std::collections::BTreeMap<usize, bool>,
 }
 
 /// Probes peers over both paths and keeps their verdicts.
@@ -61,7 +69,13 @@ pub struct PeerMonitor {
     state: Arc<AgentState>,
     metrics: Arc<Metrics>,
     pinger: Option<FabricPinger>,
+    /// A second endpoint on the same device for the larger probes. Providers deliver in order
+    /// per peer (rxd does): a large message stuck on a path that drops large packets would
+    /// hold up every small probe behind it on a shared endpoint, and read as a blackhole.
+    large_pinger: Option<FabricPinger>,
     peers: HashMap<String, Peer>,
+    /// Rounds run, which picks this round's larger probe size.
+    round: u64,
 }
 
 impl PeerMonitor {
@@ -76,8 +90,16 @@ impl PeerMonitor {
             state,
             metrics,
             pinger,
+            large_pinger: None,
             peers: HashMap::new(),
+            round: 0,
         }
+    }
+
+    /// Sends the larger probes from `pinger`, an endpoint of their own (see `large_pinger`).
+    pub fn with_large_probe_endpoint(mut self, pinger: Option<FabricPinger>) -> Self {
+        self.large_pinger = pinger;
+        self
     }
 
     /// Makes `set` the peers: new ones start `unknown` and stay so for `grace` after they
@@ -92,6 +114,9 @@ impl PeerMonitor {
             self.state.remove_peer(key);
             self.metrics.remove_peer(&peer.status.name);
             if let (Some(pinger), Some((_, handle))) = (&self.pinger, peer.fabric.take()) {
+                pinger.remove_peer(handle);
+            }
+            if let (Some(pinger), Some(handle)) = (&self.large_pinger, peer.large_handle.take()) {
                 pinger.remove_peer(handle);
             }
             tracing::info!(peer = %peer.status.name, "peer left");
@@ -126,7 +151,9 @@ impl PeerMonitor {
                     status,
                     hello: None,
                     fabric: None,
+                    large_handle: None,
                     grace_until: candidate.eligible_since + grace,
+                    large_results: Default::default(),
                 },
             );
         }
@@ -139,11 +166,16 @@ impl PeerMonitor {
     /// blackhole is confirmed within one round rather than over several intervals.
     pub async fn run_round(&mut self) {
         let mut keys: Vec<String> = self.peers.keys().cloned().collect();
+        let sizes = &self.settings.large_probe_sizes;
+        let mut large = (!sizes.is_empty()).then(|| sizes[self.round as usize % sizes.len()]);
+        self.round += 1;
         for _ in 0..self.settings.policy.hysteresis.max(1) {
             if keys.is_empty() {
                 break;
             }
-            self.probe_and_apply(&keys).await;
+            self.probe_and_apply(&keys, large).await;
+            // Confirmations are about reachability: small probes only.
+            large = None;
             keys = self
                 .peers
                 .iter()
@@ -163,7 +195,7 @@ impl PeerMonitor {
     }
 
     /// One probe of each of `keys` over both paths (bounded concurrency), then the verdicts.
-    async fn probe_and_apply(&mut self, keys: &[String]) {
+    async fn probe_and_apply(&mut self, keys: &[String], large: Option<usize>) {
         let timeout = self.settings.timeout;
         let size = self.settings.probe_size;
         let jobs: Vec<_> = keys
@@ -171,22 +203,37 @@ impl PeerMonitor {
             .filter_map(|k| self.peers.get(k))
             .map(|p| {
                 let handle = p.fabric.as_ref().map(|(_, h)| *h);
-                (p.address.clone(), handle)
+                (p.address.clone(), handle, p.large_handle)
             })
             .collect();
         let pinger = self.pinger.clone();
+        let large_pinger = self.large_pinger.clone();
         let results: Vec<RoundResult> = stream::iter(jobs)
-            .map(|(key, handle)| {
+            .map(|(key, handle, large_handle)| {
                 let pinger = pinger.clone();
+                let large_pinger = large_pinger.clone();
                 async move {
                     let fabric = async {
-                        match (pinger, handle) {
-                            (Some(p), Some(h)) => p.probe(h, size, timeout).get().await,
+                        let (Some(p), Some(h)) = (pinger, handle) else {
+                            return (None, None);
+                        };
+                        let small = p.probe(h, size, timeout).get().await;
+                        // The larger probe goes to a responder the small one just woke.
+                        let large = match (&small, large, large_pinger, large_handle) {
+                            (Some(ProbeOutcome::Pong { .. }), Some(big), Some(lp), Some(lh)) => {
+                                lp.probe(lh, big, timeout).get().await.map(|o| (big, o))
+                            }
                             _ => None,
-                        }
+                        };
+                        (small, large)
                     };
-                    let (hello, fabric) = tokio::join!(fetch_hello(&key, timeout), fabric);
-                    RoundResult { key, hello, fabric }
+                    let (hello, (fabric, large)) = tokio::join!(fetch_hello(&key, timeout), fabric);
+                    RoundResult {
+                        key,
+                        hello,
+                        fabric,
+                        large,
+                    }
                 }
             })
             .buffer_unordered(CONCURRENCY)
@@ -273,6 +320,36 @@ impl PeerMonitor {
             (None, _) => FabricObservation::NotLearned,
         };
 
+        // Larger probes: the latest outcome per size, and the smallest size now lost.
+        if let Some((size, outcome)) = &result.large {
+            match outcome {
+                ProbeOutcome::Pong { .. } => {
+                    peer.large_results.insert(*size, true);
+                }
+                ProbeOutcome::Timeout | ProbeOutcome::SendFailed { .. } => {
+                    peer.large_results.insert(*size, false);
+                }
+                ProbeOutcome::NotSent { .. } => {}
+            }
+            let (_, _, counted) = fabric_result(outcome);
+            self.metrics
+                .record_probe(ProbePath::Fabric, counted, rtt_of(outcome));
+        }
+        let lost_size = match fabric {
+            FabricObservation::Answered(_) => peer
+                .large_results
+                .iter()
+                .find(|(_, ok)| !**ok)
+                .map(|(size, _)| *size),
+            _ => None,
+        };
+        if let Some(size) = lost_size {
+            peer.status.fabric.last_failure = Some("probe_size".into());
+            peer.status.fabric.last_error = Some(format!(
+                "{size}-byte probes get no answer while {}-byte probes do",
+                self.settings.probe_size
+            ));
+        }
         let relation = relate(
             self.settings.placement.as_ref(),
             peer_placement(peer.hello.as_ref()).as_ref(),
@@ -281,6 +358,7 @@ impl PeerMonitor {
             ip,
             fabric,
             relation: relation.clone(),
+            lost_size,
         });
         if changed {
             peer.status.since_unix = unix_now();
@@ -342,6 +420,13 @@ impl PeerMonitor {
                     pinger.remove_peer(old);
                     peer.verdict.fabric_path_changed();
                 }
+                if let (Some(lp), Some(old)) = (&self.large_pinger, peer.large_handle.take()) {
+                    lp.remove_peer(old);
+                }
+                peer.large_results.clear();
+                if let Some(lp) = &self.large_pinger {
+                    peer.large_handle = lp.add_peer(&address).get().await.and_then(Result::ok);
+                }
                 match pinger.add_peer(&address).get().await {
                     Some(Ok(handle)) => peer.fabric = Some((address, handle)),
                     Some(Err(e)) => {
@@ -362,11 +447,12 @@ impl PeerMonitor {
 
     /// Closes every peer's fabric handle (shutdown).
     pub fn release(&mut self) {
-        if let Some(pinger) = &self.pinger {
-            for peer in self.peers.values_mut() {
-                if let Some((_, h)) = peer.fabric.take() {
-                    pinger.remove_peer(h);
-                }
+        for peer in self.peers.values_mut() {
+            if let (Some(pinger), Some((_, h))) = (&self.pinger, peer.fabric.take()) {
+                pinger.remove_peer(h);
+            }
+            if let (Some(pinger), Some(h)) = (&self.large_pinger, peer.large_handle.take()) {
+                pinger.remove_peer(h);
             }
         }
     }
@@ -489,6 +575,7 @@ mod tests {
         let settings = PeerProbeSettings {
             timeout: Duration::from_millis(200),
             probe_size: 64,
+            large_probe_sizes: vec![],
             policy: VerdictPolicy::default(),
             provider: None,
             placement: None,

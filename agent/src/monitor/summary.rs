@@ -43,6 +43,10 @@ pub fn summarize(
         (PeerState::Down, _) => {
             format!("neither path answers ({ip_err}): node down, agent down, or partitioned")
         }
+        (PeerState::Degraded, Some(R::ProbeSize)) => format!(
+            "the fabric answers small probes but loses larger ones ({fabric_err}): packets of \
+             that size are dropped on the path; check the MTU (jumbo frames) end to end"
+        ),
         (PeerState::Degraded, Some(R::FabricLoss)) => format!(
             "both paths answer but {:.0}% of recent fabric probes were lost",
             loss * 100.0

@@ -86,10 +86,13 @@ pub enum DiagnosisReason {
     /// Fabric dropped within one subnet: the security group's self-referencing rule is
     /// missing, or a rule went stale.
     SecurityGroup,
+    /// Small fabric probes answer but larger ones are lost: packets of that size are dropped
+    /// on the path (an MTU mismatch, jumbo frames off somewhere).
+    ProbeSize,
 }
 
 impl DiagnosisReason {
-    pub const ALL: [DiagnosisReason; 14] = [
+    pub const ALL: [DiagnosisReason; 15] = [
         DiagnosisReason::ProviderError,
         DiagnosisReason::FabricTimeout,
         DiagnosisReason::PeerNoFabric,
@@ -104,6 +107,7 @@ impl DiagnosisReason {
         DiagnosisReason::CrossSubnet,
         DiagnosisReason::CrossAz,
         DiagnosisReason::SecurityGroup,
+        DiagnosisReason::ProbeSize,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -122,6 +126,7 @@ impl DiagnosisReason {
             DiagnosisReason::CrossSubnet => "cross_subnet",
             DiagnosisReason::CrossAz => "cross_az",
             DiagnosisReason::SecurityGroup => "security_group",
+            DiagnosisReason::ProbeSize => "probe_size",
         }
     }
 }
@@ -162,6 +167,9 @@ pub struct Round {
     pub fabric: FabricObservation,
     /// How the two nodes' placements relate, which explains a fabric drop when known.
     pub relation: Relation,
+    /// The smallest larger probe size whose latest probe went unanswered, while the path
+    /// answers small probes.
+    pub lost_size: Option<usize>,
 }
 
 /// Thresholds for `degraded` and the hysteresis depth.
@@ -310,6 +318,9 @@ impl PeerVerdict {
                 let I::Answered(ip_rtt) = round.ip else {
                     unreachable!("ip_reason is None only when the IP path answered")
                 };
+                if round.lost_size.is_some() {
+                    return (PeerState::Degraded, Some(R::ProbeSize));
+                }
                 // A ratio over a few samples is noise: one loss in three is not 33% loss.
                 let judged = self.fabric_window.len() * 2 >= self.policy.loss_window.max(2);
                 if judged && self.fabric_loss() > self.policy.max_loss {
@@ -353,6 +364,7 @@ mod tests {
             ip,
             fabric,
             relation: Relation::Unknown,
+            lost_size: None,
         }
     }
 
@@ -427,6 +439,7 @@ mod tests {
             ip: I::Answered(MS),
             fabric: F::Timeout,
             relation,
+            lost_size: None,
         };
         let cases = [
             (
@@ -463,6 +476,7 @@ mod tests {
             ip: I::Answered(MS),
             fabric: F::Failed,
             relation: Relation::Unknown,
+            lost_size: None,
         };
         assert_eq!(
             settled(&failed),
@@ -476,6 +490,7 @@ mod tests {
                 local: "a".into(),
                 peer: "b".into(),
             },
+            lost_size: None,
         };
         assert_eq!(settled(&down).0, PeerState::Down);
     }
@@ -520,6 +535,25 @@ mod tests {
             v.observe(&good);
             assert_eq!(v.state(), PeerState::Healthy);
         }
+    }
+
+    #[test]
+    fn large_probes_lost_while_small_ones_answer_is_degraded() {
+        let sized = |lost_size| Round {
+            ip: I::Answered(MS),
+            fabric: F::Answered(MS),
+            relation: Relation::Unknown,
+            lost_size,
+        };
+        assert_eq!(
+            settled(&sized(Some(8192))),
+            (PeerState::Degraded, Some(R::ProbeSize))
+        );
+        assert_eq!(settled(&sized(None)), (PeerState::Healthy, None));
+        // A blackhole is a blackhole, whatever the sizes said before.
+        let mut blackhole = sized(Some(8192));
+        blackhole.fabric = F::Timeout;
+        assert_eq!(settled(&blackhole).0, PeerState::FabricDropped);
     }
 
     #[test]
