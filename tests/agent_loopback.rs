@@ -122,7 +122,7 @@ fn hostile_peers_are_classified_and_do_not_hurt_the_agent() {
     let garbage_port = fake_peer(garbage);
     let huge_port = fake_peer(huge);
     let silent_port = fake_peer(silent);
-    let (a_port, b_port) = (47_761, 47_762);
+    let (a_port, b_port) = (27_761, 27_762);
     let peers = format!(
         "127.0.0.1:{garbage_port},127.0.0.1:{huge_port},127.0.0.1:{silent_port},127.0.0.1:{b_port}"
     );
@@ -194,7 +194,7 @@ fn hostile_peers_are_classified_and_do_not_hurt_the_agent() {
 
 #[test]
 fn a_peer_without_fabric_is_diagnosed_peer_no_fabric() {
-    let (a_port, c_port) = (47_764, 47_765);
+    let (a_port, c_port) = (27_764, 27_765);
     let c = Agent::start(&[
         "--node-name",
         "no-fabric",
@@ -261,7 +261,7 @@ fn a_peer_without_fabric_is_diagnosed_peer_no_fabric() {
 
 #[test]
 fn a_missing_provider_means_ip_only_and_says_so() {
-    let port = 47_763;
+    let port = 27_763;
     let agent = Agent::start(&[
         "--node-name",
         "ip-only",
@@ -340,7 +340,7 @@ fn device_counters_from_sysfs_are_exported_each_round() {
     ] {
         std::fs::write(counters.join(name), format!("{value}\n")).unwrap();
     }
-    let port = 47_766;
+    let port = 27_766;
     let agent = Agent::start(&[
         "--node-name",
         "counted",

@@ -189,7 +189,7 @@ fn a_slow_imds_does_not_delay_start_up_beyond_its_timeout() {
     let _imds = spawn(cmd);
     std::thread::sleep(Duration::from_millis(500));
 
-    let port = 47_781;
+    let port = 27_781;
     let started = Instant::now();
     let mut cmd = Command::new(BIN);
     cmd.args([

@@ -452,7 +452,7 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
     use efaprobe::state::{AgentState, FabricStatus};
     use efaprobe::verdict::VerdictPolicy;
 
-    const AGENT_PORT: u16 = 47_791;
+    const AGENT_PORT: u16 = 27_791;
     const GRACE: Duration = Duration::from_secs(4);
     let (service, handle) =
         tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();

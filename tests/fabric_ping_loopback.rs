@@ -65,7 +65,7 @@ fn prober(provider: &str, port: u16, extra: &[&str]) -> (i32, serde_json::Value,
 
 #[test]
 fn fabric_ping_succeeds_on_each_provider() {
-    for (provider, port) in [("tcp", 47_701), ("udp;ofi_rxd", 47_702), ("shm", 47_703)] {
+    for (provider, port) in [("tcp", 27_701), ("udp;ofi_rxd", 27_702), ("shm", 27_703)] {
         let _responder = Responder::start(provider, port);
         let (code, report, _) = prober(provider, port, &["--count", "20", "--interval", "0"]);
         assert_eq!(code, 0, "{provider}: {report}");
@@ -84,7 +84,7 @@ fn fabric_ping_succeeds_on_each_provider() {
 
 #[test]
 fn nothing_listening_is_unreachable_with_exit_2() {
-    let (code, report, took) = prober("udp;ofi_rxd", 47_704, &["--timeout", "1s"]);
+    let (code, report, took) = prober("udp;ofi_rxd", 27_704, &["--timeout", "1s"]);
     assert_eq!(code, 2, "{report}");
     assert_eq!(report["verdict"], "unreachable");
     assert_eq!(report["ip_path_ok"], false);
@@ -111,7 +111,7 @@ fn bad_arguments_exit_64() {
 fn missing_provider_exits_3_with_the_reason() {
     let out = Command::new(BIN)
         .args(["fabric-ping", "--provider", "efa", "--bind", "127.0.0.1"])
-        .args(["--peer", "127.0.0.1:47705"])
+        .args(["--peer", "127.0.0.1:27705"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));

@@ -11,7 +11,7 @@ use support::netns::{can_run, Pair};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PROVIDER: &str = "udp;ofi_rxd";
-const PORT: &str = "47810";
+const PORT: &str = "27810";
 
 /// The responder process, killed and reaped on drop (also when an assertion fails).
 struct Responder(Child);
