@@ -3,6 +3,9 @@
 //! Meant for an operator on a node (or `kubectl debug`) asking "can this node reach NATS and
 //! Prometheus?". Exit status: 0 when every address passed, 1 when any failed, 64 for a bad
 //! argument.
+//!
+//! `--repeat N [--concurrency C]` is for benchmarks (`benches/tcp_check.sh`): the same checks N
+//! times, then one JSON summary of this process's CPU and the latency percentiles.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -46,7 +49,26 @@ pub struct Args {
     /// Print one JSON document instead of one line per address.
     #[arg(long)]
     pub json: bool,
+
+    /// For benchmarks: check every target N times and print one JSON summary instead of the
+    /// reports (probes, failures, this process's CPU seconds, connect-time percentiles).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_REPEAT as i64))]
+    pub repeat: Option<u32>,
+
+    /// With --repeat: rounds of checks in flight at once.
+    #[arg(
+        long,
+        value_name = "C",
+        default_value_t = 1,
+        requires = "repeat",
+        value_parser = clap::value_parser!(u32).range(1..=MAX_CONCURRENCY as i64)
+    )]
+    pub concurrency: u32,
 }
+
+/// Bounds of `--repeat` and `--concurrency`.
+const MAX_REPEAT: u32 = 10_000_000;
+const MAX_CONCURRENCY: u32 = 1024;
 
 pub fn run(args: Args) -> ExitCode {
     if let Some(name) = duplicate_name(&args.targets) {
@@ -63,6 +85,23 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(repeat) = args.repeat {
+        let summary = runtime.block_on(repeat_checks(
+            &args.targets,
+            args.timeout,
+            repeat,
+            args.concurrency,
+        ));
+        runtime.shutdown_timeout(SHUTDOWN_GRACE);
+        let mut text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        text.push('\n');
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        return if summary.failures == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let reports = runtime.block_on(check_targets(&args.targets, args.timeout));
     // Dropping the runtime would wait for a resolver thread stuck in getaddrinfo, which no
     // timeout can interrupt; the answer is already known, so do not wait for it.
@@ -105,6 +144,125 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(timeout)
+}
+
+/// What `--repeat` prints.
+#[derive(Debug, Serialize)]
+pub struct RepeatSummary {
+    pub repeat: u32,
+    pub concurrency: u32,
+    /// Addresses checked, all rounds together.
+    pub probes: u64,
+    pub failures: u64,
+    pub wall_seconds: f64,
+    /// This process's user + system CPU over the checks (from /proc/self/stat, in 10 ms
+    /// ticks; start-up excluded). `None` where /proc is not readable.
+    pub cpu_seconds: Option<f64>,
+    pub cpu_seconds_per_10k_probes: Option<f64>,
+    /// TCP handshake times of the successful checks, microseconds.
+    pub connect_us: Percentiles,
+    /// Whole check (connect plus the protocol exchange), microseconds.
+    pub total_us: Percentiles,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `samples` (sorted here); zeros when there are none.
+    pub fn of(samples: &mut [Duration]) -> Percentiles {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[rank - 1].as_secs_f64() * 1e6
+        };
+        Percentiles {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+        }
+    }
+}
+
+/// Runs every target's check `repeat` times, `concurrency` rounds at once.
+async fn repeat_checks(
+    targets: &[TargetSpec],
+    timeout: Duration,
+    repeat: u32,
+    concurrency: u32,
+) -> RepeatSummary {
+    use futures::stream::{self, StreamExt};
+    let cpu_before = process_cpu_seconds();
+    let started = std::time::Instant::now();
+    let mut rounds = stream::iter(0..repeat)
+        .map(|_| check_targets(targets, timeout))
+        .buffer_unordered(concurrency as usize);
+    let (mut probes, mut failures) = (0u64, 0u64);
+    let mut connect = Vec::with_capacity(repeat as usize * targets.len());
+    let mut total = Vec::with_capacity(repeat as usize * targets.len());
+    while let Some(reports) = rounds.next().await {
+        for report in &reports {
+            match &report.addresses {
+                Err(_) => {
+                    probes += 1;
+                    failures += 1;
+                }
+                Ok(addresses) => {
+                    for address in addresses {
+                        probes += 1;
+                        match &address.result {
+                            Ok(success) => {
+                                connect.push(success.connect_rtt);
+                                total.push(success.total);
+                            }
+                            Err(_) => failures += 1,
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_before
+        .zip(process_cpu_seconds())
+        .map(|(before, after)| after - before);
+    RepeatSummary {
+        repeat,
+        concurrency,
+        probes,
+        failures,
+        wall_seconds,
+        cpu_seconds,
+        cpu_seconds_per_10k_probes: cpu_seconds
+            .filter(|_| probes > 0)
+            .map(|cpu| cpu * 10_000.0 / probes as f64),
+        connect_us: Percentiles::of(&mut connect),
+        total_us: Percentiles::of(&mut total),
+    }
+}
+
+/// User plus system CPU of this process so far, from /proc/self/stat (Linux reports it in
+/// USER_HZ ticks, 100 a second).
+fn process_cpu_seconds() -> Option<f64> {
+    parse_stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// utime + stime (fields 14 and 15) of a /proc/PID/stat line, in seconds. The command name
+/// (field 2) may hold spaces and parentheses, so fields are counted from its last `)`.
+fn parse_stat_cpu_seconds(stat: &str) -> Option<f64> {
+    const USER_HZ: f64 = 100.0;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / USER_HZ)
 }
 
 #[derive(Serialize)]
@@ -269,6 +427,55 @@ mod tests {
             let message = err.to_string();
             assert!(message.contains(needle), "{argv:?}: {message}");
         }
+    }
+
+    #[test]
+    fn repeat_arguments() {
+        let cli = TestCli::try_parse_from([
+            "check",
+            "--target",
+            "n=127.0.0.1:1",
+            "--repeat",
+            "100",
+            "--concurrency",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.repeat, Some(100));
+        assert_eq!(cli.args.concurrency, 4);
+        assert!(
+            TestCli::try_parse_from(["check", "--target", "n=h:1", "--concurrency", "4"]).is_err()
+        );
+        assert!(TestCli::try_parse_from(["check", "--target", "n=h:1", "--repeat", "0"]).is_err());
+    }
+
+    #[test]
+    fn percentiles_and_cpu() {
+        let mut samples: Vec<Duration> = (1..=100).rev().map(Duration::from_micros).collect();
+        let p = Percentiles::of(&mut samples);
+        assert_eq!((p.p50, p.p90, p.p99), (50.0, 90.0, 99.0));
+        assert_eq!(Percentiles::of(&mut []), Percentiles::default());
+        let stat = "4242 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 1 0";
+        assert_eq!(parse_stat_cpu_seconds(stat), Some(2.8));
+        assert_eq!(parse_stat_cpu_seconds("garbage"), None);
+        assert!(process_cpu_seconds().is_some());
+    }
+
+    #[tokio::test]
+    async fn repeated_checks_are_summarised() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = tokio::spawn(async move {
+            loop {
+                let _ = listener.accept().await;
+            }
+        });
+        let spec: TargetSpec = format!("svc={addr}:tcp").parse().unwrap();
+        let summary = repeat_checks(&[spec], Duration::from_secs(2), 20, 4).await;
+        accepting.abort();
+        assert_eq!((summary.probes, summary.failures), (20, 0));
+        assert!(summary.connect_us.p50 > 0.0);
+        assert!(summary.cpu_seconds_per_10k_probes.is_some());
     }
 
     #[test]

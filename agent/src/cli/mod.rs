@@ -8,6 +8,7 @@ pub mod agent;
 pub mod check;
 pub mod discover;
 pub mod fabric_ping;
+pub mod simulate;
 
 #[derive(Debug, Parser)]
 #[command(name = "efaprobe", version, about)]
@@ -30,6 +31,9 @@ pub enum Command {
     /// Print the peers this node would probe (static list, DNS name or Kubernetes pods), once
     /// or at every change.
     Discover(discover::Args),
+    /// For measurement: serve N simulated peer agents (a hello each, one shared fabric
+    /// responder) on loopback or in a test namespace, and print their list for `--peers`.
+    SimulatePeers(simulate::Args),
 }
 
 /// Exit code for a bad command line or configuration (EX_USAGE).
@@ -77,6 +81,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Agent(args) => agent::run(*args),
         Command::Discover(args) => discover::run(args),
+        Command::SimulatePeers(args) => simulate::run(args),
     }
 }
 

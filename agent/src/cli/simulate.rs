@@ -1,0 +1,423 @@
+//! `efaprobe simulate-peers`: one process that looks like N peer agents, for measuring an agent
+//! at scale on one machine.
+//!
+//! Each simulated peer has an HTTP address of its own (`--ip-base`, then the next addresses:
+//! every address in 127.0.0.0/8 is local on Linux, so nothing needs setting up on loopback)
+//! and answers `GET /v1/hello` with a valid [`Hello`] named `sim-00001`, `sim-00002`, ...
+//! The list of peers (`HOST:PORT`, comma-separated) goes to `--peers-file` or stdout, ready
+//! for the agent's `--peers` or `EFAPROBE_PEERS`.
+//!
+//! The fabric side is simplified: a few fabric engines (`--fabric-engines`, default ONE) answer
+//! for all the peers, peer i publishing engine i mod K's address. The agent under test still
+//! keeps N peers with N handles and sends every probe of every round, all answered; but its
+//! engine holds K address-vector entries, not N (entries are shared by address), and its cap
+//! of one unanswered ping per destination and size serialises the probes that share an
+//! address: with one engine, a round of thousands of peers runs one cold ping at a time, so it
+//! takes longer and can time out probes that a real cluster would answer. More engines spread
+//! that (`benches/agent_scale.sh` runs 1 and 16). The responders lift their own cap of one pong in
+//! flight per destination, since every pong here goes to the one agent.
+//!
+//! So a run measures the agent's costs that grow with N (per-peer state and verdicts, hello
+//! fetches over TCP, metric series, probe bookkeeping, its engine's polling while probes are
+//! in flight), not N address-vector entries in the provider nor N independent fabric paths;
+//! and this process, on the same machine, answers for the whole cluster (its CPU competes
+//! with the agent's, its responders idle-poll like real ones).
+//!
+//! `--fabric-provider none` publishes peers without a fabric (the agent reports `unknown` /
+//! `peer_no_fabric` for them).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::fabric_ping::{self as engine, exchange::encode_hex, FabricPinger, PingerConfig};
+use crate::hello::{is_node_name, Hello, HelloEndpoint, HelloFabric};
+use crate::shutdown::ShutdownSignal;
+
+use super::agent::VERSION;
+use super::EXIT_USAGE;
+
+/// Most simulated peers in one process (each is a listening socket).
+pub const MAX_COUNT: u32 = 20_000;
+
+/// Pongs the shared responder keeps in flight to one destination (an agent probes at most 64
+/// peers at once, two pings each).
+const PONGS_IN_FLIGHT: u32 = 256;
+
+/// Most fabric responders in one process.
+pub const MAX_ENGINES: u32 = 128;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Simulated peers (each needs a file descriptor: raise `ulimit -n` for thousands).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT as i64))]
+    pub count: u32,
+    /// IPv4 address of the first peer; the others take the next addresses, skipping those
+    /// ending in .0 and .255. In 127.0.0.0/8 they are all local already; elsewhere (a test
+    /// namespace) they must be assigned, e.g. a prefix on `lo`.
+    #[arg(long, default_value = "127.1.0.1")]
+    pub ip_base: Ipv4Addr,
+    /// HTTP port of every peer.
+    #[arg(long, default_value_t = 9476)]
+    pub port: u16,
+    /// libfabric provider of the shared responder (the agent under test must use the same),
+    /// or `none`: the peers then say they have no fabric.
+    #[arg(long, default_value = "udp;ofi_rxd")]
+    pub fabric_provider: String,
+    /// Local IP the responder's endpoint binds to (IP-based providers).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub fabric_bind: IpAddr,
+    /// Fabric responders (engines, each a thread and an endpoint); peer i publishes responder
+    /// i mod K. With one, the agent under test holds one address-vector entry for all peers
+    /// and its cap of one ping in flight per address serialises its probes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_ENGINES as i64))]
+    pub fabric_engines: u32,
+    /// Node names are PREFIX-00001, PREFIX-00002, ...
+    #[arg(long, default_value = "sim")]
+    pub name_prefix: String,
+    /// Write the peer list (comma-separated HOST:PORT) to this file once every peer listens,
+    /// instead of printing it on stdout.
+    #[arg(long, value_name = "PATH")]
+    pub peers_file: Option<PathBuf>,
+}
+
+/// The HTTP addresses of `count` peers from `base` on: consecutive, skipping host parts .0 and
+/// .255 (a broadcast or network address elsewhere than on loopback). `None` when they would
+/// run past the end of the address space or out of 127.0.0.0/8 when starting in it.
+pub fn peer_ips(base: Ipv4Addr, count: u32) -> Option<Vec<Ipv4Addr>> {
+    let loopback = base.is_loopback();
+    let mut ips = Vec::with_capacity(count as usize);
+    let mut next = u32::from(base);
+    while ips.len() < count as usize {
+        let ip = Ipv4Addr::from(next);
+        if loopback && !ip.is_loopback() {
+            return None;
+        }
+        let last = ip.octets()[3];
+        if last != 0 && last != 255 {
+            ips.push(ip);
+        }
+        next = next.checked_add(1)?;
+    }
+    Some(ips)
+}
+
+/// The node name of simulated peer `index` (from 1).
+pub fn node_name(prefix: &str, index: usize) -> String {
+    format!("{prefix}-{index:05}")
+}
+
+pub fn run(args: Args) -> ExitCode {
+    if !is_node_name(&node_name(&args.name_prefix, MAX_COUNT as usize)) {
+        eprintln!(
+            "efaprobe simulate-peers: --name-prefix {:?} does not make Kubernetes node names",
+            args.name_prefix
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let Some(ips) = peer_ips(args.ip_base, args.count) else {
+        eprintln!(
+            "efaprobe simulate-peers: {} addresses from --ip-base {} do not fit{}",
+            args.count,
+            args.ip_base,
+            if args.ip_base.is_loopback() {
+                " in 127.0.0.0/8"
+            } else {
+                ""
+            }
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let provider = Some(args.fabric_provider.clone()).filter(|p| p != "none");
+    if let Some(provider) = &provider {
+        engine::prepare_environment(provider);
+    }
+    fabric::process::init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("efaprobe simulate-peers: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut pingers = Vec::new();
+    if let Some(provider) = &provider {
+        for _ in 0..args.fabric_engines {
+            match open_responder(provider, args.fabric_bind) {
+                Ok(p) => pingers.push(p),
+                Err(e) => {
+                    eprintln!(
+                        "efaprobe simulate-peers: fabric provider {provider:?} unusable: {e}"
+                    );
+                    pingers.iter().for_each(FabricPinger::shutdown);
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    let result = runtime.block_on(serve(&args, &ips, &pingers));
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    if !pingers.is_empty() {
+        let mut answered = 0;
+        let mut dropped = 0;
+        let mut failed = 0;
+        for p in &pingers {
+            let stats = p.stats();
+            p.shutdown();
+            answered += stats.pings_answered;
+            dropped += stats.pongs_dropped_backlog + stats.pongs_dropped_queue_full;
+            failed += stats.pong_send_failures;
+        }
+        // One line for scripts: how much the responders answered, and what they dropped.
+        let line = serde_json::json!({
+            "responders": pingers.len(),
+            "pings_answered": answered,
+            "pongs_dropped": dropped,
+            "pong_send_failures": failed,
+        });
+        eprintln!("{line}");
+    }
+    match result {
+        Ok(served) => {
+            eprintln!(
+                "efaprobe simulate-peers: stopped after {} hello requests",
+                served
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("efaprobe simulate-peers: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_responder(provider: &str, bind: IpAddr) -> Result<FabricPinger, String> {
+    let mut config = PingerConfig::new(provider);
+    config.bind = Some(bind);
+    // Every pong goes to the one agent under test: an agent's cap of one pong in flight per
+    // destination would drop most of them here, where N real responders would each have one.
+    config.max_pongs_in_flight_per_peer = PONGS_IN_FLIGHT;
+    config.max_queued_pongs = 4 * PONGS_IN_FLIGHT as usize;
+    let mut all = engine::open_all(&config).map_err(|e| e.to_string())?;
+    if all.is_empty() {
+        return Err("no device found".into());
+    }
+    let first = all.swap_remove(0);
+    for other in all {
+        other.shutdown();
+    }
+    Ok(first)
+}
+
+/// The hello of one simulated peer: a valid document, as an agent would serve it, naming
+/// `pinger`'s endpoint (none: the peer says it has no fabric).
+pub fn sim_hello(name: String, provider: &str, pinger: Option<&FabricPinger>) -> Hello {
+    Hello {
+        node_name: name,
+        agent_version: VERSION.to_owned(),
+        instance_id: rand::random(),
+        fabric: HelloFabric {
+            provider: provider.to_owned(),
+            available: pinger.is_some(),
+            error: pinger
+                .is_none()
+                .then(|| "fabric path turned off (--fabric-provider none)".to_owned()),
+            endpoints: pinger
+                .iter()
+                .map(|p| HelloEndpoint {
+                    domain: p.domain().to_owned(),
+                    address: encode_hex(p.address()),
+                    display: p.address_display().to_owned(),
+                })
+                .collect(),
+        },
+        topology: None,
+    }
+}
+
+#[derive(Serialize)]
+struct Ready<'a> {
+    peers: usize,
+    responders: Vec<&'a str>,
+}
+
+async fn serve(args: &Args, ips: &[Ipv4Addr], pingers: &[FabricPinger]) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let mut signals = ShutdownSignal::install().context("installing signal handlers")?;
+    let served = Arc::new(AtomicU64::new(0));
+    let mut listeners = Vec::with_capacity(ips.len());
+    for (i, ip) in ips.iter().enumerate() {
+        let address = SocketAddr::new(IpAddr::V4(*ip), args.port);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {address} (peer {} of {}; thousands of peers need \
+                     `ulimit -n` above the count)",
+                    i + 1,
+                    ips.len()
+                )
+            })?;
+        listeners.push(listener);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let hello = sim_hello(
+            node_name(&args.name_prefix, i + 1),
+            &args.fabric_provider,
+            pingers.get(i % pingers.len().max(1)),
+        );
+        let body = Bytes::from(serde_json::to_vec(&hello).context("encoding a hello")?);
+        let served = served.clone();
+        let app = Router::new()
+            .route(
+                "/v1/hello",
+                get(move || {
+                    served.fetch_add(1, Ordering::Relaxed);
+                    let body = body.clone();
+                    async move { ([(CONTENT_TYPE, "application/json")], body) }
+                }),
+            )
+            .route("/healthz", get(|| async { "ok" }));
+        tasks.spawn(async move { axum::serve(listener, app).await });
+    }
+
+    let list = ips
+        .iter()
+        .map(|ip| format!("{ip}:{}", args.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    match &args.peers_file {
+        Some(path) => {
+            // Written whole, then renamed: a script waiting for the file never reads half.
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, format!("{list}\n"))
+                .and_then(|()| std::fs::rename(&partial, path))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => println!("{list}"),
+    }
+    let ready = Ready {
+        peers: ips.len(),
+        responders: pingers.iter().map(|p| p.address_display()).collect(),
+    };
+    eprintln!(
+        "efaprobe simulate-peers: serving {}",
+        serde_json::to_string(&ready).unwrap_or_default()
+    );
+
+    tokio::select! {
+        _ = signals.recv() => {}
+        Some(ended) = tasks.join_next() => {
+            tasks.abort_all();
+            match ended {
+                Ok(Err(e)) => anyhow::bail!("a peer's server stopped: {e}"),
+                Ok(Ok(())) => anyhow::bail!("a peer's server stopped"),
+                Err(e) => anyhow::bail!("a peer's server failed: {e}"),
+            }
+        }
+    }
+    tasks.abort_all();
+    Ok(served.load(Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_skip_network_and_broadcast_parts() {
+        let ips = peer_ips(Ipv4Addr::new(127, 1, 0, 253), 4).unwrap();
+        assert_eq!(
+            ips,
+            [
+                Ipv4Addr::new(127, 1, 0, 253),
+                Ipv4Addr::new(127, 1, 0, 254),
+                Ipv4Addr::new(127, 1, 1, 1),
+                Ipv4Addr::new(127, 1, 1, 2),
+            ]
+        );
+        let many = peer_ips(Ipv4Addr::new(127, 1, 0, 1), MAX_COUNT).unwrap();
+        assert_eq!(many.len(), MAX_COUNT as usize);
+        assert!(many.iter().all(|ip| ip.is_loopback()));
+        let unique: std::collections::HashSet<_> = many.iter().collect();
+        assert_eq!(unique.len(), many.len());
+    }
+
+    #[test]
+    fn addresses_stay_in_loopback() {
+        assert_eq!(peer_ips(Ipv4Addr::new(127, 255, 255, 250), 10), None);
+        assert!(peer_ips(Ipv4Addr::new(198, 18, 64, 1), 10).is_some());
+        assert_eq!(peer_ips(Ipv4Addr::new(255, 255, 255, 250), 10), None);
+    }
+
+    #[test]
+    fn hellos_are_valid() {
+        let hello = sim_hello(node_name("sim", 1), "none", None);
+        assert_eq!(hello.node_name, "sim-00001");
+        let body = serde_json::to_vec(&hello).unwrap();
+        let parsed = Hello::parse(&body).unwrap();
+        assert!(!parsed.fabric.available);
+        assert!(is_node_name(&node_name("sim", MAX_COUNT as usize)));
+    }
+
+    #[tokio::test]
+    async fn serves_each_peer_its_own_hello() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("peers");
+        // A free port on two loopback addresses of their own.
+        let probe = std::net::TcpListener::bind("127.3.9.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let args = Args {
+            count: 2,
+            ip_base: Ipv4Addr::new(127, 3, 9, 1),
+            port,
+            fabric_provider: "none".into(),
+            fabric_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            name_prefix: "sim".into(),
+            fabric_engines: 1,
+            peers_file: Some(file.clone()),
+        };
+        let ips = peer_ips(args.ip_base, args.count).unwrap();
+        let server = tokio::spawn(async move { serve(&args, &ips, &[]).await });
+        let mut list = String::new();
+        for _ in 0..100 {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                list = text;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let peers: Vec<&str> = list.trim().split(',').collect();
+        assert_eq!(peers.len(), 2, "{list:?}");
+        for (i, peer) in peers.iter().enumerate() {
+            let addr: SocketAddr = peer.parse().unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            let conn = crate::probe::tcp::connect_tcp(addr, deadline)
+                .await
+                .unwrap();
+            let response =
+                crate::probe::http::http_get(conn.stream, peer, "/v1/hello", 65536, deadline)
+                    .await
+                    .unwrap();
+            assert_eq!(response.status, 200);
+            let hello = Hello::parse(&response.body).unwrap();
+            assert_eq!(hello.node_name, node_name("sim", i + 1));
+        }
+        server.abort();
+    }
+}
