@@ -241,3 +241,84 @@ fn a_slow_imds_does_not_delay_start_up_beyond_its_timeout() {
     assert_eq!(value(&m, "efa_node_topology_available", &[]), Some(0.0));
     assert!(value(&m, "efa_node_topology_info", &[]).is_none());
 }
+
+#[test]
+fn topology_that_arrives_late_is_still_read() {
+    // The agent starts while nothing answers for instance metadata (loopback only).
+    let (port, imds_port) = (27_782, 27_783);
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "agent",
+        "--node-name",
+        "late-imds",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args([
+        "--fabric-provider",
+        "none",
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+    ])
+    .args([
+        "--imds-endpoint",
+        &format!("http://127.0.0.1:{imds_port}"),
+        "--imds-timeout",
+        "500ms",
+    ]);
+    let _agent = spawn(cmd);
+    let metric = |name: &str| -> Option<f64> {
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://127.0.0.1:{port}/metrics"),
+            ])
+            .output()
+            .ok()?;
+        value(&parse(&String::from_utf8_lossy(&out.stdout)), name, &[])
+    };
+    let started = Instant::now();
+    while metric("efa_node_topology_available") != Some(0.0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "agent never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Now instance metadata comes up: the agent's retries find it.
+    let mut imds = Command::new("python3");
+    imds.args([
+        FAKE_IMDS,
+        "--listen",
+        &format!("127.0.0.1:{imds_port}"),
+        "--subnet",
+        "subnet-0late",
+    ]);
+    let _imds = spawn(imds);
+    let started = Instant::now();
+    while metric("efa_node_topology_available") != Some(1.0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "topology never read after IMDS came up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "--max-time",
+            "2",
+            &format!("http://127.0.0.1:{port}/v1/hello"),
+        ])
+        .output()
+        .unwrap();
+    let hello: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        hello["topology"]["interfaces"][0]["subnet_id"], "subnet-0late",
+        "{hello}"
+    );
+}

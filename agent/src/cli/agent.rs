@@ -178,26 +178,38 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     };
 
     // Instance topology, bounded by its own timeout: off AWS, start-up waits no longer. The
-    // HTTP server already answers /healthz meanwhile.
-    let topology = match &config.imds_endpoint {
+    // HTTP server already answers /healthz meanwhile. A failed read is retried in the
+    // background (instance metadata can hiccup at boot); what arrives later is published to
+    // the hello, the metrics and the monitor.
+    let first = match &config.imds_endpoint {
         None => {
             tracing::info!("instance metadata not read (--imds-endpoint none)");
             None
         }
-        Some(endpoint) => match fetch_topology_from(endpoint, config.imds_timeout).await {
-            Ok(t) => {
-                tracing::info!(az = %t.availability_zone, instance = %t.instance_id, "instance topology read");
-                Some(t)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no instance topology: diagnoses will not name subnets or zones");
-                None
-            }
-        },
+        Some(endpoint) => read_topology(endpoint, config.imds_timeout).await,
     };
-    metrics.set_topology(topology.as_ref());
-    let placement = topology.as_ref().and_then(Placement::of);
-    hello.write().unwrap_or_else(|p| p.into_inner()).topology = topology;
+    publish_topology(first.clone(), &hello, &metrics);
+    let (placement_tx, mut placement_rx) = watch::channel(first.as_ref().and_then(Placement::of));
+    if let (None, Some(endpoint)) = (&first, config.imds_endpoint.clone()) {
+        let (hello, metrics, timeout) = (hello.clone(), metrics.clone(), config.imds_timeout);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_secs(1);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if let Some(t) = read_topology(&endpoint, timeout).await {
+                    let _ = placement_tx.send(Placement::of(&t));
+                    publish_topology(Some(t), &hello, &metrics);
+                    return;
+                }
+                wait = (wait * 2).min(Duration::from_secs(300));
+            }
+        });
+    }
+    let placement = placement_rx.borrow_and_update().clone();
 
     let mut peer_sets =
         crate::discovery::start(config.discovery.clone(), config.interval, stop_rx.clone())
@@ -232,6 +244,9 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = ticker.tick() => {}
                     _ = stop.wait_for(|s| *s) => break,
+                }
+                if placement_rx.has_changed().unwrap_or(false) {
+                    monitor.set_placement(placement_rx.borrow_and_update().clone());
                 }
                 // The latest peer set, without this agent itself.
                 let mut set = peer_sets.borrow_and_update().clone();
@@ -273,4 +288,29 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn read_topology(
+    endpoint: &crate::topology::ImdsEndpoint,
+    timeout: Duration,
+) -> Option<crate::topology::Topology> {
+    match fetch_topology_from(endpoint, timeout).await {
+        Ok(t) => {
+            tracing::info!(az = %t.availability_zone, instance = %t.instance_id, "instance topology read");
+            Some(t)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no instance topology (retrying): diagnoses will not name subnets or zones");
+            None
+        }
+    }
+}
+
+fn publish_topology(
+    topology: Option<crate::topology::Topology>,
+    hello: &RwLock<Hello>,
+    metrics: &Metrics,
+) {
+    metrics.set_topology(topology.as_ref());
+    hello.write().unwrap_or_else(|p| p.into_inner()).topology = topology;
 }

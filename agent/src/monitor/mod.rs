@@ -96,6 +96,11 @@ impl PeerMonitor {
         }
     }
 
+    /// Where this node runs, when instance metadata answered after start-up.
+    pub fn set_placement(&mut self, placement: Option<Placement>) {
+        self.settings.placement = placement;
+    }
+
     /// Sends the larger probes from `pinger`, an endpoint of their own (see `large_pinger`).
     pub fn with_large_probe_endpoint(mut self, pinger: Option<FabricPinger>) -> Self {
         self.large_pinger = pinger;
