@@ -10,7 +10,9 @@
 # `udp;ofi_rxd` on 127.0.0.1, --imds-endpoint none. After WARMUP_SECS (rounds with the
 # fabric learned), the agent's CPU (utime + stime from /proc, per thread too) is taken over
 # MEASURE_SECS, and its VmRSS at the end and VmHWM (peak). With PROFILE=1 (and perf) the
-# first configuration is also profiled for PROFILE_SECS.
+# configuration PROFILE_AT (COUNT:RESPONDERS, default 1000:16) is also profiled for PROFILE_SECS.
+# To attribute costs: PROVIDER (the agent's --fabric-provider, default udp;ofi_rxd; `none` is
+# the IP path alone), AGENT_ARGS (more agent flags, split on spaces) and OUT (the report).
 #
 # Traffic: 127.0.0.0/8 only. Needs `ulimit -n` above COUNT + a few hundred (raised here to the
 # hard limit). Every process started here is stopped at exit.
@@ -22,17 +24,20 @@ read -r -a responders <<<"${RESPONDERS:-1 16}"
 warmup=${WARMUP_SECS:-25}
 measure=${MEASURE_SECS:-60}
 profile=${PROFILE:-1}
+profile_at=${PROFILE_AT:-1000:16}
 profile_secs=${PROFILE_SECS:-20}
+provider=${PROVIDER:-udp;ofi_rxd}
+read -r -a agent_args <<<"${AGENT_ARGS:-}"
 sim_port=19476
 
-max=0; for c in "${counts[@]}"; do [ "$c" -gt "$max" ] && max=$c; done
+max=0; for c in "${counts[@]}"; do if [ "$c" -gt "$max" ]; then max=$c; fi; done
 ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((max + 512)) ] \
   || { echo "open-file limit $(ulimit -n) too low for $max peers (raise the hard limit)" >&2; exit 1; }
 
 cargo build --release -q -p efaprobe
 bin=$PWD/target/release/efaprobe
-out=benches/results/agent-scale.md
+out=${OUT:-benches/results/agent-scale.md}
 tmp=$(mktemp -d)
 sim='' agent=''
 
@@ -63,11 +68,12 @@ metric_sum() {  # URL REGEX: sum of the values of the matching sample lines
   echo "# Agent RSS and CPU with simulated peers"
   echo
   echo "Measured $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)),"
-  echo "$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, libfabric $(pkg-config --modversion libfabric), release build. Reproduce: \`benches/agent_scale.sh ${counts[*]}\`"
-  echo "(RESPONDERS=\"${responders[*]}\" WARMUP_SECS=$warmup MEASURE_SECS=$measure)."
+  echo "$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, libfabric $(pkg-config --modversion libfabric), release build. Reproduce:"
+  echo "\`RESPONDERS=\"${responders[*]}\" PROVIDER=\"$provider\" AGENT_ARGS=\"${agent_args[*]}\" benches/agent_scale.sh ${counts[*]}\`"
+  echo "(WARMUP_SECS=$warmup MEASURE_SECS=$measure)."
   echo
   echo "The agent runs with its defaults: \`--interval 5s --timeout 1s\`, every peer every round"
-  echo "(no probe budget yet), provider \`udp;ofi_rxd\`, \`--imds-endpoint none\`. CPU is the agent's"
+  echo "(no probe budget yet), provider \`$provider\`, \`--imds-endpoint none\`${agent_args[*]:+, \`${agent_args[*]}\`}. CPU is the agent's"
   echo "utime + stime over ${measure} s as % of one core ($((1000 / hz)) ms ticks), split by thread: \`fabric\` is the"
   echo "engine threads, \`tokio\` the runtime's workers (HTTP fetches, verdicts, metrics). RSS is VmRSS at"
   echo "the end of the window, peak is VmHWM. Counts are over the window."
@@ -77,25 +83,25 @@ metric_sum() {  # URL REGEX: sum of the values of the matching sample lines
 } >"$tmp/report.md"
 : >"$tmp/notes.md"
 
-profiled=0
 for count in "${counts[@]}"; do
   for k in "${responders[@]}"; do
+    echo "agent_scale: $count peers, $k responder(s)" >&2
     rm -f "$tmp/peers"
     "$bin" simulate-peers --count "$count" --fabric-engines "$k" --port $sim_port \
       --fabric-provider "udp;ofi_rxd" --fabric-bind 127.0.0.1 --peers-file "$tmp/peers" \
       >"$tmp/sim.log" 2>&1 &
     sim=$!
     for _ in $(seq 300); do [ -f "$tmp/peers" ] && break; kill -0 "$sim" || break; sleep 0.1; done
-    [ -f "$tmp/peers" ] || { cat "$tmp/sim.log" >&2; exit 1; }
+    [ -f "$tmp/peers" ] || { echo "simulate-peers did not start:" >&2; cat "$tmp/sim.log" >&2; exit 1; }
 
     port=$(free_port)
     url=http://127.0.0.1:$port
     EFAPROBE_PEERS=$(cat "$tmp/peers") "$bin" agent --node-name bench-observer \
-      --listen "127.0.0.1:$port" --pod-ip 127.0.0.1 --fabric-provider "udp;ofi_rxd" \
-      --fabric-bind 127.0.0.1 --imds-endpoint none >"$tmp/agent.log" 2>&1 &
+      --listen "127.0.0.1:$port" --pod-ip 127.0.0.1 --fabric-provider "$provider" \
+      --fabric-bind 127.0.0.1 --imds-endpoint none "${agent_args[@]}" >"$tmp/agent.log" 2>&1 &
     agent=$!
     for _ in $(seq 600); do curl -sf --max-time 1 -o /dev/null "$url/readyz" && break; sleep 0.1; done
-    curl -sf --max-time 1 -o /dev/null "$url/readyz" || { cat "$tmp/agent.log" >&2; exit 1; }
+    curl -sf --max-time 1 -o /dev/null "$url/readyz" || { echo "the agent never got ready:" >&2; cat "$tmp/agent.log" >&2; exit 1; }
     sleep "$warmup"
 
     ip0=$(metric_sum "$url/metrics" '^efa_probes_total[{].*path="ip"')
@@ -131,8 +137,7 @@ for count in "${counts[@]}"; do
       "$count" "$k" "$(awk -v k="$rss" 'BEGIN {print k / 1024}')" "$(awk -v k="$hwm" 'BEGIN {print k / 1024}')" \
       "$cpu" "$fab" "$tok" $((ip1 - ip0)) $((ok1 - ok0)) $((to1 - to0)) "$states" "$goal" >>"$tmp/report.md"
 
-    if [ "$profile" = 1 ] && [ "$profiled" = 0 ] && command -v perf >/dev/null; then
-      profiled=1
+    if [ "$profile" = 1 ] && [ "$count:$k" = "$profile_at" ] && command -v perf >/dev/null; then
       perf record -q -F 499 -g -p "$agent" -o "$tmp/perf.data" -- sleep "$profile_secs" >/dev/null 2>&1 || true
       {
         echo
@@ -142,8 +147,9 @@ for count in "${counts[@]}"; do
         echo "the top symbols by thread (self time, % of the agent's samples)."
         echo
         echo '```'
-        perf report -i "$tmp/perf.data" --no-children --sort comm,sym --stdio -g none 2>/dev/null \
-          | grep -v '^#' | grep -v '^$' | head -25
+        perf report -i "$tmp/perf.data" --no-children --sort comm,sym --stdio -g none \
+          >"$tmp/perf.txt" 2>/dev/null || true
+        grep -v -e '^#' -e '^$' "$tmp/perf.txt" | sed -n 1,25p || true
         echo '```'
       } >>"$tmp/notes.md"
     fi

@@ -122,7 +122,7 @@ print("%.3f %.1f %.1f %d" % (d["cpu_seconds_per_10k_probes"], d["connect_us"]["p
   echo "# TCP target check: efaprobe against blackbox_exporter"
   echo
   echo "Measured $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)),"
-  echo "$(prometheus-blackbox-exporter --version 2>&1 | head -1 | cut -d' ' -f1-3), nats-server $(nats-server --version | awk '{print $2}'),"
+  echo "$(prometheus-blackbox-exporter --version 2>&1 | sed -n 1p | cut -d' ' -f1-3), nats-server $(nats-server --version | awk '{print $2}'),"
   echo "efaprobe $("$bin" --version | awk '{print $2}'). $probes probes per row, after $warmup to warm up; target: nats-server on"
   echo "127.0.0.1 (TCP connect only). Reproduce: \`benches/tcp_check.sh $probes\`."
   echo
