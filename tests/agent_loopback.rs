@@ -6,49 +6,23 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::metrics::{parse, value};
+use support::process::Process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 
-struct Agent(Child);
-
-impl Agent {
-    fn start(args: &[&str]) -> Agent {
-        // Never the real instance-metadata address: tests name their IMDS (or none).
-        let child = Command::new(BIN)
+/// An agent on loopback. Never the real instance-metadata address: tests name their IMDS, or
+/// none.
+fn start_agent(args: &[&str]) -> Process {
+    Process::spawn(
+        Command::new(BIN)
             .arg("agent")
             .args(["--imds-endpoint", "none"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start agent");
-        Agent(child)
-    }
-
-    fn stop(mut self) -> Option<i32> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .args(args),
+    )
 }
 
 /// A plain HTTP GET on loopback, bounded.
@@ -148,8 +122,8 @@ fn hostile_peers_are_classified_and_do_not_hurt_the_agent() {
     let mut a_args = common("node-a", a_port);
     a_args.extend(["--peers".into(), peers]);
     let b_args = common("node-b", b_port);
-    let a = Agent::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
-    let b = Agent::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let a = start_agent(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = start_agent(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
 
     let by_address = |peers: &[serde_json::Value], port: u16| {
         peers
@@ -195,7 +169,7 @@ fn hostile_peers_are_classified_and_do_not_hurt_the_agent() {
 #[test]
 fn a_peer_without_fabric_is_diagnosed_peer_no_fabric() {
     let (a_port, c_port) = (27_764, 27_765);
-    let c = Agent::start(&[
+    let c = start_agent(&[
         "--node-name",
         "no-fabric",
         "--listen",
@@ -209,7 +183,7 @@ fn a_peer_without_fabric_is_diagnosed_peer_no_fabric() {
         "--peers",
         &format!("127.0.0.1:{a_port}"),
     ]);
-    let a = Agent::start(&[
+    let a = start_agent(&[
         "--node-name",
         "node-a",
         "--listen",
@@ -262,7 +236,7 @@ fn a_peer_without_fabric_is_diagnosed_peer_no_fabric() {
 #[test]
 fn a_missing_provider_means_ip_only_and_says_so() {
     let port = 27_763;
-    let agent = Agent::start(&[
+    let agent = start_agent(&[
         "--node-name",
         "ip-only",
         "--listen",
@@ -341,7 +315,7 @@ fn device_counters_from_sysfs_are_exported_each_round() {
         std::fs::write(counters.join(name), format!("{value}\n")).unwrap();
     }
     let port = 27_766;
-    let agent = Agent::start(&[
+    let agent = start_agent(&[
         "--node-name",
         "counted",
         "--listen",

@@ -5,43 +5,16 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use support::metrics::{parse, value, Sample};
 use support::netns::{can_run, http_get, Lan, Netns};
+use support::process::{wait_until, Process};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PORT: u16 = 9476;
 const INTERVAL: Duration = Duration::from_secs(1);
-
-struct Process(Child);
-
-impl Process {
-    /// SIGTERM, then wait: the agent must close cleanly and exit 0.
-    fn stop(mut self) -> Option<i32> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start_agent(ns: &Netns, index: usize, ips: &[String], nats: &str) -> Process {
     let peers: Vec<String> = ips.iter().map(|ip| format!("{ip}:{PORT}")).collect();
@@ -68,22 +41,6 @@ fn scrape(lan: &Lan, index: usize) -> Vec<Sample> {
     http_get(&lan.hosts[index - 1], &addr, "/metrics")
         .map(|t| parse(&t))
         .unwrap_or_default()
-}
-
-/// Polls until `check` holds on fresh scrapes, or panics after `limit` with what was seen.
-fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> Result<(), String>,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        match check() {
-            Ok(()) => return started.elapsed(),
-            Err(why) if started.elapsed() > limit => panic!("{what}: not within {limit:?}: {why}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
 }
 
 fn state_of(samples: &[Sample], peer: &str, state: &str) -> Option<f64> {

@@ -5,23 +5,15 @@
 
 mod support;
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use support::metrics::{parse, value, Sample};
 use support::netns::{can_run, http_get, Netns, Pair};
+use support::process::{wait_until, Process};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PORT: u16 = 9476;
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn agent(ns: &Netns, name: &str, ip: &str, peer: &str) -> Process {
     let child = ns
@@ -49,17 +41,6 @@ fn scrape(ns: &Netns, ip: &str) -> Vec<Sample> {
     http_get(ns, &format!("{ip}:{PORT}"), "/metrics")
         .map(|t| parse(&t))
         .unwrap_or_default()
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> Result<(), String>) {
-    let started = Instant::now();
-    loop {
-        match ok() {
-            Ok(()) => return,
-            Err(e) if started.elapsed() > limit => panic!("{what}: not within {limit:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 #[test]

@@ -5,34 +5,17 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::metrics::{parse, value, Sample};
 use support::netns::{can_run, http_get, Netns, Pair};
+use support::process::{wait_until, Process};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const FAKE_IMDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fake-imds.py");
 const PORT: u16 = 9476;
 const IMDS: &str = "127.0.0.1:8169";
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(mut cmd: Command) -> Process {
-    Process(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn"),
-    )
-}
 
 fn fake_imds(ns: &Netns, instance: &str, subnet: &str, extra: &[&str]) -> Process {
     let mut cmd = ns.command("python3");
@@ -53,7 +36,7 @@ fn fake_imds(ns: &Netns, instance: &str, subnet: &str, extra: &[&str]) -> Proces
             "pg-train",
         ])
         .args(extra);
-    spawn(cmd)
+    Process::spawn(&mut cmd)
 }
 
 fn agent(ns: &Netns, name: &str, ip: &str, peer_ip: &str) -> Process {
@@ -69,24 +52,13 @@ fn agent(ns: &Netns, name: &str, ip: &str, peer_ip: &str) -> Process {
             "2s",
         ])
         .args(["--interval", "1s", "--timeout", "400ms"]);
-    spawn(cmd)
+    Process::spawn(&mut cmd)
 }
 
 fn scrape(ns: &Netns, ip: &str) -> Vec<Sample> {
     http_get(ns, &format!("{ip}:{PORT}"), "/metrics")
         .map(|t| parse(&t))
         .unwrap_or_default()
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> Result<(), String>) {
-    let started = Instant::now();
-    loop {
-        match ok() {
-            Ok(()) => return,
-            Err(e) if started.elapsed() > limit => panic!("{what}: not within {limit:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
 }
 
 const DROP_FABRIC: &str = "table inet efp_sg {
@@ -186,7 +158,7 @@ fn a_slow_imds_does_not_delay_start_up_beyond_its_timeout() {
         "--delay",
         "10",
     ]);
-    let _imds = spawn(cmd);
+    let _imds = Process::spawn(&mut cmd);
     std::thread::sleep(Duration::from_millis(500));
 
     let port = 27_781;
@@ -213,7 +185,7 @@ fn a_slow_imds_does_not_delay_start_up_beyond_its_timeout() {
         "--imds-timeout",
         "1s",
     ]);
-    let _agent = spawn(cmd);
+    let _agent = Process::spawn(&mut cmd);
     let get = |path: &str| -> Option<String> {
         let out = Command::new("curl")
             .args([
@@ -268,7 +240,7 @@ fn topology_that_arrives_late_is_still_read() {
         "--imds-timeout",
         "500ms",
     ]);
-    let _agent = spawn(cmd);
+    let _agent = Process::spawn(&mut cmd);
     let metric = |name: &str| -> Option<f64> {
         let out = Command::new("curl")
             .args([
@@ -298,7 +270,7 @@ fn topology_that_arrives_late_is_still_read() {
         "--subnet",
         "subnet-0late",
     ]);
-    let _imds = spawn(imds);
+    let _imds = Process::spawn(&mut imds);
     let started = Instant::now();
     while metric("efa_node_topology_available") != Some(1.0) {
         assert!(

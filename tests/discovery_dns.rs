@@ -12,27 +12,18 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::netns::{can_run, Netns};
+use support::process::Process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const NS: &str = "efp-dnsdisc";
 const NAME: &str = "peers.efp-dnsdisc.test";
 const PORT: &str = "9476";
-
-/// Kills and reaps a child on drop, so a failing assertion leaves nothing running.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `/etc/netns/<ns>/`, which `ip netns exec` bind-mounts over `/etc`; removed on drop.
 struct NetnsEtc(PathBuf);

@@ -8,6 +8,8 @@
 //! the re-list picks up what changed meanwhile without resetting known peers' ages. Every
 //! request is a GET on pods in the agent's own namespace with its selector.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 
 use efaprobe::discovery::kubernetes::watch_pods;
 use efaprobe::discovery::PeerSet;
+use support::process::Process;
 
 const NAMESPACE: &str = "efa-disc";
 const SELECTOR: &str = "app.kubernetes.io/name=efaprobe";
@@ -410,34 +413,14 @@ async fn an_unreachable_api_keeps_the_watch_alive_and_the_set_empty() {
 }
 
 /// An agent process on a loopback address of its own, killed on drop.
-struct LocalAgent(std::process::Child);
-
-impl LocalAgent {
-    fn start(name: &str, ip: &str, port: u16) -> LocalAgent {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_efaprobe"))
+fn local_agent(name: &str, ip: &str, port: u16) -> Process {
+    Process::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_efaprobe"))
             .args(["agent", "--node-name", name, "--imds-endpoint", "none"])
             .args(["--listen", &format!("{ip}:{port}"), "--fabric-bind", ip])
-            .args([
-                "--fabric-provider",
-                "udp;ofi_rxd",
-                "--interval",
-                "1s",
-                "--timeout",
-                "400ms",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start agent");
-        LocalAgent(child)
-    }
-}
-
-impl Drop for LocalAgent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .args(["--fabric-provider", "udp;ofi_rxd"])
+            .args(["--interval", "1s", "--timeout", "400ms"]),
+    )
 }
 
 /// Rollouts through the monitor: the watcher's sets drive a real PeerMonitor (with an rxd
@@ -523,7 +506,7 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
     };
 
     // 1. Pod a's agent runs; the pod becomes Ready: unknown during its grace, then healthy.
-    let _agent_a = LocalAgent::start("node-a", "127.0.0.2", AGENT_PORT);
+    let _agent_a = local_agent("node-a", "127.0.0.2", AGENT_PORT);
     tokio::time::sleep(Duration::from_millis(500)).await;
     api.put(pod("a", "Running", Some(true), Some("127.0.0.2")));
     wait_for(&mut rx, "a is a peer", |s| s.len() == 1).await;
@@ -558,7 +541,7 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
         )
         .await;
     }
-    let _agent_b = LocalAgent::start("node-b", "127.0.0.3", AGENT_PORT);
+    let _agent_b = local_agent("node-b", "127.0.0.3", AGENT_PORT);
     rounds_until(
         &mut monitor,
         &rx,

@@ -1,37 +1,26 @@
 //! Fabric ping over loopback on the real providers: the `fabric-ping` command end to end, and
 //! the engine against hostile input and peer churn.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use efaprobe::fabric_ping::{self, FabricPinger, PeerHandle, PingerConfig, ProbeOutcome};
 use fabric::{Domain, Endpoint, EndpointConfig, InfoList, Query};
+use support::process::Process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 
-/// A responder process, killed on drop.
-struct Responder(Child);
-
-impl Responder {
-    fn start(provider: &str, port: u16) -> Responder {
-        let child = Command::new(BIN)
+/// A responder on loopback, serving once its exchange port answers.
+fn start_responder(provider: &str, port: u16) -> Process {
+    let responder = Process::spawn(
+        Command::new(BIN)
             .args(["fabric-ping", "--provider", provider, "--bind", "127.0.0.1"])
-            .args(["--port", &port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start responder");
-        let r = Responder(child);
-        wait_for_port(port);
-        r
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .args(["--port", &port.to_string()]),
+    );
+    wait_for_port(port);
+    responder
 }
 
 fn wait_for_port(port: u16) {
@@ -66,7 +55,7 @@ fn prober(provider: &str, port: u16, extra: &[&str]) -> (i32, serde_json::Value,
 #[test]
 fn fabric_ping_succeeds_on_each_provider() {
     for (provider, port) in [("tcp", 27_701), ("udp;ofi_rxd", 27_702), ("shm", 27_703)] {
-        let _responder = Responder::start(provider, port);
+        let _responder = start_responder(provider, port);
         let (code, report, _) = prober(provider, port, &["--count", "20", "--interval", "0"]);
         assert_eq!(code, 0, "{provider}: {report}");
         assert_eq!(report["verdict"], "ok", "{provider}: {report}");

@@ -4,32 +4,17 @@
 
 mod support;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::netns::{can_run, Pair};
+use support::process::Process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PROVIDER: &str = "udp;ofi_rxd";
 const PORT: &str = "27810";
 
-/// The responder process, killed and reaped on drop (also when an assertion fails).
-struct Responder(Child);
-
-impl Responder {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn start_responder(pair: &Pair) -> Responder {
+fn start_responder(pair: &Pair) -> Process {
     let child = pair
         .b
         .command(BIN)
@@ -46,7 +31,7 @@ fn start_responder(pair: &Pair) -> Responder {
         .stderr(Stdio::null())
         .spawn()
         .expect("start responder");
-    let responder = Responder(child);
+    let responder = Process(child);
     // The exchange port answers once the responder is up.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

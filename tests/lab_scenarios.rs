@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use support::metrics::{parse, value, Sample};
 use support::netns::can_run;
+use support::process::wait_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PREFIX: &str = "efp-lt";
@@ -127,22 +128,6 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = self.script(&["down"]);
-    }
-}
-
-/// Polls until `check` holds, returning how long it took, or panics after `limit`.
-fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> Result<(), String>,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        match check() {
-            Ok(()) => return started.elapsed(),
-            Err(e) if started.elapsed() > limit => panic!("{what}: not within {limit:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
     }
 }
 

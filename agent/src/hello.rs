@@ -43,6 +43,17 @@ pub struct HelloEndpoint {
     pub display: String,
 }
 
+impl HelloEndpoint {
+    /// How a local fabric engine is published to peers.
+    pub fn of(pinger: &crate::fabric_ping::FabricPinger) -> HelloEndpoint {
+        HelloEndpoint {
+            domain: pinger.domain().to_owned(),
+            address: crate::fabric_ping::exchange::encode_hex(pinger.address()),
+            display: pinger.address_display().to_owned(),
+        }
+    }
+}
+
 /// Why a peer's hello was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HelloError {

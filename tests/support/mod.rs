@@ -7,3 +7,4 @@
 
 pub mod metrics;
 pub mod netns;
+pub mod process;

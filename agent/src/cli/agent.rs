@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{AgentArgs, AgentConfig};
-use crate::fabric_ping::{self, exchange::encode_hex, FabricPinger, PingerConfig};
+use crate::fabric_ping::{self, FabricPinger, PingerConfig};
 use crate::hello::{Hello, HelloEndpoint, HelloFabric};
 use crate::http::{router, AppState};
 use crate::inventory::read_hw_counters;
@@ -142,14 +142,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             provider: fabric.provider.clone(),
             available: fabric.available,
             error: fabric.error.clone(),
-            endpoints: pingers
-                .iter()
-                .map(|p| HelloEndpoint {
-                    domain: p.domain().to_owned(),
-                    address: encode_hex(p.address()),
-                    display: p.address_display().to_owned(),
-                })
-                .collect(),
+            endpoints: pingers.iter().map(HelloEndpoint::of).collect(),
         },
         topology: None,
     };

@@ -39,7 +39,7 @@ use axum::Router;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::fabric_ping::{self as engine, exchange::encode_hex, FabricPinger, PingerConfig};
+use crate::fabric_ping::{self as engine, FabricPinger, PingerConfig};
 use crate::hello::{is_node_name, Hello, HelloEndpoint, HelloFabric};
 use crate::shutdown::ShutdownSignal;
 
@@ -235,14 +235,7 @@ pub fn sim_hello(name: String, provider: &str, pinger: Option<&FabricPinger>) ->
             error: pinger
                 .is_none()
                 .then(|| "fabric path turned off (--fabric-provider none)".to_owned()),
-            endpoints: pinger
-                .iter()
-                .map(|p| HelloEndpoint {
-                    domain: p.domain().to_owned(),
-                    address: encode_hex(p.address()),
-                    display: p.address_display().to_owned(),
-                })
-                .collect(),
+            endpoints: pinger.iter().map(|p| HelloEndpoint::of(p)).collect(),
         },
         topology: None,
     }
