@@ -165,6 +165,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
         sender_id: 9,
         send_ts: 0,
         dwell_ns: 0,
+        flags: 0,
         address: &own,
     }
     .encode_into(64, &mut good_ping);
@@ -183,6 +184,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
         sender_id: 9,
         send_ts: 0,
         dwell_ns: 0,
+        flags: 0,
         address: &own[..own.len() - 1],
     }
     .encode_into(64, &mut short_addr);
@@ -207,6 +209,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
         sender_id: 9,
         send_ts: 0,
         dwell_ns: u64::MAX,
+        flags: 0,
         address: &[],
     }
     .encode_into(64, &mut stray_pong);
@@ -258,6 +261,7 @@ fn learned_senders_are_bounded() {
             sender_id: i as u64,
             send_ts: 0,
             dwell_ns: 0,
+            flags: 0,
             address: &own,
         }
         .encode_into(64, &mut ping);
@@ -354,4 +358,46 @@ fn a_dead_peer_does_not_hold_up_a_live_one() {
     assert_eq!(to_dead.wait().unwrap(), ProbeOutcome::Timeout);
     prober.shutdown();
     live.shutdown();
+}
+
+/// A probe's second ping finds an idle responder awake (its first says one follows), so the
+/// RTT it reports is the path's, not the responder's polling period; a single ping (`reach`)
+/// proves the path and says so (`warm: false`).
+#[test]
+fn pairs_measure_the_path_and_single_pings_prove_it() {
+    let responder = engine(16);
+    let prober = engine(16);
+    let peer = prober.add_peer(responder.address()).wait().unwrap().unwrap();
+    let timeout = Duration::from_secs(1);
+    let mut warm_rtts = Vec::new();
+    for _ in 0..10 {
+        // Longer than the responder's idle poll: it is asleep when each probe starts.
+        std::thread::sleep(Duration::from_millis(40));
+        match prober.probe(peer, 64, timeout).wait().unwrap() {
+            ProbeOutcome::Pong { rtt, warm: true, .. } => warm_rtts.push(rtt),
+            other => panic!("pair: {other:?}"),
+        }
+    }
+    warm_rtts.sort();
+    // Asleep, the responder would add up to 20 ms (10 ms at the median).
+    assert!(
+        warm_rtts[5] < Duration::from_millis(5),
+        "median RTT {:?} of {warm_rtts:?}: the second ping found the responder asleep",
+        warm_rtts[5]
+    );
+    for _ in 0..5 {
+        match prober.reach(peer, 64, timeout).wait().unwrap() {
+            ProbeOutcome::Pong {
+                rtt,
+                cold_rtt,
+                warm: false,
+                ..
+            } => assert_eq!(rtt, cold_rtt),
+            other => panic!("single: {other:?}"),
+        }
+    }
+    let stats = prober.stats();
+    assert_eq!(stats.pings_sent, 2 * 10 + 5);
+    assert_eq!(stats.pongs_received, 2 * 10 + 5);
+    assert_eq!(responder.stats().pongs_dropped_backlog, 0);
 }

@@ -60,7 +60,10 @@ pub fn run(args: AgentArgs) -> ExitCode {
 
 /// Opens this node's fabric: one engine per device. A missing provider is not fatal: the
 /// agent runs IP-only and says so.
-fn open_fabric(config: &AgentConfig) -> (Vec<FabricPinger>, FabricStatus) {
+///
+/// `responder`: whether the endpoints answer peers' pings (the ones published in the hello);
+/// an endpoint only for this node's own probes sleeps while it has nothing in flight.
+fn open_fabric(config: &AgentConfig, responder: bool) -> (Vec<FabricPinger>, FabricStatus) {
     let Some(provider) = &config.fabric_provider else {
         return (
             vec![],
@@ -74,6 +77,7 @@ fn open_fabric(config: &AgentConfig) -> (Vec<FabricPinger>, FabricStatus) {
     };
     let mut pc = PingerConfig::new(provider);
     pc.bind = config.fabric_bind;
+    pc.responder = responder;
     let largest = config.large_probe_sizes.iter().copied().max().unwrap_or(0);
     pc.max_probe_size = pc.max_probe_size.max(config.probe_size).max(largest);
     match fabric_ping::open_all(&pc) {
@@ -114,11 +118,11 @@ fn no_fabric(provider: &str, error: String) -> FabricStatus {
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut signals = ShutdownSignal::install().context("installing signal handlers")?;
-    let (pingers, fabric) = open_fabric(&config);
+    let (pingers, fabric) = open_fabric(&config, true);
     let pinger = pingers.first().cloned();
     // The larger probes get an endpoint of their own on the same device (see PeerMonitor).
     let large_pinger = match (&pinger, config.large_probe_sizes.is_empty()) {
-        (Some(p), false) => match open_fabric(&config)
+        (Some(p), false) => match open_fabric(&config, false)
             .0
             .into_iter()
             .find(|l| l.domain() == p.domain())

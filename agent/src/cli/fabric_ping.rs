@@ -100,6 +100,9 @@ fn open_pinger(args: &Args) -> Result<FabricPinger, String> {
     let mut config = PingerConfig::new(&args.provider);
     config.bind = Some(args.bind);
     config.max_probe_size = config.max_probe_size.max(args.size);
+    // A tool run by hand, often back to back (--interval 0): both sides stay awake between
+    // probes, which an agent does not (it would cost every node a spinning core).
+    config.linger = Duration::from_millis(1);
     let mut all = engine::open_all(&config).map_err(|e| e.to_string())?;
     let index = match &args.domain {
         None => 0,

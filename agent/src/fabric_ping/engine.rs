@@ -5,11 +5,13 @@
 //! async agent and the blocking CLI use the same engine.
 //!
 //! Progress is manual on EFA (and on rxd/rxm here): nothing moves unless the completion queues
-//! are read. The thread therefore spins while a probe or pong is in flight and for a moment
-//! after traffic, backs off gradually while a probe waits on a silent path, and otherwise
-//! sleeps between slow polls, which still answer pings and accept connections.
+//! are read, and no wait object is offered. How the thread paces its polls is what an agent
+//! costs (see [`Pacing`]): it spins only while an answer is due within microseconds (the
+//! second, "warm" ping of a probe, on both sides), polls every few hundred microseconds while
+//! a first ping waits for a responder that may be idle, and otherwise sleeps between slow
+//! polls, which still answer pings and accept connections.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -21,7 +23,7 @@ use fabric::{CompletionError, Domain, Endpoint, EndpointConfig, Event, FabricAdd
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::wire::{DecodeError, Kind, Message, HEADER_LEN, MAX_ADDR_LEN};
+use super::wire::{DecodeError, Kind, Message, FLAG_FOLLOWS, HEADER_LEN, MAX_ADDR_LEN};
 
 /// How an engine is opened and paced.
 #[derive(Debug, Clone)]
@@ -37,8 +39,19 @@ pub struct PingerConfig {
     /// costs tens of microseconds here (a timer wake-up plus the provider's progress), so
     /// 20 ms keeps an idle engine well under 1% of a core.
     pub idle_poll: Duration,
-    /// How long to spin after traffic before backing off.
-    pub spin_window: Duration,
+    /// Longest poll period while a first ping waits for its pong. The responder spins from
+    /// its answer until the second ping arrives, so this bounds what the responder spends
+    /// per probe as much as what the prober spends polling.
+    pub wait_poll: Duration,
+    /// How long either side spins for a second ("warm") ping or its pong before giving up on
+    /// it and backing off.
+    pub warm_spin: Duration,
+    /// Spin this long after any traffic. 0 for an agent; a benchmark's responder lingers so
+    /// that back-to-back probes find it awake.
+    pub linger: Duration,
+    /// Whether this endpoint answers pings. One that does not (the agent's endpoint for
+    /// larger probes, which peers never ping) sleeps until asked to probe.
+    pub responder: bool,
     /// Peers learned from their pings and kept in the address vector (least recently used
     /// are evicted), bounding what strangers can make this engine hold.
     pub max_learned_peers: usize,
@@ -57,7 +70,10 @@ impl PingerConfig {
             bind: None,
             max_probe_size: 8192,
             idle_poll: Duration::from_millis(20),
-            spin_window: Duration::from_millis(1),
+            wait_poll: Duration::from_micros(500),
+            warm_spin: Duration::from_millis(5),
+            linger: Duration::ZERO,
+            responder: true,
             max_learned_peers: 1024,
             max_queued_pongs: 1024,
             max_pongs_in_flight_per_peer: 1,
@@ -105,14 +121,16 @@ pub fn open_all(config: &PingerConfig) -> Result<Vec<FabricPinger>, OpenError> {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ProbeOutcome {
     /// The peer answered. `rtt` excludes the time the responder held the ping, and comes
-    /// from the second ping of the pair when that one answered in time (see
+    /// from the second ping of the pair when that one answered in time (`warm`; see
     /// [`FabricPinger::probe`]); `cold_rtt` is the first ping's, which includes however long
-    /// an idle responder took to notice it.
+    /// an idle responder took to notice it. Without a warm answer `rtt` is `cold_rtt`: it
+    /// proves the path, but says little about its latency.
     Pong {
         rtt: Duration,
         cold_rtt: Duration,
         dwell: Duration,
         responder_id: u64,
+        warm: bool,
     },
     /// No answer before the deadline: the path drops silently.
     Timeout,
@@ -177,7 +195,8 @@ pub struct PingerStats {
     pub pings_answered: u64,
     pub pong_send_failures: u64,
     pub pongs_dropped_queue_full: u64,
-    /// Pongs dropped because one to the same destination was still in flight.
+    /// Pongs dropped after waiting too long behind one still in flight to the same
+    /// destination.
     pub pongs_dropped_backlog: u64,
     pub late_pongs: u64,
     pub receive_errors: u64,
@@ -212,6 +231,8 @@ enum Command {
         peer: PeerHandle,
         size: usize,
         timeout: Duration,
+        /// Measure the round-trip time with a second ping (see [`FabricPinger::probe`]).
+        pair: bool,
         reply: oneshot::Sender<ProbeOutcome>,
     },
     Shutdown,
@@ -335,11 +356,29 @@ impl FabricPinger {
     /// one reported. Answers when the pair completes, a send fails, or `timeout` passes (with
     /// the first pong's RTT if only it came back).
     pub fn probe(&self, peer: PeerHandle, size: usize, timeout: Duration) -> Reply<ProbeOutcome> {
+        self.send_probe(peer, size, timeout, true)
+    }
+
+    /// Probes a peer with one ping: proves the path (or not) at a fraction of the cost of
+    /// [`probe`](Self::probe), since neither side spins, but its RTT includes however long
+    /// the responder took to notice the ping (up to its `idle_poll`).
+    pub fn reach(&self, peer: PeerHandle, size: usize, timeout: Duration) -> Reply<ProbeOutcome> {
+        self.send_probe(peer, size, timeout, false)
+    }
+
+    fn send_probe(
+        &self,
+        peer: PeerHandle,
+        size: usize,
+        timeout: Duration,
+        pair: bool,
+    ) -> Reply<ProbeOutcome> {
         let (tx, rx) = oneshot::channel();
         let cmd = Command::Probe {
             peer,
             size,
             timeout,
+            pair,
             reply: tx,
         };
         if let Err(mpsc::SendError(Command::Probe { reply, .. })) = self.send(cmd) {
@@ -407,14 +446,22 @@ enum Outgoing {
         dest: FabricAddr,
         key: Vec<u8>,
         bytes: Vec<u8>,
+        queued_at: Instant,
     },
 }
+
+/// How long a pong may wait behind one still in flight to the same destination. A prober
+/// gives up on a probe after its timeout anyway; on a path where sends never complete, pongs
+/// go no further than this.
+const PONG_MAX_WAIT: Duration = Duration::from_secs(1);
 
 struct InFlight {
     key: Vec<u8>,
     size: usize,
     deadline: Instant,
     sent_at: Option<Instant>,
+    /// Whether a second ping follows the first one's pong.
+    pair: bool,
     /// The first ping's answer, once it came: (rtt, dwell, responder).
     cold: Option<(Duration, Duration, u64)>,
     reply: oneshot::Sender<ProbeOutcome>,
@@ -442,8 +489,11 @@ struct Engine {
     outbox: VecDeque<Outgoing>,
     queued_pongs: usize,
     next_seq: u64,
-    last_activity: Instant,
-    backoff: Duration,
+    pacing: Pacing,
+    /// Probes whose second ping is in flight: its pong is due within microseconds.
+    warm_awaited: BTreeSet<u64>,
+    /// Probers' first pings answered here, whose second ping is due.
+    expected_warm: ExpectedWarm,
     events: Vec<Event>,
     rx_data: Vec<u8>,
     scratch: Vec<u8>,
@@ -475,8 +525,9 @@ impl Engine {
             outbox: VecDeque::new(),
             queued_pongs: 0,
             next_seq: 1,
-            last_activity: now,
-            backoff: Duration::ZERO,
+            pacing: Pacing::default(),
+            warm_awaited: BTreeSet::new(),
+            expected_warm: ExpectedWarm::default(),
             events: Vec::new(),
             rx_data: Vec::new(),
             scratch: Vec::new(),
@@ -491,29 +542,24 @@ impl Engine {
     fn run(mut self) {
         while !self.stopping {
             let now = Instant::now();
-            let waiting = !self.inflight.is_empty() || !self.outbox.is_empty();
-            let hot = now.duration_since(self.last_activity) < self.config.spin_window;
-            if hot {
-                self.backoff = Duration::ZERO;
-            } else if waiting {
-                // A probe on a silent path: back off from 50 µs up to the idle period.
-                self.backoff =
-                    (self.backoff * 2).clamp(Duration::from_micros(50), self.config.idle_poll);
-            } else {
-                self.backoff = self.config.idle_poll;
-            }
-            let command = if hot {
-                self.commands.try_recv().map_err(|e| match e {
+            self.expected_warm.prune(now);
+            let outstanding = Outstanding {
+                warm: !self.warm_awaited.is_empty()
+                    || self.expected_warm.pending()
+                    || self.queued_pongs > 0,
+                probes: !self.inflight.is_empty() || !self.outbox.is_empty(),
+                sends: !self.sends.is_empty(),
+            };
+            let command = match self.pacing.next(now, outstanding, &self.config) {
+                Wait::Spin => self.commands.try_recv().map_err(|e| match e {
                     mpsc::TryRecvError::Empty => None,
                     mpsc::TryRecvError::Disconnected => Some(()),
-                })
-            } else {
-                self.commands
-                    .recv_timeout(self.backoff)
-                    .map_err(|e| match e {
-                        mpsc::RecvTimeoutError::Timeout => None,
-                        mpsc::RecvTimeoutError::Disconnected => Some(()),
-                    })
+                }),
+                Wait::For(period) => self.commands.recv_timeout(period).map_err(|e| match e {
+                    mpsc::RecvTimeoutError::Timeout => None,
+                    mpsc::RecvTimeoutError::Disconnected => Some(()),
+                }),
+                Wait::Forever => self.commands.recv().map_err(|_| Some(())),
             };
             match command {
                 Ok(cmd) => {
@@ -525,12 +571,10 @@ impl Engine {
                 Err(Some(())) => break,
                 Err(None) => {}
             }
-            self.flush_outbox();
+            // Completions first, then the sends they caused (pongs, second pings) at once.
             self.progress();
+            self.flush_outbox();
             self.expire(Instant::now());
-            if hot {
-                std::hint::spin_loop();
-            }
         }
         for (_, probe) in self.inflight.drain() {
             let _ = probe.reply.send(ProbeOutcome::NotSent {
@@ -559,8 +603,9 @@ impl Engine {
                 peer,
                 size,
                 timeout,
+                pair,
                 reply,
-            } => self.start_probe(peer, size, timeout, reply),
+            } => self.start_probe(peer, size, timeout, pair, reply),
         }
     }
 
@@ -622,6 +667,7 @@ impl Engine {
         peer: PeerHandle,
         size: usize,
         timeout: Duration,
+        pair: bool,
         reply: oneshot::Sender<ProbeOutcome>,
     ) {
         let Some(key) = self.peers.get(&peer).cloned() else {
@@ -640,13 +686,13 @@ impl Engine {
                 size: size.min(self.ep.max_message()),
                 deadline,
                 sent_at: None,
+                pair,
                 cold: None,
                 reply,
             },
         );
         self.deadlines.insert((deadline, seq), ());
         self.outbox.push_back(Outgoing::Ping { seq });
-        self.last_activity = Instant::now();
     }
 
     fn now_ns(&self) -> u64 {
@@ -664,7 +710,8 @@ impl Engine {
     /// take long to give up; without this cap every probe to such a peer would hold a
     /// transmit slot, and after a hundred rounds no peer could be probed. A ping waits while
     /// an earlier one to its peer is in flight (and times out at its own deadline); a pong to
-    /// a destination that has one in flight is dropped and counted.
+    /// a destination that has one in flight waits for it, up to `PONG_MAX_WAIT`, and is then
+    /// dropped and counted.
     fn flush_outbox(&mut self) {
         let mut deferred = VecDeque::new();
         while let Some(out) = self.outbox.pop_front() {
@@ -690,6 +737,11 @@ impl Engine {
                         sender_id: self.shared.id,
                         send_ts: self.now_ns(),
                         dwell_ns: 0,
+                        flags: if probe.pair && probe.cold.is_none() {
+                            FLAG_FOLLOWS
+                        } else {
+                            0
+                        },
                         address: &self.shared.address,
                     }
                     .encode_into(probe.size, &mut self.scratch);
@@ -704,13 +756,25 @@ impl Engine {
                         },
                     )
                 }
-                Outgoing::Pong { dest, key, bytes } => {
+                Outgoing::Pong {
+                    dest,
+                    key,
+                    bytes,
+                    queued_at,
+                } => {
                     let cap = self.config.max_pongs_in_flight_per_peer;
                     if self.av.get(key).is_some_and(|e| e.pongs_in_flight >= cap) {
-                        self.queued_pongs -= 1;
-                        self.counters()
-                            .pongs_dropped_backlog
-                            .fetch_add(1, Ordering::Relaxed);
+                        // The pair's second pong often finds the first one's completion
+                        // pending (rxd completes a send when the peer acknowledges it): it
+                        // waits for it, within bounds.
+                        if queued_at.elapsed() < PONG_MAX_WAIT {
+                            deferred.push_back(out);
+                        } else {
+                            self.queued_pongs -= 1;
+                            self.counters()
+                                .pongs_dropped_backlog
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                         continue;
                     }
                     self.scratch.clear();
@@ -720,9 +784,16 @@ impl Engine {
             };
             match self.ep.send(dest, &self.scratch) {
                 Ok(id) => {
+                    let now = Instant::now();
                     if let SendPurpose::Ping { seq, .. } = &purpose {
                         if let Some(p) = self.inflight.get_mut(seq) {
-                            p.sent_at = Some(Instant::now());
+                            p.sent_at = Some(now);
+                            if p.cold.is_some() {
+                                self.warm_awaited.insert(*seq);
+                                self.pacing.warm(now, &self.config);
+                            } else {
+                                self.pacing.first_ping_sent(now, p.pair);
+                            }
                         }
                         self.counters().pings_sent.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -737,7 +808,7 @@ impl Engine {
                         }
                     }
                     self.sends.insert(id, purpose);
-                    self.last_activity = Instant::now();
+                    self.pacing.activity(now, &self.config);
                 }
                 Err(e) if e.is_again() => deferred.push_back(out),
                 Err(e) => {
@@ -775,7 +846,7 @@ impl Engine {
         if self.events.is_empty() {
             return;
         }
-        self.last_activity = Instant::now();
+        self.pacing.activity(Instant::now(), &self.config);
         let events = std::mem::take(&mut self.events);
         for event in &events {
             match event {
@@ -854,12 +925,22 @@ impl Engine {
                     .fetch_add(1, Ordering::Relaxed);
                 let probe = self.inflight.get_mut(&seq).expect("looked up above");
                 match probe.cold {
-                    None => {
+                    None if probe.pair => {
                         // First of the pair: send the warm ping now.
                         probe.cold = Some((rtt, dwell, responder));
                         probe.sent_at = None;
                         self.outbox.push_back(Outgoing::Ping { seq });
                     }
+                    None => self.finish(
+                        seq,
+                        ProbeOutcome::Pong {
+                            rtt,
+                            cold_rtt: rtt,
+                            dwell,
+                            responder_id: responder,
+                            warm: false,
+                        },
+                    ),
                     Some((cold_rtt, _, _)) => self.finish(
                         seq,
                         ProbeOutcome::Pong {
@@ -867,12 +948,24 @@ impl Engine {
                             cold_rtt,
                             dwell,
                             responder_id: responder,
+                            warm: true,
                         },
                     ),
                 }
             }
             Kind::Ping => {
                 let (seq, send_ts, size) = (msg.seq, msg.send_ts, data.len());
+                let window = self.config.warm_spin;
+                let follows = msg.flags & FLAG_FOLLOWS != 0;
+                if follows {
+                    // The first of a pair: its second follows as soon as the prober sees
+                    // this pong, and must find this side awake.
+                    self.expected_warm.first(msg.sender_id, seq, received_at, window);
+                    self.pacing.warm(received_at, &self.config);
+                } else {
+                    // A second ping (it carries no flag) ends the wait for it.
+                    self.expected_warm.arrived(msg.sender_id, seq);
+                }
                 let key = msg.address.to_vec();
                 self.answer_ping(key, seq, send_ts, size, received_at);
             }
@@ -908,6 +1001,7 @@ impl Engine {
             sender_id: self.shared.id,
             send_ts,
             dwell_ns: received_at.elapsed().as_nanos() as u64,
+            flags: 0,
             address: &[],
         }
         .encode_into(size, &mut bytes);
@@ -915,7 +1009,12 @@ impl Engine {
         self.counters()
             .pings_answered
             .fetch_add(1, Ordering::Relaxed);
-        self.outbox.push_back(Outgoing::Pong { dest, key, bytes });
+        self.outbox.push_back(Outgoing::Pong {
+            dest,
+            key,
+            bytes,
+            queued_at: received_at,
+        });
     }
 
     /// Finds or inserts the sender of a ping, keeping at most `max_learned_peers` learned
@@ -966,6 +1065,7 @@ impl Engine {
                     cold_rtt: rtt,
                     dwell,
                     responder_id,
+                    warm: false,
                 },
                 None => {
                     self.counters()
@@ -979,10 +1079,158 @@ impl Engine {
     }
 
     fn finish(&mut self, seq: u64, outcome: ProbeOutcome) {
+        self.warm_awaited.remove(&seq);
         if let Some(probe) = self.inflight.remove(&seq) {
             self.deadlines.remove(&(probe.deadline, seq));
             let _ = probe.reply.send(outcome);
         }
+    }
+}
+
+/// What the engine thread does before its next poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Poll again at once (checking for commands without blocking).
+    Spin,
+    /// Wait for a command at most this long.
+    For(Duration),
+    /// Nothing outstanding and nothing to answer: wait for a command.
+    Forever,
+}
+
+/// What is outstanding, as far as pacing is concerned.
+#[derive(Debug, Clone, Copy, Default)]
+struct Outstanding {
+    /// A second ping's pong is awaited here, or a prober's second ping is expected.
+    warm: bool,
+    /// Probes in flight or sends queued.
+    probes: bool,
+    /// Send completions not reported yet (rxd never completes one on a blackholed path).
+    sends: bool,
+}
+
+/// The first poll period after activity; periods double from it up to a cap.
+const MIN_BACKOFF: Duration = Duration::from_micros(50);
+/// The first poll period while only single pings wait (see [`FabricPinger::reach`]): their
+/// pongs are not due before the responder's next poll, and a late look costs nothing.
+const SINGLE_BACKOFF: Duration = Duration::from_micros(500);
+
+/// How often the engine polls, which is most of what it costs: on this machine a wake-up
+/// and a poll cost ~50 µs of CPU, a spinning engine a whole core.
+///
+/// A probe that measures the RTT is a pair of pings (see [`FabricPinger::probe`]). The first
+/// reaches a responder that may be idle and sees it up to `idle_poll` later; the prober
+/// meanwhile polls with periods doubling up to `wait_poll`. Once the first pong is back the
+/// second ping goes at once, to a responder that has been spinning since it answered the
+/// first (the first ping says a second follows), and the prober spins for its pong. So each
+/// side spins for microseconds to a fraction of a millisecond per probe, never for the
+/// responder's idle latency. A single ping ([`FabricPinger::reach`]) makes nobody spin and
+/// is polled for slowly; so is a first ping unanswered after `idle_poll`, which is on a
+/// silent path.
+#[derive(Debug, Default)]
+struct Pacing {
+    /// Spin until then while something warm is outstanding.
+    hot_until: Option<Instant>,
+    /// Spin until then regardless (`linger`).
+    linger_until: Option<Instant>,
+    backoff: Duration,
+    /// When the latest first ping of a pair went out.
+    last_pair_ping: Option<Instant>,
+}
+
+impl Pacing {
+    /// A second ping went out, or a first ping was answered: spin for what follows.
+    fn warm(&mut self, now: Instant, config: &PingerConfig) {
+        let until = now + config.warm_spin;
+        self.hot_until = Some(self.hot_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// A probe's first ping went out; `pair`: a second follows its pong.
+    fn first_ping_sent(&mut self, now: Instant, pair: bool) {
+        if pair {
+            self.last_pair_ping = Some(now);
+        }
+        self.backoff = Duration::ZERO;
+    }
+
+    /// A completion or a send: poll soon again.
+    fn activity(&mut self, now: Instant, config: &PingerConfig) {
+        self.backoff = Duration::ZERO;
+        if !config.linger.is_zero() {
+            self.linger_until = Some(now + config.linger);
+        }
+    }
+
+    fn next(&mut self, now: Instant, out: Outstanding, config: &PingerConfig) -> Wait {
+        let hot = out.warm && self.hot_until.is_some_and(|t| now < t);
+        if hot || self.linger_until.is_some_and(|t| now < t) {
+            self.backoff = Duration::ZERO;
+            return Wait::Spin;
+        }
+        if out.probes {
+            // A first pong is due within the responder's idle poll; past that the path is
+            // probably silent, and polling fast for it would only burn the CPU.
+            let due = self
+                .last_pair_ping
+                .is_some_and(|t| now.duration_since(t) < config.idle_poll + config.idle_poll / 4);
+            let (floor, cap) = if due {
+                (MIN_BACKOFF, config.wait_poll)
+            } else {
+                (SINGLE_BACKOFF, config.idle_poll / 4)
+            };
+            self.backoff = (self.backoff * 2).clamp(floor, cap.max(floor));
+            return Wait::For(self.backoff);
+        }
+        self.backoff = Duration::ZERO;
+        if config.responder || out.sends {
+            Wait::For(config.idle_poll)
+        } else {
+            Wait::Forever
+        }
+    }
+}
+
+/// Pairs bounded in number: a stranger's pings can make a responder spin a little, never
+/// hold memory.
+const MAX_EXPECTED_WARM: usize = 1024;
+
+/// Probers' first pings answered here, by (sender, sequence), until their second is due.
+#[derive(Debug, Default)]
+struct ExpectedWarm {
+    due: HashMap<(u64, u64), Instant>,
+    order: VecDeque<(Instant, (u64, u64))>,
+}
+
+impl ExpectedWarm {
+    /// The first ping of a pair arrived: its second is expected within `window`.
+    fn first(&mut self, sender: u64, seq: u64, now: Instant, window: Duration) {
+        if self.order.len() < 2 * MAX_EXPECTED_WARM && self.due.len() < MAX_EXPECTED_WARM {
+            let until = now + window;
+            self.due.insert((sender, seq), until);
+            self.order.push_back((until, (sender, seq)));
+        }
+    }
+
+    /// A ping that is no pair's first arrived: if it is a pair's second, stop waiting.
+    fn arrived(&mut self, sender: u64, seq: u64) {
+        self.due.remove(&(sender, seq));
+    }
+
+    /// Forgets pairs whose second ping did not come in time.
+    fn prune(&mut self, now: Instant) {
+        while let Some(&(until, key)) = self.order.front() {
+            if until > now {
+                break;
+            }
+            self.order.pop_front();
+            if self.due.get(&key) == Some(&until) {
+                self.due.remove(&key);
+            }
+        }
+    }
+
+    fn pending(&self) -> bool {
+        !self.due.is_empty()
     }
 }
 
@@ -1003,5 +1251,160 @@ mod tests {
         prepare_environment("efa");
         assert_eq!(std::env::var("FI_EFA_ENABLE_SHM_TRANSFER").unwrap(), "1");
         std::env::remove_var("FI_EFA_ENABLE_SHM_TRANSFER");
+    }
+
+    fn pacing_config() -> PingerConfig {
+        PingerConfig::new("udp;ofi_rxd")
+    }
+
+    #[test]
+    fn an_idle_engine_polls_slowly_and_one_that_answers_nobody_sleeps() {
+        let mut config = pacing_config();
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        let idle = Outstanding::default();
+        assert_eq!(pacing.next(t0, idle, &config), Wait::For(config.idle_poll));
+        config.responder = false;
+        assert_eq!(pacing.next(t0, idle, &config), Wait::Forever);
+        // A send the provider never completes (rxd on a blackholed path) is still polled.
+        let sends = Outstanding {
+            sends: true,
+            ..idle
+        };
+        assert_eq!(pacing.next(t0, sends, &config), Wait::For(config.idle_poll));
+    }
+
+    #[test]
+    fn a_first_ping_is_polled_for_with_doubling_periods_then_slowly_once_overdue() {
+        let config = pacing_config();
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        pacing.first_ping_sent(t0, true);
+        let waiting = Outstanding {
+            probes: true,
+            ..Outstanding::default()
+        };
+        let periods: Vec<Wait> = (0..6).map(|_| pacing.next(t0, waiting, &config)).collect();
+        let us = Duration::from_micros;
+        assert_eq!(
+            periods,
+            [50, 100, 200, 400, 500, 500].map(|p| Wait::For(us(p))),
+            "capped at wait_poll ({:?})",
+            config.wait_poll
+        );
+        // Past the responder's idle poll the path is probably silent.
+        let late = t0 + config.idle_poll * 2;
+        let mut last = Wait::Spin;
+        for _ in 0..12 {
+            last = pacing.next(late, waiting, &config);
+        }
+        assert_eq!(last, Wait::For(config.idle_poll / 4));
+        // Activity starts over, from the period for pongs not due yet.
+        pacing.activity(late, &config);
+        assert_eq!(pacing.next(late, waiting, &config), Wait::For(us(500)));
+        // A new pair's first ping: from the shortest.
+        pacing.first_ping_sent(late, true);
+        assert_eq!(pacing.next(late, waiting, &config), Wait::For(us(50)));
+    }
+
+    #[test]
+    fn single_pings_are_polled_for_slowly() {
+        let config = pacing_config();
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        pacing.first_ping_sent(t0, false);
+        let waiting = Outstanding {
+            probes: true,
+            ..Outstanding::default()
+        };
+        let periods: Vec<Wait> = (0..5).map(|_| pacing.next(t0, waiting, &config)).collect();
+        let us = Duration::from_micros;
+        assert_eq!(
+            periods,
+            [500, 1000, 2000, 4000, 5000].map(|p| Wait::For(us(p)))
+        );
+    }
+
+    #[test]
+    fn the_engine_spins_only_while_something_warm_is_due() {
+        let config = pacing_config();
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        let warm = Outstanding {
+            warm: true,
+            probes: true,
+            ..Outstanding::default()
+        };
+        pacing.first_ping_sent(t0, true);
+        // Nothing warm yet: a first ping is waited for, not spun on.
+        assert!(matches!(pacing.next(t0, warm, &config), Wait::For(_)));
+        pacing.warm(t0, &config);
+        assert_eq!(pacing.next(t0, warm, &config), Wait::Spin);
+        let nearly = t0 + config.warm_spin - Duration::from_micros(1);
+        assert_eq!(pacing.next(nearly, warm, &config), Wait::Spin);
+        // The awaited answer came: no more spinning, though the window is open.
+        let answered = Outstanding {
+            warm: false,
+            ..warm
+        };
+        assert!(matches!(pacing.next(t0, answered, &config), Wait::For(_)));
+        // It never came: give up spinning when the window closes.
+        assert!(matches!(
+            pacing.next(t0 + config.warm_spin, warm, &config),
+            Wait::For(_)
+        ));
+    }
+
+    #[test]
+    fn lingering_spins_after_traffic_for_its_window() {
+        let mut config = pacing_config();
+        config.linger = Duration::from_millis(1);
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        pacing.activity(t0, &config);
+        let idle = Outstanding::default();
+        assert_eq!(pacing.next(t0, idle, &config), Wait::Spin);
+        assert_eq!(
+            pacing.next(t0 + config.linger, idle, &config),
+            Wait::For(config.idle_poll)
+        );
+    }
+
+    #[test]
+    fn a_responder_waits_for_a_pairs_second_ping_until_it_comes_or_the_window_closes() {
+        let t0 = Instant::now();
+        let window = Duration::from_millis(5);
+        let mut expected = ExpectedWarm::default();
+        assert!(!expected.pending());
+        expected.first(7, 1, t0, window);
+        expected.first(8, 1, t0, window);
+        assert!(expected.pending());
+        expected.arrived(7, 1);
+        assert!(expected.pending(), "8's second ping is still due");
+        expected.arrived(8, 1);
+        assert!(!expected.pending());
+        // A second ping that never comes is forgotten after the window.
+        expected.first(7, 2, t0, window);
+        expected.prune(t0 + window / 2);
+        assert!(expected.pending());
+        expected.prune(t0 + window);
+        assert!(!expected.pending());
+        // A single ping of another prober (no pair) leaves nothing behind.
+        expected.arrived(9, 1);
+        assert!(!expected.pending());
+    }
+
+    #[test]
+    fn strangers_pings_cannot_make_a_responder_hold_unbounded_pairs() {
+        let t0 = Instant::now();
+        let mut expected = ExpectedWarm::default();
+        for seq in 0..(3 * MAX_EXPECTED_WARM as u64) {
+            expected.first(99, seq, t0, Duration::from_millis(2));
+        }
+        assert_eq!(expected.due.len(), MAX_EXPECTED_WARM);
+        assert!(expected.order.len() <= 2 * MAX_EXPECTED_WARM);
+        expected.prune(t0 + Duration::from_millis(2));
+        assert!(!expected.pending());
+        assert!(expected.order.is_empty());
     }
 }

@@ -8,7 +8,10 @@
 //!  8  seq        u64  prober's sequence number, echoed in the pong
 //! 16  sender_id  u64  random per engine instance: who sent this message
 //! 24  send_ts    u64  prober's clock (ns) when the ping left, echoed in the pong
-//! 32  dwell      u64  pong only: ns the responder held the ping before answering
+//! 32  dwell      u64  pong: ns the responder held the ping before answering
+//!     / flags         ping: bit 0 (FOLLOWS) a second ping of the same sequence follows as
+//!                     soon as this one's pong is back: stay awake for it. Other bits are 0
+//!                     and ignored, so older responders read a ping as before.
 //! 40  address    [addr_len]  the sender's fabric address (pings), so a responder can answer a
 //!                            peer it has never seen
 //!     padding    zeros up to the probe size
@@ -19,6 +22,8 @@
 pub const MAGIC: u32 = 0x4546_4150;
 pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 40;
+/// Ping flag: the second ping of this probe follows at once (see the layout above).
+pub const FLAG_FOLLOWS: u64 = 1;
 /// Longest fabric address accepted (EFA's is 32 bytes, shm's a short string).
 pub const MAX_ADDR_LEN: usize = 256;
 
@@ -35,7 +40,10 @@ pub struct Message<'a> {
     pub seq: u64,
     pub sender_id: u64,
     pub send_ts: u64,
+    /// Pongs only (0 in pings).
     pub dwell_ns: u64,
+    /// Pings only (0 in pongs): [`FLAG_FOLLOWS`].
+    pub flags: u64,
     pub address: &'a [u8],
 }
 
@@ -87,7 +95,11 @@ impl<'a> Message<'a> {
         out.push(VERSION);
         out.push(self.kind as u8);
         out.extend_from_slice(&(self.address.len() as u16).to_be_bytes());
-        for v in [self.seq, self.sender_id, self.send_ts, self.dwell_ns] {
+        let word = match self.kind {
+            Kind::Ping => self.flags,
+            Kind::Pong => self.dwell_ns,
+        };
+        for v in [self.seq, self.sender_id, self.send_ts, word] {
             out.extend_from_slice(&v.to_be_bytes());
         }
         out.extend_from_slice(self.address);
@@ -126,7 +138,8 @@ impl<'a> Message<'a> {
             seq: u64_at(8),
             sender_id: u64_at(16),
             send_ts: u64_at(24),
-            dwell_ns: u64_at(32),
+            dwell_ns: if kind == Kind::Pong { u64_at(32) } else { 0 },
+            flags: if kind == Kind::Ping { u64_at(32) } else { 0 },
             address,
         })
     }
@@ -144,8 +157,34 @@ mod tests {
             sender_id: 0xabcdef,
             send_ts: 123_456_789,
             dwell_ns: 0,
+            flags: FLAG_FOLLOWS,
             address: addr,
         }
+    }
+
+    #[test]
+    fn the_dwell_word_is_flags_in_a_ping_and_dwell_in_a_pong() {
+        let addr = [3u8; 8];
+        let mut buf = Vec::new();
+        ping(&addr).encode_into(64, &mut buf);
+        assert_eq!(buf[32..40], FLAG_FOLLOWS.to_be_bytes());
+        let pong = Message {
+            kind: Kind::Pong,
+            dwell_ns: 5_000,
+            flags: 0,
+            address: &[],
+            ..ping(&addr)
+        };
+        pong.encode_into(64, &mut buf);
+        assert_eq!(buf[32..40], 5_000u64.to_be_bytes());
+        assert_eq!(Message::decode(&buf).unwrap(), pong);
+        // A v1 ping from before flags existed (word 0) asks for nothing.
+        let plain = Message {
+            flags: 0,
+            ..ping(&addr)
+        };
+        plain.encode_into(64, &mut buf);
+        assert_eq!(Message::decode(&buf).unwrap().flags, 0);
     }
 
     #[test]
@@ -218,9 +257,11 @@ mod tests {
         }
 
         #[test]
-        fn round_trip(seq in any::<u64>(), id in any::<u64>(), ts in any::<u64>(), dwell in any::<u64>(),
-                      addr in proptest::collection::vec(any::<u8>(), 1..=MAX_ADDR_LEN), size in 0usize..2048) {
-            let m = Message { kind: Kind::Pong, seq, sender_id: id, send_ts: ts, dwell_ns: dwell, address: &addr };
+        fn round_trip(seq in any::<u64>(), id in any::<u64>(), ts in any::<u64>(), word in any::<u64>(),
+                      addr in proptest::collection::vec(any::<u8>(), 1..=MAX_ADDR_LEN), size in 0usize..2048,
+                      is_ping in any::<bool>()) {
+            let (kind, dwell_ns, flags) = if is_ping { (Kind::Ping, 0, word) } else { (Kind::Pong, word, 0) };
+            let m = Message { kind, seq, sender_id: id, send_ts: ts, dwell_ns, flags, address: &addr };
             let mut buf = Vec::new();
             m.encode_into(size, &mut buf);
             prop_assert_eq!(buf.len(), size.max(m.encoded_len()));

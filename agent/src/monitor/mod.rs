@@ -1,5 +1,6 @@
 //! The probe loops: every interval, each peer over both paths, and each configured target.
 
+pub mod schedule;
 mod summary;
 pub mod targets;
 
