@@ -1,16 +1,18 @@
-//! `/metrics` encode time at 1k, 5k and 10k peers (criterion).
+//! `/metrics` encode time at 1k, 5k and 10k peers, in each per-peer metrics mode (criterion).
 //!
 //!     cargo bench -p efaprobe --bench metrics_encode
 //!     benches/metrics_encode.sh            (the same, plus sizes, into benches/results/)
 //!
 //! The registry holds what an agent's holds after some rounds: N peers (mostly healthy; some
 //! `fabric_dropped` with a diagnosis, some `degraded`, a few `down`), both paths' RTTs, the
-//! probe counters and RTT histograms, two targets and the fabric. `encode()` is what a
-//! Prometheus scrape costs (OpenMetrics); `text` is the 0.0.4 text format curl gets. Before the
-//! timings each case prints one `SIZE` line (bytes and sample lines of each format).
+//! probe counters and RTT histograms (peers spread over 8 topology groups), two targets and the
+//! fabric. `encode()` is what a Prometheus scrape costs (OpenMetrics); `text` is the 0.0.4 text
+//! format curl gets. Before the timings each case prints one `SIZE` line (bytes and sample
+//! lines of each format).
 //!
-//! Metrics mode: every per-peer series (`all`). The `--per-peer-metrics` modes are to be
-//! added here as they land in `Metrics`.
+//! Modes (`--per-peer-metrics`): `all` (every peer's series), `unhealthy` (only the 5% of
+//! peers in a fault state), `none` (no per-peer series). Cases are named `{mode}/openmetrics`
+//! and `{mode}/text`, which benches/metrics_encode.sh reads back.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -19,12 +21,19 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 
-use efaprobe::metrics::{ExpositionFormat, Metrics, ProbePath, ProbeResult};
+use efaprobe::metrics::{ExpositionFormat, Metrics, PerPeerMetrics, ProbePath, ProbeResult};
 use efaprobe::probe::{AddressReport, CheckSuccess, TargetReport, TargetSpec};
 use efaprobe::state::{FabricDevice, FabricStatus, PathStatus, PeerStatus};
 use efaprobe::verdict::{DiagnosisReason, PeerState};
 
 const PEERS: [usize; 3] = [1_000, 5_000, 10_000];
+const MODES: [PerPeerMetrics; 3] = [
+    PerPeerMetrics::All,
+    PerPeerMetrics::Unhealthy,
+    PerPeerMetrics::None,
+];
+/// Topology groups the peers are spread over (the `group` label of the probe families).
+const GROUPS: usize = 8;
 
 fn path(rtt: Option<f64>) -> PathStatus {
     PathStatus {
@@ -121,8 +130,8 @@ fn targets() -> Vec<TargetReport> {
         .collect()
 }
 
-/// A registry as an agent with `n` peers has it after a few rounds.
-fn filled(n: usize) -> Metrics {
+/// A registry as an agent with `n` peers in `mode` has it after a few rounds.
+fn filled(n: usize, mode: PerPeerMetrics) -> Metrics {
     let fabric = FabricStatus {
         provider: "efa".into(),
         available: true,
@@ -134,9 +143,11 @@ fn filled(n: usize) -> Metrics {
         }],
     };
     let metrics = Metrics::new("0.1.0", &fabric);
+    metrics.set_per_peer_mode(mode);
     metrics.set_fabric(&fabric);
     for i in 0..n {
         let status = peer(i);
+        let group = format!("pg:cluster-{}", i % GROUPS);
         metrics.set_peer(&status);
         for (probe_path, status) in [
             (ProbePath::Ip, &status.ip),
@@ -146,7 +157,7 @@ fn filled(n: usize) -> Metrics {
                 Some(s) => (ProbeResult::Ok, Some(Duration::from_secs_f64(s))),
                 None => (ProbeResult::Timeout, None),
             };
-            metrics.record_probe(probe_path, result, rtt);
+            metrics.record_probe_in_group(probe_path, &group, result, rtt);
         }
     }
     metrics.set_targets(&targets());
@@ -162,24 +173,30 @@ fn encode(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat);
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(10));
-    for n in PEERS {
-        let metrics = filled(n);
-        let openmetrics = metrics.encode();
-        let text = metrics.encode_as(ExpositionFormat::PrometheusText);
-        let samples = |s: &str| s.lines().filter(|l| !l.starts_with('#')).count();
-        println!(
-            "SIZE mode=all peers={n} openmetrics_bytes={} text_bytes={} samples={}",
-            openmetrics.len(),
-            text.len(),
-            samples(&openmetrics)
-        );
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::new("all/openmetrics", n), &metrics, |b, m| {
-            b.iter(|| black_box(m.encode()))
-        });
-        group.bench_with_input(BenchmarkId::new("all/text", n), &metrics, |b, m| {
-            b.iter(|| black_box(m.encode_as(ExpositionFormat::PrometheusText)))
-        });
+    for mode in MODES {
+        for n in PEERS {
+            let metrics = filled(n, mode);
+            let openmetrics = metrics.encode();
+            let text = metrics.encode_as(ExpositionFormat::PrometheusText);
+            let samples = |s: &str| s.lines().filter(|l| !l.starts_with('#')).count();
+            println!(
+                "SIZE mode={mode} peers={n} openmetrics_bytes={} text_bytes={} samples={}",
+                openmetrics.len(),
+                text.len(),
+                samples(&openmetrics)
+            );
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(
+                BenchmarkId::new(format!("{mode}/openmetrics"), n),
+                &metrics,
+                |b, m| b.iter(|| black_box(m.encode())),
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("{mode}/text"), n),
+                &metrics,
+                |b, m| b.iter(|| black_box(m.encode_as(ExpositionFormat::PrometheusText))),
+            );
+        }
     }
     group.finish();
 }

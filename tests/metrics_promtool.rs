@@ -129,6 +129,13 @@ fn realistic_app() -> AppState {
         );
         metrics.record_probe(ProbePath::Fabric, ProbeResult::Timeout, None);
     }
+    // Probes of a peer whose topology group is known.
+    metrics.record_probe_in_group(
+        ProbePath::Fabric,
+        "pg:cluster-a",
+        ProbeResult::Ok,
+        Some(Duration::from_micros(17)),
+    );
 
     let targets = vec![
         TargetReport {
@@ -281,10 +288,15 @@ async fn what_curl_gets_passes_promtool() {
         "efa_target_up{target=\"nats\",address=\"198.18.11.5:4222\"} 0\n",
         "efa_target_failures_total{target=\"nats\",address=\"198.18.11.5:4222\",reason=\"timeout\"} 1\n",
         "efa_target_up{target=\"prometheus\",address=\"prometheus.monitoring.svc:9090\"} 0\n",
-        "efa_probe_rtt_seconds_bucket{le=\"+Inf\",path=\"fabric\"} 5\n",
+        "efa_probe_rtt_seconds_bucket{le=\"+Inf\",path=\"fabric\",group=\"unknown\"} 5\n",
         "efa_fabric_device_info{provider=\"efa\",domain=\"rdmap0s7-rdm\",",
         "efa_node_topology_info{instance_id=\"i-0123456789abcdef0\",instance_type=\"p5.48xlarge\",availability_zone=\"us-east-1a\",subnet=\"subnet-0123456789abcdef0\",vpc=\"vpc-0123456789abcdef0\",placement_group=\"\"} 1\n",
         "efa_node_topology_available 1\n",
+        "efa_probes_total{path=\"fabric\",group=\"pg:cluster-a\",result=\"ok\"} 1\n",
+        "efa_peers_by_state{state=\"fabric_dropped\"} 1\n",
+        "efa_peers_by_state{state=\"down\"} 0\n",
+        "efa_per_peer_metrics_mode{mode=\"all\"} 1\n",
+        "efa_per_peer_metrics_mode{mode=\"unhealthy\"} 0\n",
         "# TYPE efa_device_hw_stat_total counter\n",
         "efa_device_hw_stat_total{device=\"rdmap0s7\",port=\"1\",counter=\"tx_bytes\"} 18446744073709551615\n",
     ] {
@@ -446,9 +458,15 @@ async fn prometheus_scrapes_openmetrics_without_error() {
             .unwrap_or_default()
     };
     assert_eq!(query("efa_peer_state").await.len(), 12);
-    // Created at 0 up front: 7 results an IP probe can have, 4 a fabric probe can.
-    assert_eq!(query("efa_probes_total").await.len(), 7 + 4);
-    assert_eq!(query("efa_probe_rtt_seconds_bucket").await.len(), 2 * 17);
+    // Created at 0 up front, per group (unknown, pg:cluster-a): 7 results an IP probe can
+    // have, 4 a fabric probe can.
+    assert_eq!(query("efa_probes_total").await.len(), 2 * (7 + 4));
+    assert_eq!(
+        query("efa_probe_rtt_seconds_bucket").await.len(),
+        2 * 2 * 17
+    );
+    assert_eq!(query("efa_peers_by_state").await.len(), 6);
+    assert_eq!(query("efa_per_peer_metrics_mode").await.len(), 3);
     assert_eq!(query("efa_peer_diagnosis").await.len(), 1);
     // Hardware counters from a collector arrive as counters, under their _total name.
     assert_eq!(query("efa_device_hw_stat_total").await.len(), 4);

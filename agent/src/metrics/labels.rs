@@ -10,6 +10,7 @@ use std::fmt::{self, Write};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
+use super::per_peer::PerPeerMode;
 use crate::fabric_ping::engine::ProbeOutcome;
 use crate::probe::FailureReason;
 use crate::verdict::{DiagnosisReason, PeerState};
@@ -177,7 +178,8 @@ label_value_from_as_str!(
     ProbeResult,
     StateLabel,
     DiagnosisLabel,
-    FailureLabel
+    FailureLabel,
+    PerPeerMode
 );
 
 /// A free-text label value, escaped as both text formats require (`\\`, `\"`, `\n`).
@@ -229,15 +231,29 @@ pub struct PeerPathLabels {
     pub path: ProbePath,
 }
 
+/// `group`: the peer's topology group, bounded (see `groups`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ProbeLabels {
     pub path: ProbePath,
+    pub group: LabelText,
     pub result: ProbeResult,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct PathLabels {
+pub struct PathGroupLabels {
     pub path: ProbePath,
+    pub group: LabelText,
+}
+
+/// A per-node count by verdict (`efa_peers_by_state`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: StateLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: PerPeerMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
@@ -363,4 +379,10 @@ mod tests {
             ProbeResult::Timeout
         );
     }
+}
+
+/// Why a peer was probed (`monitor::schedule::Role`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub role: &'static str,
 }

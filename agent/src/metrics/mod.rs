@@ -4,14 +4,14 @@
 //!
 //! | family (as encoded) | type | labels |
 //! |---|---|---|
-//! | `efa_peer_reachable` | gauge 0/1 | `peer` (absent while the fabric path is not probed) |
-//! | `efa_peer_ip_reachable` | gauge 0/1 | `peer` |
-//! | `efa_peer_state` | gauge, one-hot over the six states | `peer`, `state` |
-//! | `efa_peer_diagnosis` | gauge 1 | `peer`, `reason` (while not healthy and a reason is known) |
-//! | `efa_peer_rtt_seconds` | gauge | `peer`, `path` (`ip`, `fabric`; while known) |
-//! | `efa_peer_fabric_loss_ratio` | gauge | `peer` (while the fabric path is probed) |
-//! | `efa_probes_total` | counter | `path`, `result` ([`ProbeResult`]) |
-//! | `efa_probe_rtt_seconds` | histogram, 10µs to 1s | `path` |
+//! | `efa_peer_reachable` ¹ | gauge 0/1 | `peer` (absent while the fabric path is not probed) |
+//! | `efa_peer_ip_reachable` ¹ | gauge 0/1 | `peer` |
+//! | `efa_peer_state` ¹ | gauge, one-hot over the six states | `peer`, `state` |
+//! | `efa_peer_diagnosis` ¹ | gauge 1 | `peer`, `reason` (while not healthy and a reason is known) |
+//! | `efa_peer_rtt_seconds` ¹ | gauge | `peer`, `path` (`ip`, `fabric`; while known) |
+//! | `efa_peer_fabric_loss_ratio` ¹ | gauge | `peer` (while the fabric path is probed) |
+//! | `efa_probes_total` | counter | `path`, `group` (bounded, see [`groups`]), `result` ([`ProbeResult`]) |
+//! | `efa_probe_rtt_seconds` | histogram, 10µs to 1s | `path`, `group` |
 //! | `efa_target_up` | gauge 0/1 | `target`, `address` |
 //! | `efa_target_failures_total` | counter | `target`, `address`, `reason` |
 //! | `efa_target_rtt_seconds` | gauge (TCP connect) | `target`, `address` |
@@ -25,6 +25,17 @@
 //! | `efa_agent_ready` | gauge 0/1 | |
 //! | `efa_peers` | gauge | |
 //! | `efa_node_unreachable_peers` | gauge | (peers in `down`, `fabric_dropped`, `ip_blocked`) |
+//! | `efa_peers_by_state` | gauge | `state` (every state, 0 included) |
+//! | `efa_per_peer_metrics_mode` | gauge, one-hot | `mode` (`all`, `unhealthy`, `none`) |
+//! | `efa_peers_probed` | gauge | (peers the latest round probed: the schedule's picks) |
+//! | `efa_probe_schedule_peers` | gauge | `role` (`watch`, `mesh`, `sample`, `learn`) |
+//! | `efa_probe_budget_peers` | gauge | (peers a round may probe: budget × interval) |
+//!
+//! ¹ Per-peer: which peers have these series is the per-peer mode's choice
+//! ([`PerPeerMetrics`], `--per-peer-metrics`): every peer, only peers in a fault state, or
+//! none. The mode's choice is kept exact at every moment: a peer that turns healthy in
+//! `unhealthy` loses its series in the same update, and a change of mode (`auto` crossing
+//! [`AUTO_ALL_MAX_PEERS`]) adds and removes series from what `Metrics` keeps of each peer.
 //!
 //! Series that describe something gone are removed, not left at their last value: a
 //! departed peer loses every series it had, a target address that no longer resolves
@@ -45,10 +56,12 @@
 //! failure is an increase Prometheus can see, not the appearance of a new series.
 
 mod exposition;
+mod groups;
 mod hw_counters;
 mod labels;
+mod per_peer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -62,15 +75,19 @@ use prometheus_client::registry::{Metric, Registry, Unit};
 
 use exposition::openmetrics_to_prometheus_text;
 pub use exposition::ExpositionFormat;
+pub use groups::{MAX_PROBE_GROUPS, OTHER_GROUP, UNKNOWN_GROUP};
 pub use labels::{ProbePath, ProbeResult};
+pub use per_peer::{PerPeerMetrics, PerPeerMode, AUTO_ALL_MAX_PEERS};
 
 use crate::inventory::DeviceCounters;
 use crate::probe::{FailureReason, TargetCheck, TargetReport};
 use crate::state::{FabricStatus, PeerStatus};
 use crate::topology::Topology;
 use crate::verdict::{DiagnosisReason, PeerState};
+use groups::ProbeGroups;
 use hw_counters::HwCounters;
 use labels::*;
+use per_peer::PeerSeries;
 
 /// Upper bounds of `efa_probe_rtt_seconds`: 1-2.5-5 steps from 10µs (a fabric round trip
 /// on one host) to 1s (well past any probe deadline worth having).
@@ -97,7 +114,7 @@ pub struct Metrics {
     peer_rtt: Family<PeerPathLabels, FloatGauge>,
     peer_fabric_loss: Family<PeerLabels, FloatGauge>,
     probes: Family<ProbeLabels, Counter>,
-    probe_rtt: HistogramFamily<PathLabels>,
+    probe_rtt: HistogramFamily<PathGroupLabels>,
 
     target_up: Family<TargetAddressLabels, Gauge>,
     target_failures: Family<TargetFailureLabels, Counter>,
@@ -112,7 +129,14 @@ pub struct Metrics {
     agent_ready: Gauge,
     peers: Gauge,
     unreachable_peers: Gauge,
+    peers_by_state: Family<StateLabels, Gauge>,
+    per_peer_mode: Family<ModeLabels, Gauge>,
+    peers_probed: Gauge,
+    schedule_peers: Family<RoleLabels, Gauge>,
+    budget_peers: Gauge,
 
+    /// The probe groups seen so far; its own lock, so probes never wait for an encode.
+    probe_groups: Mutex<ProbeGroups>,
     /// Held by every setter that changes several series, for its whole update, and by
     /// [`Metrics::encode`]: a scrape never sees half an update (two states at 1, a peer
     /// with some of its series gone).
@@ -130,10 +154,18 @@ struct SeriesBook {
     fabric_available: HashSet<ProviderLabels>,
     fabric_devices: HashSet<DeviceLabels>,
     node_topology: Option<TopologyLabels>,
+    /// Every peer `set_peer` was given and not removed since, by name, whatever the mode:
+    /// its series exist exactly while `mode.exports(state)`.
+    peers: HashMap<String, PeerSeries>,
+    setting: PerPeerMetrics,
+    mode: PerPeerMode,
+    /// The last `set_peer_count`.
+    peer_count: usize,
 }
 
 impl Metrics {
-    /// Registers every family; sets build info, the fabric status and zeroed counters.
+    /// Registers every family; sets build info, the fabric status and zeroed counters. The
+    /// per-peer mode is `auto` until [`Metrics::set_per_peer_mode`].
     pub fn new(version: &str, fabric: &FabricStatus) -> Metrics {
         let mut registry = Registry::default();
         let mut family_names = Vec::new();
@@ -183,13 +215,13 @@ impl Metrics {
         );
         let probes = register.add(
             "efa_probes",
-            "Peer probes by path and result",
+            "Peer probes by path, the peer's topology group (at most 32, then other) and result",
             None,
             Family::default(),
         );
-        let probe_rtt: HistogramFamily<PathLabels> = register.add(
+        let probe_rtt: HistogramFamily<PathGroupLabels> = register.add(
             "efa_probe_rtt",
-            "Round-trip time of answered peer probes",
+            "Round-trip time of answered peer probes, by path and the peer's topology group",
             Some(Unit::Seconds),
             Family::new_with_constructor(|| Histogram::new(PROBE_RTT_BUCKETS)),
         );
@@ -272,6 +304,40 @@ impl Metrics {
             None,
             Gauge::default(),
         );
+        let peers_probed: Gauge = register.add(
+            "efa_peers_probed",
+            "Peers the latest round probed (on large clusters, a sample of efa_peers)",
+            None,
+            Gauge::default(),
+        );
+        let schedule_peers: Family<RoleLabels, Gauge> = register.add(
+            "efa_probe_schedule_peers",
+            "Peers the latest round probed, by why: watch (not healthy), mesh (same \
+             topology group), sample (another group), learn (group not known yet)",
+            None,
+            Family::default(),
+        );
+        let budget_peers: Gauge = register.add(
+            "efa_probe_budget_peers",
+            "Peers a round may probe at most (--probe-budget times the interval)",
+            None,
+            Gauge::default(),
+        );
+        let peers_by_state: Family<StateLabels, Gauge> = register.add(
+            "efa_peers_by_state",
+            "Peers this agent has a verdict for, by state; every state, 0 included, in every \
+             per-peer mode",
+            None,
+            Family::default(),
+        );
+        let per_peer_mode: Family<ModeLabels, Gauge> = register.add(
+            "efa_per_peer_metrics_mode",
+            "Which peers have per-peer series, one-hot: all, unhealthy (degraded, ip_blocked, \
+             fabric_dropped, down) or none (--per-peer-metrics; auto shows as what it \
+             resolves to)",
+            None,
+            Family::default(),
+        );
 
         // A collector: encoded after every registered family, so registered last.
         let device_hw_counters = HwCounters::default();
@@ -283,11 +349,20 @@ impl Metrics {
                 provider: fabric.provider.as_str().into(),
             })
             .set(1);
-        for path in ProbePath::ALL {
-            for &result in ProbeResult::possible_on(path) {
-                create_series(&probes, &ProbeLabels { path, result });
-            }
-            create_series(&probe_rtt, &PathLabels { path });
+        for state in PeerState::ALL {
+            create_series(
+                &peers_by_state,
+                &StateLabels {
+                    state: StateLabel(state),
+                },
+            );
+        }
+        let setting = PerPeerMetrics::default();
+        let mode = setting.resolve(0);
+        for m in PerPeerMode::ALL {
+            per_peer_mode
+                .get_or_create(&ModeLabels { mode: m })
+                .set(i64::from(m == mode));
         }
 
         let metrics = Metrics {
@@ -313,9 +388,21 @@ impl Metrics {
             agent_ready,
             peers,
             unreachable_peers,
-            series: Mutex::default(),
+            peers_by_state,
+            per_peer_mode,
+            peers_probed,
+            schedule_peers,
+            budget_peers,
+            probe_groups: Mutex::default(),
+            series: Mutex::new(SeriesBook {
+                setting,
+                mode,
+                ..SeriesBook::default()
+            }),
         };
         metrics.set_fabric(fabric);
+        // Zeroed, so the first probe without a group is an increase.
+        metrics.probe_group(UNKNOWN_GROUP);
         metrics
     }
 
@@ -341,86 +428,42 @@ impl Metrics {
         &self.family_names
     }
 
-    /// Sets every per-peer series from the snapshot, and removes those the snapshot says
-    /// are not known (a path not probed, an RTT not measured, a diagnosis that changed).
+    /// Takes the peer's latest status: counts it in `efa_peers_by_state`, keeps what its
+    /// series show, and sets them if the per-peer mode exports a peer in its state (removing
+    /// those the status says are not known: a path not probed, an RTT not measured, a
+    /// diagnosis that changed), or removes them all if it does not.
     pub fn set_peer(&self, peer: &PeerStatus) {
-        let _book = self.book();
+        let mut book = self.book();
+        let new = PeerSeries::of(peer);
+        let old = book.peers.insert(peer.name.clone(), new.clone());
+        if old.as_ref().map(|o| o.state) != Some(new.state) {
+            if let Some(old) = &old {
+                self.count_state(old.state, -1);
+            }
+            self.count_state(new.state, 1);
+        }
+        let mode = book.mode;
+        let had_series = old.as_ref().is_some_and(|o| mode.exports(o.state));
         let name = LabelText::from(peer.name.as_str());
-        let by_name = PeerLabels { peer: name.clone() };
-
-        set_or_remove(
-            &self.peer_reachable,
-            &by_name,
-            peer.fabric.reachable.map(i64::from),
-        );
-        set_or_remove(
-            &self.peer_ip_reachable,
-            &by_name,
-            peer.ip.reachable.map(i64::from),
-        );
-        for state in PeerState::ALL {
-            let labels = PeerStateLabels {
-                peer: name.clone(),
-                state: StateLabel(state),
-            };
-            self.peer_state
-                .get_or_create(&labels)
-                .set(i64::from(state == peer.state));
+        if mode.exports(new.state) {
+            // Unchanged: its series already say so (most peers, most rounds).
+            if !had_series || old.as_ref() != Some(&new) {
+                self.export_peer(&name, &new);
+            }
+        } else if had_series {
+            self.unexport_peer(&name);
         }
-        let diagnosis = peer.reason.filter(|_| peer.state != PeerState::Healthy);
-        for reason in DiagnosisReason::ALL {
-            let labels = PeerDiagnosisLabels {
-                peer: name.clone(),
-                reason: DiagnosisLabel(reason),
-            };
-            set_or_remove(
-                &self.peer_diagnosis,
-                &labels,
-                (diagnosis == Some(reason)).then_some(1),
-            );
-        }
-        for path in ProbePath::ALL {
-            let status = match path {
-                ProbePath::Ip => &peer.ip,
-                ProbePath::Fabric => &peer.fabric,
-            };
-            let labels = PeerPathLabels {
-                peer: name.clone(),
-                path,
-            };
-            set_or_remove(&self.peer_rtt, &labels, status.rtt_seconds);
-        }
-        // A loss ratio of a path never probed would read as "no loss".
-        let loss = peer.fabric.reachable.map(|_| peer.fabric_loss);
-        set_or_remove(&self.peer_fabric_loss, &by_name, loss);
+        self.apply_per_peer_mode(&mut book);
     }
 
-    /// Removes every series labelled with this peer.
+    /// Removes every series labelled with this peer, and forgets it.
     pub fn remove_peer(&self, name: &str) {
-        let _book = self.book();
-        let name = LabelText::from(name);
-        let by_name = PeerLabels { peer: name.clone() };
-        self.peer_reachable.remove(&by_name);
-        self.peer_ip_reachable.remove(&by_name);
-        self.peer_fabric_loss.remove(&by_name);
-        for state in PeerState::ALL {
-            self.peer_state.remove(&PeerStateLabels {
-                peer: name.clone(),
-                state: StateLabel(state),
-            });
+        let mut book = self.book();
+        if let Some(old) = book.peers.remove(name) {
+            self.count_state(old.state, -1);
         }
-        for reason in DiagnosisReason::ALL {
-            self.peer_diagnosis.remove(&PeerDiagnosisLabels {
-                peer: name.clone(),
-                reason: DiagnosisLabel(reason),
-            });
-        }
-        for path in ProbePath::ALL {
-            self.peer_rtt.remove(&PeerPathLabels {
-                peer: name.clone(),
-                path,
-            });
-        }
+        self.unexport_peer(&LabelText::from(name));
+        self.apply_per_peer_mode(&mut book);
     }
 
     /// A peer known by its address until its first hello is now known by its node name:
@@ -431,16 +474,51 @@ impl Metrics {
         }
     }
 
-    /// Counts one peer probe; `rtt` (of an answered probe) goes into the histogram.
+    /// Which peers get per-peer series (`--per-peer-metrics`). Series of peers already set
+    /// are added or removed at once to match.
+    pub fn set_per_peer_mode(&self, setting: PerPeerMetrics) {
+        let mut book = self.book();
+        book.setting = setting;
+        self.apply_per_peer_mode(&mut book);
+    }
+
+    /// The per-peer mode in force (`auto` resolved).
+    pub fn per_peer_mode(&self) -> PerPeerMode {
+        self.book().mode
+    }
+
+    /// Counts one peer probe of a peer whose topology group is not known (group `unknown`);
+    /// `rtt` (of an answered probe) goes into the histogram.
     pub fn record_probe(&self, path: ProbePath, result: ProbeResult, rtt: Option<Duration>) {
-        self.probes
-            .get_or_create(&ProbeLabels { path, result })
-            .inc();
+        self.record_probe_in_group(path, UNKNOWN_GROUP, result, rtt);
+    }
+
+    /// Counts one peer probe under the peer's topology group (`pg:NAME`, `subnet:ID`,
+    /// `unknown`: the caller's words). The first [`MAX_PROBE_GROUPS`] groups seen keep their
+    /// name; probes of any later group are counted under `other`.
+    pub fn record_probe_in_group(
+        &self,
+        path: ProbePath,
+        group: &str,
+        result: ProbeResult,
+        rtt: Option<Duration>,
+    ) {
+        let group = self.probe_group(group);
         if let Some(rtt) = rtt {
             self.probe_rtt
-                .get_or_create(&PathLabels { path })
+                .get_or_create(&PathGroupLabels {
+                    path,
+                    group: group.clone(),
+                })
                 .observe(rtt.as_secs_f64());
         }
+        self.probes
+            .get_or_create(&ProbeLabels {
+                path,
+                group,
+                result,
+            })
+            .inc();
     }
 
     /// Sets the target series from one round's reports (all configured targets), counts
@@ -613,14 +691,179 @@ impl Metrics {
         self.agent_ready.set(i64::from(ready));
     }
 
+    /// The number of peers this agent has; `auto` is re-evaluated against it.
     pub fn set_peer_count(&self, n: usize) {
+        let mut book = self.book();
+        book.peer_count = n;
         self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.apply_per_peer_mode(&mut book);
     }
 
     /// Peers this node cannot reach on some path, after a round.
     pub fn set_unreachable_peers(&self, n: usize) {
         self.unreachable_peers
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Peers the latest round probed.
+    pub fn set_probed_peers(&self, n: usize) {
+        self.peers_probed.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The latest round's plan: its capacity and the peers it probed by role (every role
+    /// given, 0 included).
+    pub fn set_schedule(&self, capacity: usize, by_role: &[(&'static str, usize)]) {
+        self.budget_peers
+            .set(i64::try_from(capacity).unwrap_or(i64::MAX));
+        for (role, n) in by_role {
+            self.schedule_peers
+                .get_or_create(&RoleLabels { role })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Resolves the setting against the peer count; on a change of mode, adds or removes
+    /// each kept peer's series to match and flips `efa_per_peer_metrics_mode`.
+    fn apply_per_peer_mode(&self, book: &mut SeriesBook) {
+        // The larger of the two: the monitor sets the count after a new peer set's peers,
+        // so `auto` leaves `all` with the peer that crosses the threshold rather than after
+        // every newcomer's series were made (and removed again).
+        let peers = book.peer_count.max(book.peers.len());
+        let mode = book.setting.resolve(peers);
+        let was = book.mode;
+        if mode == was {
+            return;
+        }
+        for (name, series) in &book.peers {
+            match (was.exports(series.state), mode.exports(series.state)) {
+                (false, true) => self.export_peer(&LabelText::from(name.as_str()), series),
+                (true, false) => self.unexport_peer(&LabelText::from(name.as_str())),
+                _ => {}
+            }
+        }
+        for m in PerPeerMode::ALL {
+            self.per_peer_mode
+                .get_or_create(&ModeLabels { mode: m })
+                .set(i64::from(m == mode));
+        }
+        book.mode = mode;
+        tracing::info!(
+            setting = %book.setting,
+            peers,
+            mode = mode.as_str(),
+            "per-peer metrics mode"
+        );
+    }
+
+    fn count_state(&self, state: PeerState, by: i64) {
+        self.peers_by_state
+            .get_or_create(&StateLabels {
+                state: StateLabel(state),
+            })
+            .inc_by(by);
+    }
+
+    /// Sets every per-peer series of `name` from `peer`, removing those it says are not
+    /// known.
+    fn export_peer(&self, name: &LabelText, peer: &PeerSeries) {
+        let by_name = PeerLabels { peer: name.clone() };
+        set_or_remove(
+            &self.peer_reachable,
+            &by_name,
+            peer.fabric_reachable.map(i64::from),
+        );
+        set_or_remove(
+            &self.peer_ip_reachable,
+            &by_name,
+            peer.ip_reachable.map(i64::from),
+        );
+        for state in PeerState::ALL {
+            let labels = PeerStateLabels {
+                peer: name.clone(),
+                state: StateLabel(state),
+            };
+            self.peer_state
+                .get_or_create(&labels)
+                .set(i64::from(state == peer.state));
+        }
+        for reason in DiagnosisReason::ALL {
+            let labels = PeerDiagnosisLabels {
+                peer: name.clone(),
+                reason: DiagnosisLabel(reason),
+            };
+            set_or_remove(
+                &self.peer_diagnosis,
+                &labels,
+                (peer.diagnosis == Some(reason)).then_some(1),
+            );
+        }
+        for path in ProbePath::ALL {
+            let rtt = match path {
+                ProbePath::Ip => peer.ip_rtt,
+                ProbePath::Fabric => peer.fabric_rtt,
+            };
+            let labels = PeerPathLabels {
+                peer: name.clone(),
+                path,
+            };
+            set_or_remove(&self.peer_rtt, &labels, rtt);
+        }
+        set_or_remove(&self.peer_fabric_loss, &by_name, peer.fabric_loss);
+    }
+
+    /// Removes every per-peer series of `name`.
+    fn unexport_peer(&self, name: &LabelText) {
+        let by_name = PeerLabels { peer: name.clone() };
+        self.peer_reachable.remove(&by_name);
+        self.peer_ip_reachable.remove(&by_name);
+        self.peer_fabric_loss.remove(&by_name);
+        for state in PeerState::ALL {
+            self.peer_state.remove(&PeerStateLabels {
+                peer: name.clone(),
+                state: StateLabel(state),
+            });
+        }
+        for reason in DiagnosisReason::ALL {
+            self.peer_diagnosis.remove(&PeerDiagnosisLabels {
+                peer: name.clone(),
+                reason: DiagnosisLabel(reason),
+            });
+        }
+        for path in ProbePath::ALL {
+            self.peer_rtt.remove(&PeerPathLabels {
+                peer: name.clone(),
+                path,
+            });
+        }
+    }
+
+    /// The label value probes of `group` are counted under; a group seen for the first
+    /// time gets its series created at zero, so its first failure is an increase.
+    fn probe_group(&self, group: &str) -> LabelText {
+        let mut groups = self.probe_groups.lock().unwrap_or_else(|p| p.into_inner());
+        let (label, new) = groups.admit(group);
+        if new {
+            for path in ProbePath::ALL {
+                for &result in ProbeResult::possible_on(path) {
+                    create_series(
+                        &self.probes,
+                        &ProbeLabels {
+                            path,
+                            group: label.clone(),
+                            result,
+                        },
+                    );
+                }
+                create_series(
+                    &self.probe_rtt,
+                    &PathGroupLabels {
+                        path,
+                        group: label.clone(),
+                    },
+                );
+            }
+        }
+        label
     }
 
     /// The bookkeeping lock. A panic elsewhere while holding it leaves whole values behind

@@ -477,16 +477,21 @@ fn fabric_devices_are_replaced() {
 fn probes_are_counted_without_peer_labels() {
     let m = metrics();
     let text = m.encode();
-    let ok_ip = [("path", "ip"), ("result", "ok")];
+    // Without a group, probes count under group "unknown".
+    let ok_ip = [("path", "ip"), ("group", "unknown"), ("result", "ok")];
     assert_eq!(value(&text, "efa_probes_total", &ok_ip), Some(0.0));
     // Only results a path can have are there before they happen.
-    let fabric_dns = [("path", "fabric"), ("result", "dns")];
+    let fabric_dns = [("path", "fabric"), ("group", "unknown"), ("result", "dns")];
     assert_eq!(value(&text, "efa_probes_total", &fabric_dns), None);
     assert_eq!(
         value(
             &text,
             "efa_probes_total",
-            &[("path", "fabric"), ("result", "provider_error")]
+            &[
+                ("path", "fabric"),
+                ("group", "unknown"),
+                ("result", "provider_error")
+            ]
         ),
         Some(0.0)
     );
@@ -507,7 +512,11 @@ fn probes_are_counted_without_peer_labels() {
         value(
             &text,
             "efa_probes_total",
-            &[("path", "fabric"), ("result", "timeout")]
+            &[
+                ("path", "fabric"),
+                ("group", "unknown"),
+                ("result", "timeout")
+            ]
         ),
         Some(1.0)
     );
@@ -515,7 +524,7 @@ fn probes_are_counted_without_peer_labels() {
         value(
             &text,
             "efa_probe_rtt_seconds_bucket",
-            &[("path", path), ("le", le)],
+            &[("path", path), ("group", "unknown"), ("le", le)],
         )
     };
     assert_eq!(bucket("fabric", "0.00001"), Some(0.0), "{text}");
@@ -524,7 +533,11 @@ fn probes_are_counted_without_peer_labels() {
     assert_eq!(bucket("ip", "0.0005"), Some(1.0));
     assert_eq!(bucket("ip", "+Inf"), Some(1.0));
     assert_eq!(
-        value(&text, "efa_probe_rtt_seconds_count", &[("path", "fabric")]),
+        value(
+            &text,
+            "efa_probe_rtt_seconds_count",
+            &[("path", "fabric"), ("group", "unknown")]
+        ),
         Some(1.0)
     );
     assert!(samples(&text)
@@ -575,9 +588,12 @@ fn every_registered_family_is_updated_by_a_setter() {
     m.set_ready(true);
     m.set_peer_count(1);
     m.set_unreachable_peers(1);
+    m.set_per_peer_mode(PerPeerMetrics::Unhealthy);
+    m.set_probed_peers(1);
+    m.set_schedule(100, &[("watch", 1), ("mesh", 0)]);
     let after = m.encode();
 
-    assert_eq!(m.family_names().len(), 21);
+    assert_eq!(m.family_names().len(), 26);
     for family in m.family_names() {
         assert!(
             after.contains(&format!("\n# TYPE {family} ")),
@@ -758,4 +774,474 @@ fn hardware_counters_follow_the_devices() {
     m.set_device_counters(&[]);
     let text = m.encode();
     assert!(!text.contains("efa_device_hw_stat"), "{text}");
+}
+
+// Per-peer modes (`--per-peer-metrics`) and the per-node aggregates.
+
+/// Every sample that carries a `peer` label, as `name{labels} value` lines, sorted: the
+/// whole per-peer part of the exposition.
+fn per_peer_lines(m: &Metrics) -> Vec<String> {
+    let mut lines: Vec<String> = samples(&m.encode())
+        .into_iter()
+        .filter(|s| s.labels.contains_key("peer"))
+        .map(|s| format!("{}{:?} {}", s.name, s.labels, s.value))
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The names of the peers that have any series.
+fn peers_with_series(m: &Metrics) -> std::collections::BTreeSet<String> {
+    samples(&m.encode())
+        .into_iter()
+        .filter_map(|s| s.labels.get("peer").cloned())
+        .collect()
+}
+
+/// `efa_peers_by_state` as (state, count), every state present.
+fn by_state(m: &Metrics) -> BTreeMap<String, f64> {
+    let found: BTreeMap<String, f64> = samples(&m.encode())
+        .into_iter()
+        .filter(|s| s.name == "efa_peers_by_state")
+        .map(|s| (s.labels["state"].clone(), s.value))
+        .collect();
+    let states: Vec<&str> = found.keys().map(String::as_str).collect();
+    let mut all: Vec<&str> = PeerState::ALL.iter().map(|s| s.as_str()).collect();
+    all.sort();
+    assert_eq!(states, all, "every state, always");
+    found
+}
+
+/// The modes `efa_per_peer_metrics_mode` has at 1 (must be exactly one), and that all three
+/// series are there.
+fn mode_in_gauge(m: &Metrics) -> String {
+    let text = m.encode();
+    let modes: Vec<Sample> = samples(&text)
+        .into_iter()
+        .filter(|s| s.name == "efa_per_peer_metrics_mode")
+        .collect();
+    assert_eq!(modes.len(), 3, "{text}");
+    let hot: Vec<String> = modes
+        .iter()
+        .filter(|s| s.value == 1.0)
+        .map(|s| s.labels["mode"].clone())
+        .collect();
+    assert_eq!(hot.len(), 1, "one-hot: {modes:?}");
+    assert!(modes.iter().all(|s| s.value == 0.0 || s.value == 1.0));
+    hot[0].clone()
+}
+
+/// A Metrics built from scratch in `setting` with these peers: what a switched one must
+/// equal.
+fn fresh(setting: PerPeerMetrics, peers: &[PeerStatus]) -> Metrics {
+    let m = metrics();
+    m.set_per_peer_mode(setting);
+    for p in peers {
+        m.set_peer(p);
+    }
+    m.set_peer_count(peers.len());
+    m
+}
+
+fn counts(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    let mut all: BTreeMap<String, f64> = PeerState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), 0.0))
+        .collect();
+    for (state, n) in pairs {
+        all.insert(state.to_string(), *n);
+    }
+    all
+}
+
+#[test]
+fn unhealthy_mode_has_series_only_for_peers_in_a_fault_state() {
+    let m = metrics();
+    m.set_per_peer_mode(PerPeerMetrics::Unhealthy);
+    assert_eq!(mode_in_gauge(&m), "unhealthy");
+    m.set_peer(&peer("gpu-1", PeerState::Healthy, None));
+    m.set_peer(&peer("gpu-2", PeerState::Unknown, None));
+    m.set_peer(&peer(
+        "gpu-3",
+        PeerState::FabricDropped,
+        Some(DiagnosisReason::CrossSubnet),
+    ));
+    let text = m.encode();
+    assert_eq!(
+        with_label(&text, "peer", "gpu-1"),
+        vec![],
+        "healthy: {text}"
+    );
+    assert_eq!(
+        with_label(&text, "peer", "gpu-2"),
+        vec![],
+        "unknown: {text}"
+    );
+    // The unhealthy peer has every family, exactly as in `all`.
+    let families: std::collections::BTreeSet<String> = with_label(&text, "peer", "gpu-3")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(
+        families,
+        PEER_FAMILIES.iter().map(|s| s.to_string()).collect()
+    );
+    assert_eq!(
+        value(
+            &text,
+            "efa_peer_diagnosis",
+            &[("peer", "gpu-3"), ("reason", "cross_subnet")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        by_state(&m),
+        counts(&[("healthy", 1.0), ("unknown", 1.0), ("fabric_dropped", 1.0)])
+    );
+
+    // Turning unhealthy adds its series at once; turning healthy removes them at once.
+    m.set_peer(&peer(
+        "gpu-1",
+        PeerState::Down,
+        Some(DiagnosisReason::IpTimeout),
+    ));
+    m.set_peer(&peer("gpu-3", PeerState::Healthy, None));
+    let text = m.encode();
+    assert_eq!(with_label(&text, "peer", "gpu-3"), vec![], "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "efa_peer_state",
+            &[("peer", "gpu-1"), ("state", "down")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(with_label(&text, "peer", "gpu-1").len(), 12, "{text}");
+    assert_eq!(
+        by_state(&m),
+        counts(&[("healthy", 1.0), ("unknown", 1.0), ("down", 1.0)])
+    );
+    // Each fault state is exported, with the same series as `all` gives it.
+    for state in [
+        PeerState::Degraded,
+        PeerState::IpBlocked,
+        PeerState::FabricDropped,
+        PeerState::Down,
+    ] {
+        let p = peer("gpu-4", state, Some(DiagnosisReason::IpTimeout));
+        m.set_peer(&p);
+        let all = fresh(PerPeerMetrics::All, std::slice::from_ref(&p));
+        let ours: Vec<String> = per_peer_lines(&m)
+            .into_iter()
+            .filter(|l| l.contains("\"gpu-4\""))
+            .collect();
+        assert_eq!(ours, per_peer_lines(&all), "{state:?}");
+    }
+    m.set_peer(&peer("gpu-4", PeerState::Unknown, None));
+    assert_eq!(
+        peers_with_series(&m),
+        ["gpu-1".to_owned()].into_iter().collect()
+    );
+}
+
+#[test]
+fn none_mode_has_no_per_peer_series_but_the_aggregates() {
+    let m = metrics();
+    m.set_per_peer_mode(PerPeerMetrics::None);
+    assert_eq!(mode_in_gauge(&m), "none");
+    for (i, state) in PeerState::ALL.into_iter().enumerate() {
+        m.set_peer(&peer(
+            &format!("gpu-{i}"),
+            state,
+            Some(DiagnosisReason::IpTimeout),
+        ));
+    }
+    m.set_peer(&peer(
+        "gpu-9",
+        PeerState::FabricDropped,
+        Some(DiagnosisReason::SecurityGroup),
+    ));
+    m.set_peer_count(7);
+    m.set_unreachable_peers(4);
+    assert_eq!(per_peer_lines(&m), Vec::<String>::new());
+    let text = m.encode();
+    assert_eq!(value(&text, "efa_peers", &[]), Some(7.0));
+    assert_eq!(value(&text, "efa_node_unreachable_peers", &[]), Some(4.0));
+    assert_eq!(
+        by_state(&m),
+        counts(&[
+            ("healthy", 1.0),
+            ("fabric_dropped", 2.0),
+            ("ip_blocked", 1.0),
+            ("down", 1.0),
+            ("degraded", 1.0),
+            ("unknown", 1.0)
+        ])
+    );
+    // Probes are still counted: the histogram does not depend on the mode.
+    m.record_probe_in_group(
+        ProbePath::Fabric,
+        "pg:a",
+        ProbeResult::Ok,
+        Some(Duration::from_micros(20)),
+    );
+    assert_eq!(
+        value(
+            &m.encode(),
+            "efa_probe_rtt_seconds_count",
+            &[("path", "fabric"), ("group", "pg:a")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn peers_by_state_follows_changes_removals_and_renames() {
+    let m = metrics();
+    assert_eq!(by_state(&m), counts(&[]));
+    m.set_peer(&peer("198.18.0.2:9464", PeerState::Unknown, None));
+    m.set_peer(&peer("gpu-2", PeerState::Healthy, None));
+    assert_eq!(by_state(&m), counts(&[("unknown", 1.0), ("healthy", 1.0)]));
+    // The same state again is not counted twice.
+    m.set_peer(&peer("gpu-2", PeerState::Healthy, None));
+    m.rename_peer("198.18.0.2:9464", "gpu-1");
+    m.set_peer(&peer("gpu-1", PeerState::Healthy, None));
+    assert_eq!(by_state(&m), counts(&[("healthy", 2.0)]));
+    m.set_peer(&peer(
+        "gpu-2",
+        PeerState::IpBlocked,
+        Some(DiagnosisReason::IpRefused),
+    ));
+    assert_eq!(
+        by_state(&m),
+        counts(&[("healthy", 1.0), ("ip_blocked", 1.0)])
+    );
+    m.remove_peer("gpu-2");
+    m.remove_peer("never-seen");
+    assert_eq!(by_state(&m), counts(&[("healthy", 1.0)]));
+    m.remove_peer("gpu-1");
+    assert_eq!(by_state(&m), counts(&[]));
+}
+
+/// `n` peers: every tenth `fabric_dropped`, every 25th `down`, every 33rd `unknown`, the rest
+/// healthy.
+fn cluster(n: usize) -> Vec<PeerStatus> {
+    (0..n)
+        .map(|i| {
+            let name = format!("node-{i:04}");
+            if i % 10 == 3 {
+                peer(
+                    &name,
+                    PeerState::FabricDropped,
+                    Some(DiagnosisReason::SecurityGroup),
+                )
+            } else if i % 25 == 7 {
+                peer(&name, PeerState::Down, Some(DiagnosisReason::IpTimeout))
+            } else if i % 33 == 5 {
+                peer(&name, PeerState::Unknown, None)
+            } else {
+                peer(&name, PeerState::Healthy, None)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn auto_switches_at_the_threshold_both_ways_without_stale_series() {
+    let m = metrics();
+    m.set_per_peer_mode(PerPeerMetrics::Auto);
+    let mut peers = cluster(AUTO_ALL_MAX_PEERS + 1);
+    let newcomer = peers.pop().unwrap();
+
+    // At the threshold: every peer's series.
+    for p in &peers {
+        m.set_peer(p);
+    }
+    m.set_peer_count(peers.len());
+    assert_eq!(m.per_peer_mode(), PerPeerMode::All);
+    assert_eq!(mode_in_gauge(&m), "all");
+    assert_eq!(peers_with_series(&m).len(), AUTO_ALL_MAX_PEERS);
+    assert_eq!(
+        per_peer_lines(&m),
+        per_peer_lines(&fresh(PerPeerMetrics::All, &peers))
+    );
+
+    // One more: unhealthy, with the newcomer itself, before the count is even set.
+    m.set_peer(&newcomer);
+    assert_eq!(m.per_peer_mode(), PerPeerMode::Unhealthy);
+    m.set_peer_count(peers.len() + 1);
+    peers.push(newcomer);
+    assert_eq!(mode_in_gauge(&m), "unhealthy");
+    let expected = fresh(PerPeerMetrics::Unhealthy, &peers);
+    assert_eq!(per_peer_lines(&m), per_peer_lines(&expected));
+    let exported: std::collections::BTreeSet<String> = peers
+        .iter()
+        .filter(|p| PerPeerMode::Unhealthy.exports(p.state))
+        .map(|p| p.name.clone())
+        .collect();
+    assert!(exported.len() > 5 && exported.len() < 30, "{exported:?}");
+    assert_eq!(peers_with_series(&m), exported);
+
+    // Changes while above: a healthy peer breaks, a broken one heals.
+    let broken = peers
+        .iter()
+        .position(|p| p.state == PeerState::Healthy)
+        .unwrap();
+    let healed = peers
+        .iter()
+        .position(|p| p.state == PeerState::FabricDropped)
+        .unwrap();
+    peers[broken] = peer(
+        &peers[broken].name,
+        PeerState::IpBlocked,
+        Some(DiagnosisReason::IpRefused),
+    );
+    peers[healed] = peer(&peers[healed].name, PeerState::Healthy, None);
+    m.set_peer(&peers[broken]);
+    m.set_peer(&peers[healed]);
+    assert_eq!(
+        per_peer_lines(&m),
+        per_peer_lines(&fresh(PerPeerMetrics::Unhealthy, &peers))
+    );
+
+    // One leaves: back to all, every peer's series as they are now, none stale.
+    let left = peers.remove(0);
+    m.remove_peer(&left.name);
+    m.set_peer_count(peers.len());
+    assert_eq!(m.per_peer_mode(), PerPeerMode::All);
+    assert_eq!(mode_in_gauge(&m), "all");
+    let expected = fresh(PerPeerMetrics::All, &peers);
+    assert_eq!(per_peer_lines(&m), per_peer_lines(&expected));
+    assert_eq!(by_state(&m), by_state(&expected));
+    assert!(!peers_with_series(&m).contains(&left.name));
+
+    // The count alone moves it too (the monitor sets it for every new peer set).
+    m.set_peer_count(AUTO_ALL_MAX_PEERS + 50);
+    assert_eq!(mode_in_gauge(&m), "unhealthy");
+    assert_eq!(
+        per_peer_lines(&m),
+        per_peer_lines(&fresh(PerPeerMetrics::Unhealthy, &peers))
+    );
+    m.set_peer_count(peers.len());
+    assert_eq!(mode_in_gauge(&m), "all");
+    assert_eq!(per_peer_lines(&m), per_peer_lines(&expected));
+}
+
+#[test]
+fn explicit_mode_changes_leave_exactly_the_mode_s_series() {
+    let peers = cluster(40);
+    let m = fresh(PerPeerMetrics::All, &peers);
+    for setting in [
+        PerPeerMetrics::None,
+        PerPeerMetrics::Unhealthy,
+        PerPeerMetrics::All,
+        PerPeerMetrics::Unhealthy,
+        PerPeerMetrics::None,
+        PerPeerMetrics::All,
+        // 40 peers: auto is all.
+        PerPeerMetrics::Auto,
+    ] {
+        m.set_per_peer_mode(setting);
+        let expected = fresh(setting, &peers);
+        assert_eq!(mode_in_gauge(&m), mode_in_gauge(&expected), "{setting}");
+        assert_eq!(
+            per_peer_lines(&m),
+            per_peer_lines(&expected),
+            "after switching to {setting}"
+        );
+        assert_eq!(by_state(&m), by_state(&expected));
+    }
+    assert!(per_peer_lines(&fresh(PerPeerMetrics::None, &peers)).is_empty());
+    assert_eq!(peers_with_series(&m).len(), 40);
+}
+
+#[test]
+fn probe_groups_are_bounded_by_other() {
+    let m = metrics();
+    m.record_probe(
+        ProbePath::Ip,
+        ProbeResult::Ok,
+        Some(Duration::from_micros(300)),
+    );
+    // "unknown" is the first group; 31 more keep their names, the rest count as other.
+    let extra = 40;
+    for g in 0..extra {
+        let group = format!("subnet:subnet-{g:02}");
+        m.record_probe_in_group(ProbePath::Fabric, &group, ProbeResult::Timeout, None);
+        m.record_probe_in_group(
+            ProbePath::Fabric,
+            &group,
+            ProbeResult::Ok,
+            Some(Duration::from_micros(20)),
+        );
+    }
+    // The caller's own "other" is the overflow group, not a name.
+    m.record_probe_in_group(ProbePath::Ip, OTHER_GROUP, ProbeResult::Refused, None);
+    let text = m.encode();
+    let groups: std::collections::BTreeSet<String> = samples(&text)
+        .into_iter()
+        .filter(|s| s.name == "efa_probes_total" || s.name.starts_with("efa_probe_rtt_seconds"))
+        .map(|s| s.labels["group"].clone())
+        .collect();
+    assert_eq!(groups.len(), MAX_PROBE_GROUPS + 1, "{groups:?}");
+    assert!(groups.contains("unknown") && groups.contains("other"));
+    assert!(groups.contains("subnet:subnet-30"));
+    assert!(!groups.contains("subnet:subnet-31"));
+    let named = MAX_PROBE_GROUPS - 1;
+    let overflow = (extra - named) as f64;
+    let fabric = |group: &str, result: &str| {
+        value(
+            &text,
+            "efa_probes_total",
+            &[("path", "fabric"), ("group", group), ("result", result)],
+        )
+    };
+    assert_eq!(fabric("subnet:subnet-00", "timeout"), Some(1.0));
+    assert_eq!(fabric("other", "timeout"), Some(overflow));
+    // Every series of a new group starts at zero, so its first failure is an increase.
+    assert_eq!(fabric("subnet:subnet-00", "provider_error"), Some(0.0));
+    assert_eq!(fabric("other", "error"), Some(0.0));
+    assert_eq!(
+        value(
+            &text,
+            "efa_probe_rtt_seconds_count",
+            &[("path", "fabric"), ("group", "other")]
+        ),
+        Some(overflow)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "efa_probes_total",
+            &[("path", "ip"), ("group", "other"), ("result", "refused")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "efa_probe_rtt_seconds_count",
+            &[("path", "ip"), ("group", "unknown")]
+        ),
+        Some(1.0)
+    );
+    // A group admitted early keeps its name after the cap is reached.
+    m.record_probe_in_group(
+        ProbePath::Fabric,
+        "subnet:subnet-05",
+        ProbeResult::Timeout,
+        None,
+    );
+    assert_eq!(
+        value(
+            &m.encode(),
+            "efa_probes_total",
+            &[
+                ("path", "fabric"),
+                ("group", "subnet:subnet-05"),
+                ("result", "timeout")
+            ]
+        ),
+        Some(2.0)
+    );
 }
