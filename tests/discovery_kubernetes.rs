@@ -433,7 +433,6 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
     use efaprobe::metrics::Metrics;
     use efaprobe::monitor::{PeerMonitor, PeerProbeSettings};
     use efaprobe::state::{AgentState, FabricStatus};
-    use efaprobe::verdict::VerdictPolicy;
 
     const AGENT_PORT: u16 = 27_791;
     const GRACE: Duration = Duration::from_secs(4);
@@ -453,13 +452,15 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
     let pinger = fabric_ping::open_all(&config).unwrap().remove(0);
     let state = Arc::new(AgentState::new("observer", FabricStatus::default()));
     let metrics = Arc::new(Metrics::new("test", &FabricStatus::default()));
+    // The interval only spreads a round's probes (over interval - timeout): rounds are run
+    // here one after the other.
     let settings = PeerProbeSettings {
-        timeout: Duration::from_millis(400),
-        probe_size: 64,
-        large_probe_sizes: vec![],
-        policy: VerdictPolicy::default(),
         provider: Some("udp;ofi_rxd".into()),
-        placement: None,
+        ..PeerProbeSettings::new(
+            "observer",
+            Duration::from_millis(500),
+            Duration::from_millis(400),
+        )
     };
     let mut monitor = PeerMonitor::new(
         settings,

@@ -367,14 +367,20 @@ fn a_dead_peer_does_not_hold_up_a_live_one() {
 fn pairs_measure_the_path_and_single_pings_prove_it() {
     let responder = engine(16);
     let prober = engine(16);
-    let peer = prober.add_peer(responder.address()).wait().unwrap().unwrap();
+    let peer = prober
+        .add_peer(responder.address())
+        .wait()
+        .unwrap()
+        .unwrap();
     let timeout = Duration::from_secs(1);
     let mut warm_rtts = Vec::new();
     for _ in 0..10 {
         // Longer than the responder's idle poll: it is asleep when each probe starts.
         std::thread::sleep(Duration::from_millis(40));
         match prober.probe(peer, 64, timeout).wait().unwrap() {
-            ProbeOutcome::Pong { rtt, warm: true, .. } => warm_rtts.push(rtt),
+            ProbeOutcome::Pong {
+                rtt, warm: true, ..
+            } => warm_rtts.push(rtt),
             other => panic!("pair: {other:?}"),
         }
     }

@@ -60,6 +60,23 @@ pub struct AgentArgs {
     /// answers: drops that hit only large packets are real. Empty turns them off.
     #[arg(long, env = "EFAPROBE_LARGE_PROBE_SIZES", default_value = "1024,8192")]
     pub large_probe_sizes: String,
+    /// Peer probes this node starts per second, at most: with the interval, how many peers a
+    /// round probes (20/s at 5s: 100). Clusters that fit are probed in full every round;
+    /// larger ones get the topology-group mesh, a rotating sample of other groups and every
+    /// unhealthy peer.
+    #[arg(long, env = "EFAPROBE_PROBE_BUDGET", default_value_t = 20.0)]
+    pub probe_budget: f64,
+    /// Peers from other topology groups (placement group, else subnet) probed each round.
+    #[arg(long, env = "EFAPROBE_SAMPLE_PEERS", default_value_t = 16)]
+    pub sample_peers: usize,
+    /// Rounds a sample of other groups' peers is kept before it rotates.
+    #[arg(long, env = "EFAPROBE_SAMPLE_ROTATION", default_value_t = 6)]
+    pub sample_rotation: u64,
+    /// Measure a peer's fabric RTT (a ping pair, which makes both sides spin briefly) every
+    /// this many of its rounds; the rounds between prove the path with one ping. 1: every
+    /// round.
+    #[arg(long, env = "EFAPROBE_FABRIC_RTT_EVERY", default_value_t = 4)]
+    pub fabric_rtt_every: u32,
     /// EC2 instance metadata (IMDSv2), `http://HOST[:PORT]`, or `none` off AWS.
     #[arg(long, env = "EFAPROBE_IMDS_ENDPOINT", default_value = crate::topology::DEFAULT_IMDS_ENDPOINT)]
     pub imds_endpoint: String,
@@ -69,6 +86,10 @@ pub struct AgentArgs {
     /// Where sysfs is mounted (device hardware counters are read below it).
     #[arg(long, env = "EFAPROBE_SYSFS_ROOT", default_value = "/sys")]
     pub sysfs_root: std::path::PathBuf,
+    /// Which peers get per-peer metric series: all, unhealthy (only peers in a fault state),
+    /// none, or auto (all up to 100 peers, unhealthy above).
+    #[arg(long, env = "EFAPROBE_PER_PEER_METRICS", default_value = "auto")]
+    pub per_peer_metrics: String,
     #[command(flatten)]
     pub discovery: crate::discovery::DiscoveryArgs,
 }
@@ -89,10 +110,15 @@ pub struct AgentConfig {
     pub policy: VerdictPolicy,
     pub probe_size: usize,
     pub large_probe_sizes: Vec<usize>,
+    /// Which peers each round probes, and the budget.
+    pub schedule: crate::monitor::schedule::ScheduleConfig,
+    /// Rounds between fabric RTT measurements of a peer (1: every round).
+    pub fabric_rtt_every: u32,
     /// `None`: instance metadata is not read.
     pub imds_endpoint: Option<crate::topology::ImdsEndpoint>,
     pub imds_timeout: Duration,
     pub sysfs_root: std::path::PathBuf,
+    pub per_peer_metrics: crate::metrics::PerPeerMetrics,
     /// Where peers come from: the static list, a DNS name, or the DaemonSet's pods.
     pub discovery: crate::discovery::DiscoveryConfig,
     /// How long a newly eligible peer is `unknown` whatever its probes say.
@@ -257,6 +283,34 @@ impl AgentConfig {
         }
         large_probe_sizes.sort_unstable();
         large_probe_sizes.dedup();
+        if !(a.probe_budget.is_finite() && (0.1..=10_000.0).contains(&a.probe_budget)) {
+            return Err(bad(
+                "probe-budget",
+                "EFAPROBE_PROBE_BUDGET",
+                "peer probes per second, between 0.1 and 10000",
+            ));
+        }
+        if a.sample_peers > 10_000 {
+            return Err(bad(
+                "sample-peers",
+                "EFAPROBE_SAMPLE_PEERS",
+                "at most 10000 peers",
+            ));
+        }
+        if !(1..=10_000).contains(&a.sample_rotation) {
+            return Err(bad(
+                "sample-rotation",
+                "EFAPROBE_SAMPLE_ROTATION",
+                "between 1 and 10000 rounds",
+            ));
+        }
+        if !(1..=1000).contains(&a.fabric_rtt_every) {
+            return Err(bad(
+                "fabric-rtt-every",
+                "EFAPROBE_FABRIC_RTT_EVERY",
+                "between 1 and 1000 rounds",
+            ));
+        }
         let imds_endpoint = match a.imds_endpoint.trim() {
             "none" | "" => None,
             url => Some(
@@ -273,6 +327,10 @@ impl AgentConfig {
                 "above zero, at most 30s",
             ));
         }
+        let per_peer_metrics = a
+            .per_peer_metrics
+            .parse()
+            .map_err(|e| bad("per-peer-metrics", "EFAPROBE_PER_PEER_METRICS", e))?;
         let (discovery, grace) =
             crate::discovery::DiscoveryConfig::from_args(&a.discovery, &peers, listen.port())?;
         // A configured list is not a rollout: its peers are judged from the first round.
@@ -298,9 +356,16 @@ impl AgentConfig {
             },
             probe_size: a.probe_size,
             large_probe_sizes,
+            schedule: crate::monitor::schedule::ScheduleConfig {
+                budget: a.probe_budget,
+                sample: a.sample_peers,
+                rotation: a.sample_rotation,
+            },
+            fabric_rtt_every: a.fabric_rtt_every,
             imds_endpoint,
             imds_timeout,
             sysfs_root: a.sysfs_root.clone(),
+            per_peer_metrics,
             discovery,
             peer_grace,
         })
@@ -427,6 +492,13 @@ mod tests {
                 "imds-endpoint",
             ),
             (&["--imds-timeout", "1h"], "imds-timeout"),
+            (&["--probe-budget", "0"], "probe-budget"),
+            (&["--probe-budget", "NaN"], "probe-budget"),
+            (&["--sample-peers", "100000"], "sample-peers"),
+            (&["--sample-rotation", "0"], "sample-rotation"),
+            (&["--fabric-rtt-every", "0"], "fabric-rtt-every"),
+            (&["--per-peer-metrics", "some"], "per-peer-metrics"),
+            (&["--per-peer-metrics", ""], "per-peer-metrics"),
         ];
         for (extra, setting) in cases {
             let mut args: Vec<&str> = if *setting == "node-name" {
@@ -439,6 +511,28 @@ mod tests {
             assert_eq!(err.setting, *setting, "{args:?}: {err}");
             assert!(err.to_string().contains(&format!("--{setting}")), "{err}");
         }
+    }
+
+    #[test]
+    fn per_peer_metrics_defaults_to_auto_and_takes_each_mode() {
+        use crate::metrics::PerPeerMetrics;
+        let c = parse(&["--node-name", "n"]).unwrap();
+        assert_eq!(c.per_peer_metrics, PerPeerMetrics::Auto);
+        for (text, mode) in [
+            ("all", PerPeerMetrics::All),
+            ("unhealthy", PerPeerMetrics::Unhealthy),
+            ("none", PerPeerMetrics::None),
+            ("auto", PerPeerMetrics::Auto),
+        ] {
+            let c = parse(&["--node-name", "n", "--per-peer-metrics", text]).unwrap();
+            assert_eq!(c.per_peer_metrics, mode);
+        }
+        let err = parse(&["--node-name", "n", "--per-peer-metrics", "healthy"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting per-peer-metrics (flag --per-peer-metrics, env \
+             EFAPROBE_PER_PEER_METRICS): \"healthy\" is not one of all, unhealthy, none, auto"
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub struct Query {
     /// Local address to bind to, for providers that run over IP (`tcp`, `udp`). EFA and shm
     /// ignore it.
     pub node: Option<String>,
+    /// Transmit and receive queue depths to ask for (`tx_attr.size`, `rx_attr.size`); `None`
+    /// takes the provider's defaults. Providers size their internal pools by them, so an
+    /// endpoint that keeps few operations in flight costs less memory with small ones.
+    pub queue_sizes: Option<(usize, usize)>,
 }
 
 impl Query {
@@ -22,7 +26,14 @@ impl Query {
         Query {
             provider: Some(name.to_owned()),
             node: None,
+            queue_sizes: None,
         }
+    }
+
+    /// Asks for queues of these depths (see [`Query::queue_sizes`]).
+    pub fn queue_sizes(mut self, tx: usize, rx: usize) -> Self {
+        self.queue_sizes = Some((tx, rx));
+        self
     }
 
     pub fn bind(mut self, node: Option<&str>) -> Self {
@@ -56,7 +67,7 @@ impl InfoList {
     /// The request carries the API version of the headers this build was compiled against,
     /// so a newer libfabric at run time keeps to the layouts and semantics compiled here.
     pub fn get(query: &Query) -> Result<InfoList> {
-        let hints = Hints::rdm_messaging(query.provider.as_deref())?;
+        let hints = Hints::rdm_messaging(query.provider.as_deref(), query.queue_sizes)?;
         let node = query
             .node
             .as_deref()
@@ -241,7 +252,7 @@ impl Drop for Info {
 struct Hints(NonNull<sys::fi_info>);
 
 impl Hints {
-    fn rdm_messaging(provider: Option<&str>) -> Result<Hints> {
+    fn rdm_messaging(provider: Option<&str>, queues: Option<(usize, usize)>) -> Result<Hints> {
         // SAFETY: fi_dupinfo(NULL) is fi_allocinfo: a zeroed fi_info with zeroed attribute
         // structures, or NULL.
         let raw = unsafe { sys::fi_dupinfo(ptr::null()) };
@@ -254,6 +265,10 @@ impl Hints {
             // Every operation is given a context of the size FI_CONTEXT2 asks for.
             h.mode = sys::FI_CONTEXT | sys::FI_CONTEXT2;
             (*h.ep_attr).type_ = sys::fi_ep_type_FI_EP_RDM;
+            if let Some((tx, rx)) = queues {
+                (*h.tx_attr).size = tx;
+                (*h.rx_attr).size = rx;
+            }
             (*h.domain_attr).threading = sys::fi_threading_FI_THREAD_SAFE;
             (*h.domain_attr).mr_mode = (sys::FI_MR_LOCAL
                 | sys::FI_MR_VIRT_ADDR

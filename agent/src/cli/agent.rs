@@ -78,6 +78,11 @@ fn open_fabric(config: &AgentConfig, responder: bool) -> (Vec<FabricPinger>, Fab
     let mut pc = PingerConfig::new(provider);
     pc.bind = config.fabric_bind;
     pc.responder = responder;
+    if !responder {
+        // Only this node's own larger probes and their pongs: a few batches' worth.
+        pc.tx_slots = 32;
+        pc.rx_slots = 16;
+    }
     let largest = config.large_probe_sizes.iter().copied().max().unwrap_or(0);
     pc.max_probe_size = pc.max_probe_size.max(config.probe_size).max(largest);
     match fabric_ping::open_all(&pc) {
@@ -138,6 +143,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
 
     let state = Arc::new(AgentState::new(&config.node_name, fabric.clone()));
     let metrics = Arc::new(Metrics::new(VERSION, &fabric));
+    metrics.set_per_peer_mode(config.per_peer_metrics);
     let hello = Hello {
         node_name: config.node_name.clone(),
         agent_version: VERSION.to_owned(),
@@ -214,6 +220,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             .context("starting peer discovery")?;
     let mut monitor = PeerMonitor::new(
         PeerProbeSettings {
+            node_name: config.node_name.clone(),
+            interval: config.interval,
+            schedule: config.schedule,
+            fabric_rtt_every: config.fabric_rtt_every,
             timeout: config.timeout,
             probe_size: config.probe_size,
             large_probe_sizes: config.large_probe_sizes.clone(),

@@ -52,6 +52,10 @@ pub struct PingerConfig {
     /// Whether this endpoint answers pings. One that does not (the agent's endpoint for
     /// larger probes, which peers never ping) sleeps until asked to probe.
     pub responder: bool,
+    /// Sends in flight at most (each holds a `max_probe_size` buffer); more wait.
+    pub tx_slots: usize,
+    /// Receives kept posted (each a `max_probe_size` buffer).
+    pub rx_slots: usize,
     /// Peers learned from their pings and kept in the address vector (least recently used
     /// are evicted), bounding what strangers can make this engine hold.
     pub max_learned_peers: usize,
@@ -74,6 +78,8 @@ impl PingerConfig {
             warm_spin: Duration::from_millis(5),
             linger: Duration::ZERO,
             responder: true,
+            tx_slots: 128,
+            rx_slots: 64,
             max_learned_peers: 1024,
             max_queued_pongs: 1024,
             max_pongs_in_flight_per_peer: 1,
@@ -108,7 +114,11 @@ pub fn open_all(config: &PingerConfig) -> Result<Vec<FabricPinger>, OpenError> {
     // processes given the same IP would collide): only IP providers take the bind address.
     let ip_provider = !matches!(config.provider.split(';').next(), Some("efa") | Some("shm"));
     let node = config.bind.filter(|_| ip_provider).map(|ip| ip.to_string());
-    let query = fabric::Query::provider(&config.provider).bind(node.as_deref());
+    // Queues no deeper than what the engine keeps in flight: providers size their own
+    // pools by them (rxd's are ~4 MiB per endpoint at its defaults).
+    let query = fabric::Query::provider(&config.provider)
+        .bind(node.as_deref())
+        .queue_sizes(config.tx_slots, config.rx_slots);
     let list = fabric::InfoList::get(&query)?;
     list.per_domain()
         .into_iter()
@@ -136,7 +146,8 @@ pub enum ProbeOutcome {
     Timeout,
     /// The provider reported the send failed, with its reason.
     SendFailed { error: CompletionError },
-    /// The probe never left: no such peer, transmit slots exhausted, or the engine stopped.
+    /// The probe never left: no such peer, the provider refused the send, or the engine
+    /// stopped.
     NotSent { reason: String },
 }
 
@@ -273,6 +284,8 @@ impl FabricPinger {
             &domain,
             EndpointConfig {
                 slot_size,
+                tx_slots: config.tx_slots,
+                rx_slots: config.rx_slots,
                 ..EndpointConfig::default()
             },
         )?;
@@ -811,25 +824,27 @@ impl Engine {
                     self.pacing.activity(now, &self.config);
                 }
                 Err(e) if e.is_again() => deferred.push_back(out),
-                Err(e) => {
-                    match purpose {
-                        SendPurpose::Ping { seq, .. } => self.finish(
-                            seq,
-                            ProbeOutcome::NotSent {
-                                reason: e.to_string(),
-                            },
-                        ),
-                        SendPurpose::Pong { .. } => {
-                            self.queued_pongs -= 1;
-                            self.counters()
-                                .pong_send_failures
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    if matches!(e, fabric::Error::TxBusy(_)) {
-                        break;
-                    }
+                // Every transmit slot is taken (by sends a provider never completes, on
+                // blackholed paths): the rest waits for one, and a ping times out at its
+                // own deadline if none comes.
+                Err(fabric::Error::TxBusy(_)) => {
+                    deferred.push_back(out);
+                    break;
                 }
+                Err(e) => match purpose {
+                    SendPurpose::Ping { seq, .. } => self.finish(
+                        seq,
+                        ProbeOutcome::NotSent {
+                            reason: e.to_string(),
+                        },
+                    ),
+                    SendPurpose::Pong { .. } => {
+                        self.queued_pongs -= 1;
+                        self.counters()
+                            .pong_send_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                },
             }
         }
         deferred.append(&mut self.outbox);
@@ -960,7 +975,8 @@ impl Engine {
                 if follows {
                     // The first of a pair: its second follows as soon as the prober sees
                     // this pong, and must find this side awake.
-                    self.expected_warm.first(msg.sender_id, seq, received_at, window);
+                    self.expected_warm
+                        .first(msg.sender_id, seq, received_at, window);
                     self.pacing.warm(received_at, &self.config);
                 } else {
                     // A second ping (it carries no flag) ends the wait for it.

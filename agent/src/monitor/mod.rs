@@ -1,15 +1,16 @@
-//! The probe loops: every interval, each peer over both paths, and each configured target.
+//! The probe loops: each round, the peers the schedule picks (see [`schedule`]) over both
+//! paths, spread over the interval, and each configured target.
 
 pub mod schedule;
 mod summary;
 pub mod targets;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use crate::discovery::PeerSet;
@@ -19,14 +20,30 @@ use crate::metrics::{Metrics, ProbePath, ProbeResult};
 use crate::probe::{http::http_get, tcp::connect_tcp, FailureReason, ProbeFailure};
 use crate::state::{unix_now, AgentState, PathStatus, PeerStatus};
 use crate::verdict::diagnosis::{placement_warning, relate, Placement};
-use crate::verdict::{FabricObservation, IpObservation, PeerVerdict, Round, VerdictPolicy};
+use crate::verdict::{
+    FabricObservation, IpObservation, PeerState, PeerVerdict, Round, VerdictPolicy,
+};
+use schedule::{Candidate, Plan, Role, ScheduleConfig};
 
 /// Peers probed at once, at most.
 const CONCURRENCY: usize = 64;
 
+/// Peers started together within a round (see [`schedule::spread`]).
+const BATCH: usize = 8;
+
+/// The shortest deadline of a confirming probe: well above an idle responder's poll period
+/// (20 ms) and a loaded peer agent's answer.
+const MIN_CONFIRM_DEADLINE: Duration = Duration::from_millis(100);
+
+/// The group label of peers whose topology is not known.
+const UNKNOWN_GROUP: &str = "unknown";
+
 /// How peers are probed.
 #[derive(Debug, Clone)]
 pub struct PeerProbeSettings {
+    /// This node's name: the seed of its rendezvous order.
+    pub node_name: String,
+    pub interval: Duration,
     pub timeout: Duration,
     pub probe_size: usize,
     /// Larger probe sizes, one per round in turn, sent once the small probe has answered.
@@ -36,21 +53,102 @@ pub struct PeerProbeSettings {
     pub provider: Option<String>,
     /// Where this node runs, when instance metadata said so.
     pub placement: Option<Placement>,
+    /// Which peers each round probes.
+    pub schedule: ScheduleConfig,
+    /// A peer's fabric RTT is measured (a ping pair) every this many of its rounds, and at
+    /// once when a single ping's answer took longer than the RTT threshold.
+    pub fabric_rtt_every: u32,
 }
 
-/// What one round found for one peer, before it is applied.
+impl PeerProbeSettings {
+    /// Settings for `node_name` with the agent's defaults.
+    pub fn new(node_name: &str, interval: Duration, timeout: Duration) -> Self {
+        PeerProbeSettings {
+            node_name: node_name.to_owned(),
+            interval,
+            timeout,
+            probe_size: 64,
+            large_probe_sizes: vec![],
+            policy: VerdictPolicy::default(),
+            provider: None,
+            placement: None,
+            schedule: ScheduleConfig::default(),
+            fabric_rtt_every: 4,
+        }
+    }
+}
+
+/// One peer probe to run: what it needs, owned, so that it runs while results are applied.
+struct Job {
+    key: String,
+    fabric: Option<(FabricPinger, PeerHandle)>,
+    /// The larger probe, on its own endpoint: (endpoint, handle, size).
+    large: Option<(FabricPinger, PeerHandle, usize)>,
+    /// Measure the RTT with a ping pair (else one ping proves the path).
+    pair: bool,
+    size: usize,
+    ip_deadline: Duration,
+    fabric_deadline: Duration,
+    /// 0 for the round's probe, then 1, 2, ... for confirmations.
+    confirmation: u32,
+}
+
+/// What one probe found for one peer, before it is applied.
 struct RoundResult {
     key: String,
+    confirmation: u32,
     hello: Result<(Hello, Duration), ProbeFailure>,
     fabric: Option<ProbeOutcome>,
     /// A larger probe sent after the small one answered: (size, outcome).
     large: Option<(usize, ProbeOutcome)>,
 }
 
+impl Job {
+    async fn run(self) -> RoundResult {
+        let Job {
+            key,
+            fabric,
+            large,
+            pair,
+            size,
+            ip_deadline,
+            fabric_deadline,
+            confirmation,
+        } = self;
+        let fabric = async {
+            let Some((pinger, handle)) = fabric else {
+                return (None, None);
+            };
+            let small = if pair {
+                pinger.probe(handle, size, fabric_deadline).get().await
+            } else {
+                pinger.reach(handle, size, fabric_deadline).get().await
+            };
+            // Larger sizes only where the small one answered: a path that drops everything
+            // says nothing about sizes.
+            let large = match (&small, large) {
+                (Some(ProbeOutcome::Pong { .. }), Some((lp, lh, big))) => lp
+                    .reach(lh, big, fabric_deadline)
+                    .get()
+                    .await
+                    .map(|o| (big, o)),
+                _ => None,
+            };
+            (small, large)
+        };
+        let (hello, (fabric, large)) = tokio::join!(fetch_hello(&key, ip_deadline), fabric);
+        RoundResult {
+            key,
+            confirmation,
+            hello,
+            fabric,
+            large,
+        }
+    }
+}
+
 /// One monitored peer.
 struct Peer {
-    /// The peer agent's HTTP address, as configured or discovered.
-    address: String,
     verdict: PeerVerdict,
     status: PeerStatus,
     hello: Option<Hello>,
@@ -61,7 +159,34 @@ struct Peer {
     /// Until then the peer is reported `unknown`, whatever its probes say.
     grace_until: std::time::Instant,
     /// The latest outcome of each larger probe size (true: answered).
-    large_results: std::collections::BTreeMap<usize, bool>,
+    large_results: BTreeMap<usize, bool>,
+    /// The latest RTT a ping pair measured on the fabric path.
+    fabric_rtt: Option<Duration>,
+    /// The latest answer time of a first (or single) ping, idle responder included: what a
+    /// confirming probe's deadline is based on.
+    fabric_cold_rtt: Option<Duration>,
+    /// Rounds since the fabric RTT was measured.
+    rounds_since_rtt: u32,
+    /// The latest hello's time.
+    ip_rtt: Option<Duration>,
+    /// The round that last probed this peer, and why.
+    last_probed: Option<(u64, Role)>,
+}
+
+impl Peer {
+    /// Its topology group (placement group, else subnet), once its hello said.
+    fn group(&self) -> Option<String> {
+        peer_placement(self.hello.as_ref()).map(|p| p.group())
+    }
+
+    /// Kept in view whatever the sample: not healthy, or changing.
+    fn watched(&self) -> bool {
+        self.verdict.is_changing()
+            || !matches!(
+                self.verdict.state(),
+                PeerState::Healthy | PeerState::Unknown
+            )
+    }
 }
 
 /// Probes peers over both paths and keeps their verdicts.
@@ -75,8 +200,10 @@ pub struct PeerMonitor {
     /// hold up every small probe behind it on a shared endpoint, and read as a blackhole.
     large_pinger: Option<FabricPinger>,
     peers: HashMap<String, Peer>,
-    /// Rounds run, which picks this round's larger probe size.
+    /// Rounds run: picks the larger probe size and the sample's rotation.
     round: u64,
+    /// The latest round's plan.
+    plan: Plan,
 }
 
 impl PeerMonitor {
@@ -94,7 +221,13 @@ impl PeerMonitor {
             large_pinger: None,
             peers: HashMap::new(),
             round: 0,
+            plan: Plan::default(),
         }
+    }
+
+    /// The latest round's plan: which peers it probed, and why.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// Where this node runs, when instance metadata answered after start-up.
@@ -147,12 +280,12 @@ impl PeerMonitor {
                 since_unix: unix_now(),
                 rounds: 0,
             };
+            // Listed at once; its series come with its first probe (on a large cluster it
+            // may not be in this node's sample for a while).
             self.state.set_peer(addr, status.clone());
-            self.metrics.set_peer(&status);
             self.peers.insert(
                 addr.clone(),
                 Peer {
-                    address: addr.clone(),
                     verdict: PeerVerdict::new(self.settings.policy),
                     status,
                     hello: None,
@@ -160,94 +293,191 @@ impl PeerMonitor {
                     large_handle: None,
                     grace_until: candidate.eligible_since + grace,
                     large_results: Default::default(),
+                    fabric_rtt: None,
+                    fabric_cold_rtt: None,
+                    rounds_since_rtt: 0,
+                    ip_rtt: None,
+                    last_probed: None,
                 },
             );
         }
         self.metrics.set_peer_count(self.peers.len());
     }
 
-    /// Probes every peer, both paths at the same time, and applies the results. A peer whose
+    /// Runs one round: the peers the schedule picks, each over both paths at once, started
+    /// at evenly spread, jittered points of the interval (less the probe timeout, so that the
+    /// round ends before the next). Each result is applied as it comes, and a peer whose
     /// result disagrees with its state is probed again at once, up to the confirmations its
-    /// hysteresis needs: a state still changes only on consecutive agreeing results, but a
-    /// blackhole is confirmed within one round rather than over several intervals.
+    /// hysteresis needs, with a deadline from its recent answer times: a state still changes
+    /// only on consecutive agreeing results, but a blackhole is confirmed within
+    /// milliseconds of its first timeout rather than over several intervals.
     pub async fn run_round(&mut self) {
-        let mut keys: Vec<String> = self.peers.keys().cloned().collect();
-        let sizes = &self.settings.large_probe_sizes;
-        let mut large = (!sizes.is_empty()).then(|| sizes[self.round as usize % sizes.len()]);
+        let round = self.round;
         self.round += 1;
-        for _ in 0..self.settings.policy.hysteresis.max(1) {
-            if keys.is_empty() {
+        let plan = self.make_plan(round);
+        self.retire_unscheduled(&plan, round);
+        let sizes = &self.settings.large_probe_sizes;
+        let large = (!sizes.is_empty()).then(|| sizes[round as usize % sizes.len()]);
+        let window = self.settings.interval.saturating_sub(self.settings.timeout);
+        let offsets = schedule::spread(plan.picks.len(), window, BATCH, rand::random::<f64>);
+        let start = Instant::now();
+        let mut pending: VecDeque<(Instant, String, Role)> = plan
+            .picks
+            .iter()
+            .zip(offsets)
+            .map(|((key, role), offset)| (start + offset, key.clone(), *role))
+            .collect();
+        self.plan = plan;
+        let confirmations = self.settings.policy.hysteresis.max(1) - 1;
+        let mut running = FuturesUnordered::new();
+        loop {
+            let now = Instant::now();
+            while running.len() < CONCURRENCY && pending.front().is_some_and(|p| p.0 <= now) {
+                let (_, key, role) = pending.pop_front().expect("checked");
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    peer.last_probed = Some((round, role));
+                }
+                if let Some(job) = self.job(&key, large, 0) {
+                    running.push(job.run());
+                }
+            }
+            if running.is_empty() && pending.is_empty() {
                 break;
             }
-            self.probe_and_apply(&keys, large).await;
-            // Confirmations are about reachability: small probes only.
-            large = None;
-            keys = self
-                .peers
-                .iter()
-                .filter(|(_, p)| p.verdict.is_changing())
-                .map(|(k, _)| k.clone())
-                .collect();
+            let next_start = pending
+                .front()
+                .filter(|_| running.len() < CONCURRENCY)
+                .map(|p| p.0);
+            tokio::select! {
+                Some(result) = running.next(), if !running.is_empty() => {
+                    let (key, n) = (result.key.clone(), result.confirmation);
+                    self.apply(result).await;
+                    let changing = self.peers.get(&key).is_some_and(|p| p.verdict.is_changing());
+                    if changing && n < confirmations {
+                        if let Some(job) = self.job(&key, None, n + 1) {
+                            running.push(job.run());
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next_start.unwrap_or(now)), if next_start.is_some() => {}
+            }
         }
         let unreachable = self
             .peers
             .values()
             .filter(|p| {
-                use crate::verdict::PeerState as S;
-                matches!(p.status.state, S::Down | S::FabricDropped | S::IpBlocked)
+                matches!(
+                    p.status.state,
+                    PeerState::Down | PeerState::FabricDropped | PeerState::IpBlocked
+                )
             })
             .count();
         self.metrics.set_unreachable_peers(unreachable);
+        self.metrics.set_probed_peers(self.plan.picks.len());
+        self.metrics.set_schedule(
+            self.plan.capacity,
+            &Role::ALL.map(|r| (r.as_str(), self.plan.count(r))),
+        );
     }
 
-    /// One probe of each of `keys` over both paths (bounded concurrency), then the verdicts.
-    async fn probe_and_apply(&mut self, keys: &[String], large: Option<usize>) {
-        let timeout = self.settings.timeout;
-        let size = self.settings.probe_size;
-        let jobs: Vec<_> = keys
+    fn make_plan(&self, round: u64) -> Plan {
+        let groups: Vec<(&str, Option<String>, bool)> = self
+            .peers
             .iter()
-            .filter_map(|k| self.peers.get(k))
-            .map(|p| {
-                let handle = p.fabric.as_ref().map(|(_, h)| *h);
-                (p.address.clone(), handle, p.large_handle)
+            .map(|(k, p)| (k.as_str(), p.group(), p.watched()))
+            .collect();
+        let candidates: Vec<Candidate<'_>> = groups
+            .iter()
+            .map(|(key, group, watch)| Candidate {
+                key,
+                group: group.as_deref(),
+                watch: *watch,
             })
             .collect();
-        let pinger = self.pinger.clone();
-        let large_pinger = self.large_pinger.clone();
-        let results: Vec<RoundResult> = stream::iter(jobs)
-            .map(|(key, handle, large_handle)| {
-                let pinger = pinger.clone();
-                let large_pinger = large_pinger.clone();
-                async move {
-                    let fabric = async {
-                        let (Some(p), Some(h)) = (pinger, handle) else {
-                            return (None, None);
-                        };
-                        let small = p.probe(h, size, timeout).get().await;
-                        // The larger probe goes to a responder the small one just woke.
-                        let large = match (&small, large, large_pinger, large_handle) {
-                            (Some(ProbeOutcome::Pong { .. }), Some(big), Some(lp), Some(lh)) => {
-                                lp.probe(lh, big, timeout).get().await.map(|o| (big, o))
-                            }
-                            _ => None,
-                        };
-                        (small, large)
-                    };
-                    let (hello, (fabric, large)) = tokio::join!(fetch_hello(&key, timeout), fabric);
-                    RoundResult {
-                        key,
-                        hello,
-                        fabric,
-                        large,
-                    }
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        for result in results {
-            self.apply(result).await;
+        let own = self.settings.placement.as_ref().map(Placement::group);
+        schedule::plan(
+            &self.settings.node_name,
+            own.as_deref(),
+            &candidates,
+            round,
+            self.settings.interval,
+            &self.settings.schedule,
+        )
+    }
+
+    /// Peers probed last round but not in this one (their sample rotated on) are no longer
+    /// observed from here: their verdict starts over, their series go, and so do their
+    /// address-vector entries. They stay listed, `unknown`, saying why.
+    fn retire_unscheduled(&mut self, plan: &Plan, round: u64) {
+        let picked: std::collections::HashSet<&str> =
+            plan.picks.iter().map(|(k, _)| k.as_str()).collect();
+        let rotation = self.settings.schedule.rotation;
+        for (key, peer) in &mut self.peers {
+            let was_probed = peer.last_probed.is_some_and(|(r, _)| r + 1 >= round);
+            if !was_probed || picked.contains(key.as_str()) {
+                continue;
+            }
+            peer.last_probed = None;
+            peer.verdict = PeerVerdict::new(self.settings.policy);
+            peer.large_results.clear();
+            if let (Some(pinger), Some((_, handle))) = (&self.pinger, peer.fabric.take()) {
+                pinger.remove_peer(handle);
+            }
+            if let (Some(pinger), Some(handle)) = (&self.large_pinger, peer.large_handle.take()) {
+                pinger.remove_peer(handle);
+            }
+            self.metrics.remove_peer(&peer.status.name);
+            peer.status.state = PeerState::Unknown;
+            peer.status.reason = None;
+            peer.status.ip = PathStatus::default();
+            peer.status.fabric = PathStatus::default();
+            peer.status.fabric_loss = 0.0;
+            peer.status.since_unix = unix_now();
+            peer.status.summary = format!(
+                "not probed from this node now: outside its rotating sample of other groups \
+                 (it rotates every {rotation} rounds)"
+            );
+            self.state.set_peer(key, peer.status.clone());
         }
+    }
+
+    /// The probe of `key` for this round (`confirmation` 0) or a confirmation of it.
+    fn job(&self, key: &str, large: Option<usize>, confirmation: u32) -> Option<Job> {
+        let peer = self.peers.get(key)?;
+        let timeout = self.settings.timeout;
+        let fabric = match (&self.pinger, &peer.fabric) {
+            (Some(p), Some((_, h))) => Some((p.clone(), *h)),
+            _ => None,
+        };
+        let large = match (&self.large_pinger, peer.large_handle, large) {
+            (Some(p), Some(h), Some(size)) if confirmation == 0 => Some((p.clone(), h, size)),
+            _ => None,
+        };
+        let slow = peer
+            .fabric_cold_rtt
+            .is_some_and(|r| r > self.settings.policy.max_rtt);
+        let pair = confirmation == 0
+            && (peer.fabric_rtt.is_none()
+                || slow
+                || peer.rounds_since_rtt + 1 >= self.settings.fabric_rtt_every);
+        let (ip_deadline, fabric_deadline) = if confirmation == 0 {
+            (timeout, timeout)
+        } else {
+            (
+                confirm_deadline(peer.ip_rtt, timeout),
+                confirm_deadline(peer.fabric_cold_rtt, timeout),
+            )
+        };
+        Some(Job {
+            key: key.to_owned(),
+            fabric,
+            large,
+            pair,
+            size: self.settings.probe_size,
+            ip_deadline,
+            fabric_deadline,
+            confirmation,
+        })
     }
 
     async fn apply(&mut self, result: RoundResult) {
@@ -257,6 +487,8 @@ impl PeerMonitor {
             return; // left during the round
         };
         let old_name = peer.status.name.clone();
+        let group = peer.group();
+        let group = group.as_deref().unwrap_or(UNKNOWN_GROUP);
 
         // The IP path.
         let ip = match &result.hello {
@@ -267,9 +499,14 @@ impl PeerMonitor {
                     last_failure: None,
                     last_error: None,
                 };
-                self.metrics
-                    .record_probe(ProbePath::Ip, ProbeResult::Ok, Some(*rtt));
+                self.metrics.record_probe_in_group(
+                    ProbePath::Ip,
+                    group,
+                    ProbeResult::Ok,
+                    Some(*rtt),
+                );
                 peer.hello = Some(hello.clone());
+                peer.ip_rtt = Some(*rtt);
                 IpObservation::Answered(*rtt)
             }
             Err(failure) => {
@@ -279,8 +516,9 @@ impl PeerMonitor {
                     last_failure: Some(failure.reason.as_str().to_owned()),
                     last_error: Some(failure.message.clone()),
                 };
-                self.metrics.record_probe(
+                self.metrics.record_probe_in_group(
                     ProbePath::Ip,
+                    group,
                     ProbeResult::from_failure(failure.reason),
                     None,
                 );
@@ -297,10 +535,29 @@ impl PeerMonitor {
         let fabric = match (&result.fabric, &peer.hello) {
             _ if !local_fabric => FabricObservation::LocalNoFabric,
             (Some(outcome), _) => {
-                let (obs, status, result) = fabric_result(outcome);
+                if let ProbeOutcome::Pong {
+                    rtt,
+                    cold_rtt,
+                    warm,
+                    ..
+                } = outcome
+                {
+                    peer.fabric_cold_rtt = Some(*cold_rtt);
+                    if *warm {
+                        peer.fabric_rtt = Some(*rtt);
+                        peer.rounds_since_rtt = 0;
+                    } else if result.confirmation == 0 {
+                        peer.rounds_since_rtt += 1;
+                    }
+                }
+                let (obs, status, counted) = fabric_result(outcome, peer.fabric_rtt);
                 peer.status.fabric = status;
-                self.metrics
-                    .record_probe(ProbePath::Fabric, result, rtt_of(outcome));
+                self.metrics.record_probe_in_group(
+                    ProbePath::Fabric,
+                    group,
+                    counted,
+                    rtt_of(outcome),
+                );
                 obs
             }
             (None, Some(hello)) if !hello.fabric.available => {
@@ -337,9 +594,9 @@ impl PeerMonitor {
                 }
                 ProbeOutcome::NotSent { .. } => {}
             }
-            let (_, _, counted) = fabric_result(outcome);
+            let (_, _, counted) = fabric_result(outcome, None);
             self.metrics
-                .record_probe(ProbePath::Fabric, counted, rtt_of(outcome));
+                .record_probe_in_group(ProbePath::Fabric, group, counted, rtt_of(outcome));
         }
         let lost_size = match fabric {
             FabricObservation::Answered(_) => peer
@@ -478,25 +735,49 @@ fn not_probed(failure: &str, why: String) -> PathStatus {
     }
 }
 
+/// The RTT an outcome measured: a pair's second ping's only (a single ping's includes the
+/// responder's polling).
 fn rtt_of(outcome: &ProbeOutcome) -> Option<Duration> {
     match outcome {
-        ProbeOutcome::Pong { rtt, .. } => Some(*rtt),
+        ProbeOutcome::Pong {
+            rtt, warm: true, ..
+        } => Some(*rtt),
         _ => None,
     }
 }
 
-fn fabric_result(outcome: &ProbeOutcome) -> (FabricObservation, PathStatus, ProbeResult) {
+/// A confirming probe's deadline: four times the peer's recent answer time, at least
+/// [`MIN_CONFIRM_DEADLINE`], at most the probe timeout (which a peer never heard from gets).
+fn confirm_deadline(recent: Option<Duration>, timeout: Duration) -> Duration {
+    recent
+        .map_or(timeout, |r| (r * 4).max(MIN_CONFIRM_DEADLINE))
+        .min(timeout)
+}
+
+/// What a fabric outcome means; `measured` is the peer's latest measured RTT, reported for
+/// a path a single ping proved.
+fn fabric_result(
+    outcome: &ProbeOutcome,
+    measured: Option<Duration>,
+) -> (FabricObservation, PathStatus, ProbeResult) {
     match outcome {
-        ProbeOutcome::Pong { rtt, .. } => (
-            FabricObservation::Answered(*rtt),
-            PathStatus {
-                reachable: Some(true),
-                rtt_seconds: Some(rtt.as_secs_f64()),
-                last_failure: None,
-                last_error: None,
-            },
-            ProbeResult::Ok,
-        ),
+        ProbeOutcome::Pong { rtt, warm, .. } => {
+            let rtt = if *warm {
+                *rtt
+            } else {
+                measured.unwrap_or(*rtt)
+            };
+            (
+                FabricObservation::Answered(rtt),
+                PathStatus {
+                    reachable: Some(true),
+                    rtt_seconds: Some(rtt.as_secs_f64()),
+                    last_failure: None,
+                    last_error: None,
+                },
+                ProbeResult::Ok,
+            )
+        }
         ProbeOutcome::Timeout => (
             FabricObservation::Timeout,
             PathStatus {
@@ -578,14 +859,8 @@ mod tests {
     async fn a_departed_peer_loses_its_state_and_every_series() {
         let state = Arc::new(AgentState::new("me", FabricStatus::default()));
         let metrics = Arc::new(Metrics::new("test", &FabricStatus::default()));
-        let settings = PeerProbeSettings {
-            timeout: Duration::from_millis(200),
-            probe_size: 64,
-            large_probe_sizes: vec![],
-            policy: VerdictPolicy::default(),
-            provider: None,
-            placement: None,
-        };
+        let settings =
+            PeerProbeSettings::new("me", Duration::from_millis(300), Duration::from_millis(200));
         let mut monitor = PeerMonitor::new(settings, state.clone(), metrics.clone(), None);
         // Nothing listens on these loopback ports: both peers end up down, with series.
         let peers = vec!["127.0.0.1:9".to_owned(), "127.0.0.1:19".to_owned()];

@@ -21,8 +21,8 @@
 //! When every peer fits in the capacity, every peer is probed every round: small clusters
 //! keep the full mesh.
 //!
-//! Within a round the probes are spread evenly over the spread window with random jitter
-//! ([`spread`]), so neither this node nor its peers see bursts.
+//! Within a round the probes are spread evenly over the spread window in small batches, each
+//! at a random point of its slot ([`spread`]), so neither this node nor its peers see bursts.
 
 use std::time::Duration;
 
@@ -124,10 +124,8 @@ pub fn plan(
         (false, Some(_), _) => Role::Sample,
     };
     let mut by_role: [Vec<&str>; 4] = Default::default();
-    let mut ordered: Vec<(u64, &Candidate<'_>)> = peers
-        .iter()
-        .map(|c| (rendezvous(me, c.key), c))
-        .collect();
+    let mut ordered: Vec<(u64, &Candidate<'_>)> =
+        peers.iter().map(|c| (rendezvous(me, c.key), c)).collect();
     ordered.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key.cmp(b.1.key)));
     for (_, c) in &ordered {
         by_role[role_of(c) as usize].push(c.key);
@@ -143,7 +141,7 @@ pub fn plan(
     }
     let epoch = round / config.rotation.max(1);
     let mut picks: Vec<(String, Role)> = Vec::with_capacity(capacity);
-    let mut take = |keys: &[&str], n: usize, role: Role, picks: &mut Vec<(String, Role)>| {
+    let take = |keys: &[&str], n: usize, role: Role, picks: &mut Vec<(String, Role)>| {
         picks.extend(window(keys, n, epoch).map(|k| (k.to_owned(), role)));
     };
     take(&watch, capacity / 2, Role::Watch, &mut picks);
@@ -192,16 +190,26 @@ pub fn rendezvous(me: &str, peer: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-/// Start offsets for `n` probes spread evenly over `window`, each at a random point of its
-/// own slot (`jitter` in [0, 1) per probe, from the caller's random source).
-pub fn spread(n: usize, window: Duration, mut jitter: impl FnMut() -> f64) -> Vec<Duration> {
-    if n == 0 {
+/// Start offsets for `n` probes spread evenly over `window` in batches of `batch`: batch
+/// `b` starts at a random point of its own slot (`jitter` in [0, 1), from the caller's random
+/// source). Batches rather than single probes because a fabric engine pays per poll, not per
+/// probe: the probes of a batch share the polls that wait for their answers.
+pub fn spread(
+    n: usize,
+    window: Duration,
+    batch: usize,
+    mut jitter: impl FnMut() -> f64,
+) -> Vec<Duration> {
+    let batch = batch.max(1);
+    let slots = n.div_ceil(batch);
+    if slots == 0 {
         return Vec::new();
     }
-    let slot = window.as_secs_f64() / n as f64;
-    (0..n)
+    let slot = window.as_secs_f64() / slots as f64;
+    let starts: Vec<Duration> = (0..slots)
         .map(|i| Duration::from_secs_f64(slot * (i as f64 + jitter().clamp(0.0, 0.999_999))))
-        .collect()
+        .collect();
+    (0..n).map(|i| starts[i / batch]).collect()
 }
 
 #[cfg(test)]
@@ -247,7 +255,14 @@ mod tests {
         let other = names("b", 5);
         let mut peers = candidates(&same, Some("pg:a"));
         peers.extend(candidates(&other, Some("pg:b")));
-        let plan = plan("me", Some("pg:a"), &peers, 0, 5 * SECOND, &config(20.0, 2, 6));
+        let plan = plan(
+            "me",
+            Some("pg:a"),
+            &peers,
+            0,
+            5 * SECOND,
+            &config(20.0, 2, 6),
+        );
         assert_eq!(plan.capacity, 100);
         assert_eq!(plan.picks.len(), 15);
         assert_eq!(plan.count(Role::Mesh), 10);
@@ -265,7 +280,9 @@ mod tests {
         assert_eq!(p.picks.len(), 56, "40 mesh + 16 sampled");
         assert_eq!(keys_of(&p, Role::Mesh), same.iter().cloned().collect());
         assert_eq!(p.count(Role::Sample), 16);
-        assert!(keys_of(&p, Role::Sample).iter().all(|k| k.starts_with("b-")));
+        assert!(keys_of(&p, Role::Sample)
+            .iter()
+            .all(|k| k.starts_with("b-")));
     }
 
     #[test]
@@ -314,13 +331,18 @@ mod tests {
             assert_eq!(p.count(Role::Mesh), 9);
             assert_eq!(p.count(Role::Sample), 4);
             for k in keys_of(&p, Role::Sample) {
-                *watchers.entry(all.iter().find(|a| **a == k).unwrap()).or_default() += 1;
+                *watchers
+                    .entry(all.iter().find(|a| **a == k).unwrap())
+                    .or_default() += 1;
             }
         }
         let covered = watchers.len();
         let max = *watchers.values().max().unwrap();
         assert!(covered >= 190, "only {covered} of 200 sampled by someone");
-        assert!(max <= 15, "one peer sampled by {max} nodes: the hash is lopsided");
+        assert!(
+            max <= 15,
+            "one peer sampled by {max} nodes: the hash is lopsided"
+        );
     }
 
     #[test]
@@ -344,7 +366,10 @@ mod tests {
             f
         };
         let p = plan("a-x", Some("pg:a"), &few, 0, 5 * SECOND, &cfg);
-        assert_eq!(keys_of(&p, Role::Watch), BTreeSet::from(["b-0500".to_owned()]));
+        assert_eq!(
+            keys_of(&p, Role::Watch),
+            BTreeSet::from(["b-0500".to_owned()])
+        );
         assert_eq!(p.count(Role::Mesh), 30);
     }
 
@@ -385,34 +410,52 @@ mod tests {
             5 * SECOND,
             &cfg,
         );
-        let (b, a) = (keys_of(&before, Role::Sample), keys_of(&after, Role::Sample));
+        let (b, a) = (
+            keys_of(&before, Role::Sample),
+            keys_of(&after, Role::Sample),
+        );
         assert!(b.intersection(&a).count() >= 9, "{b:?} vs {a:?}");
     }
 
     #[test]
     fn the_rendezvous_hash_is_stable() {
         // Pinned: plans must not change with the toolchain or between processes.
-        assert_eq!(rendezvous("node-a", "node-b"), rendezvous("node-a", "node-b"));
-        assert_ne!(rendezvous("node-a", "node-b"), rendezvous("node-b", "node-a"));
+        assert_eq!(
+            rendezvous("node-a", "node-b"),
+            rendezvous("node-a", "node-b")
+        );
+        assert_ne!(
+            rendezvous("node-a", "node-b"),
+            rendezvous("node-b", "node-a")
+        );
         // Values computed independently (FNV-1a then splitmix64's finalizer, in Python).
         assert_eq!(rendezvous("", ""), 0x4f2d_b50f_1240_40cd);
         assert_eq!(rendezvous("node-a", "node-b"), 0xd9a5_d151_20f1_741e);
     }
 
     #[test]
-    fn probes_are_spread_evenly_with_jitter_inside_their_slots() {
-        let offsets = spread(4, Duration::from_secs(4), || 0.5);
+    fn probes_are_spread_evenly_in_batches_with_jitter_inside_their_slots() {
+        let offsets = spread(4, Duration::from_secs(4), 1, || 0.5);
         assert_eq!(
             offsets,
             [0.5, 1.5, 2.5, 3.5].map(Duration::from_secs_f64).to_vec()
         );
         let mut values = [0.0, 0.999, 2.0, -1.0].into_iter();
-        let offsets = spread(4, Duration::from_secs(4), || values.next().unwrap());
+        let offsets = spread(4, Duration::from_secs(4), 1, || values.next().unwrap());
         for (i, o) in offsets.iter().enumerate() {
             assert!(*o >= Duration::from_secs(i as u64), "{offsets:?}");
             assert!(*o < Duration::from_secs(i as u64 + 1), "{offsets:?}");
         }
-        assert!(spread(0, SECOND, || 0.5).is_empty());
+        // 10 probes in batches of 4: slots of 4, 4 and 2 probes, a second each.
+        let offsets = spread(10, Duration::from_secs(3), 4, || 0.25);
+        let at = |s: f64| Duration::from_secs_f64(s);
+        assert_eq!(
+            offsets,
+            [0.25, 0.25, 0.25, 0.25, 1.25, 1.25, 1.25, 1.25, 2.25, 2.25]
+                .map(at)
+                .to_vec()
+        );
+        assert!(spread(0, SECOND, 4, || 0.5).is_empty());
     }
 
     #[test]

@@ -37,6 +37,15 @@ impl Placement {
             placement_group: topology.placement_group.clone(),
         })
     }
+
+    /// The topology group this node probes as a full mesh: its placement group (`pg:NAME`),
+    /// else its subnet (`subnet:ID`). Both are what EFA traffic cannot leave.
+    pub fn group(&self) -> String {
+        match &self.placement_group {
+            Some(pg) => format!("pg:{pg}"),
+            None => format!("subnet:{}", self.subnet_id),
+        }
+    }
 }
 
 /// How two nodes' placements relate.
