@@ -6,7 +6,8 @@
 # For each COUNT and each number of simulated fabric responders (RESPONDERS, default "1 16"):
 # `efaprobe simulate-peers` serves COUNT peers on 127.1.x.y:19476 (one hello each; the fabric
 # answered by the responders, peer i publishing responder i mod K), and the release agent
-# probes them with its defaults (--interval 5s, --timeout 1s; no probe budget yet) over
+# probes them with its defaults (--interval 5s, --timeout 1s, --probe-budget 20: 100 peers a
+# round; without instance metadata the whole capacity is a rotating sample) over
 # `udp;ofi_rxd` on 127.0.0.1, --imds-endpoint none. After WARMUP_SECS (rounds with the
 # fabric learned), the agent's CPU (utime + stime from /proc, per thread too) is taken over
 # MEASURE_SECS, and its VmRSS at the end and VmHWM (peak). With PROFILE=1 (and perf) the
@@ -72,8 +73,8 @@ metric_sum() {  # URL REGEX: sum of the values of the matching sample lines
   echo "\`RESPONDERS=\"${responders[*]}\" PROVIDER=\"$provider\" AGENT_ARGS=\"${agent_args[*]}\" benches/agent_scale.sh ${counts[*]}\`"
   echo "(WARMUP_SECS=$warmup MEASURE_SECS=$measure)."
   echo
-  echo "The agent runs with its defaults: \`--interval 5s --timeout 1s\`, every peer every round"
-  echo "(no probe budget yet), provider \`$provider\`, \`--imds-endpoint none\`${agent_args[*]:+, \`${agent_args[*]}\`}. CPU is the agent's"
+  echo "The agent runs with its defaults: \`--interval 5s --timeout 1s --probe-budget 20\` (100 peers"
+  echo "a round, a rotating sample), provider \`$provider\`, \`--imds-endpoint none\`${agent_args[*]:+, \`${agent_args[*]}\`}. CPU is the agent's"
   echo "utime + stime over ${measure} s as % of one core ($((1000 / hz)) ms ticks), split by thread: \`fabric\` is the"
   echo "engine threads, \`tokio\` the runtime's workers (HTTP fetches, verdicts, metrics). RSS is VmRSS at"
   echo "the end of the window, peak is VmHWM. Counts are over the window."
@@ -116,9 +117,13 @@ for count in "${counts[@]}"; do
     ip1=$(metric_sum "$url/metrics" '^efa_probes_total[{].*path="ip"')
     ok1=$(metric_sum "$url/metrics" '^efa_probes_total[{].*path="fabric".*result="ok"')
     to1=$(metric_sum "$url/metrics" '^efa_probes_total[{].*path="fabric".*result="timeout"')
-    states=$(curl -sf --max-time 5 "$url/metrics" | awk '/^efa_peer_state[{]/ && $NF == 1 {
-        match($0, /state="[a-z_]+"/); s[substr($0, RSTART + 7, RLENGTH - 8)]++ }
-        END {for (k in s) printf "%s %d, ", k, s[k]}' | sed 's/, $//')
+    # Verdicts by state from the per-node aggregate (per-peer series depend on the mode), and
+    # what the schedule probes per round.
+    states=$(curl -sf --max-time 5 "$url/metrics" | awk '/^efa_peers_by_state[{]/ && $NF > 0 {
+        match($0, /state="[a-z_]+"/); printf "%s %d, ", substr($0, RSTART + 7, RLENGTH - 8), $NF }' \
+      | sed 's/, $//')
+    probed=$(metric_sum "$url/metrics" '^efa_peers_probed ')
+    states="$states (probed per round: $probed)"
 
     secs=$(awk -v a="$start" -v b="$end" 'BEGIN {print b - a}')
     pct() { awk -v d="$1" -v hz="$hz" -v s="$secs" 'BEGIN {printf "%.1f%%", 100 * d / hz / s}'; }

@@ -56,7 +56,7 @@ pub struct AgentArgs {
     /// Fabric probe size in bytes (the probe that decides reachability).
     #[arg(long, env = "EFAPROBE_PROBE_SIZE", default_value_t = 64)]
     pub probe_size: usize,
-    /// Larger fabric probes, comma-separated bytes, one per round in turn after the small one
+    /// Larger fabric probes, comma-separated bytes, one every other round in turn after the small one
     /// answers: drops that hit only large packets are real. Empty turns them off.
     #[arg(long, env = "EFAPROBE_LARGE_PROBE_SIZES", default_value = "1024,8192")]
     pub large_probe_sizes: String,

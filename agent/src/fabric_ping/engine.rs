@@ -39,9 +39,11 @@ pub struct PingerConfig {
     /// costs tens of microseconds here (a timer wake-up plus the provider's progress), so
     /// 20 ms keeps an idle engine well under 1% of a core.
     pub idle_poll: Duration,
-    /// Longest poll period while a first ping waits for its pong. The responder spins from
-    /// its answer until the second ping arrives, so this bounds what the responder spends
-    /// per probe as much as what the prober spends polling.
+    /// Longest poll period while a pair's first ping waits for its pong. The responder spins
+    /// from its answer until the second ping arrives, so this bounds what the responder
+    /// spends per probe (half of it, on average) as much as what the prober spends polling
+    /// (the wait over it, times a poll's cost): with a ~10 ms wait and ~50 µs polls, 1 ms
+    /// makes the two about equal and their sum least.
     pub wait_poll: Duration,
     /// How long either side spins for a second ("warm") ping or its pong before giving up on
     /// it and backing off.
@@ -74,7 +76,7 @@ impl PingerConfig {
             bind: None,
             max_probe_size: 8192,
             idle_poll: Duration::from_millis(20),
-            wait_poll: Duration::from_micros(500),
+            wait_poll: Duration::from_millis(1),
             warm_spin: Duration::from_millis(5),
             linger: Duration::ZERO,
             responder: true,
@@ -1125,11 +1127,12 @@ struct Outstanding {
     sends: bool,
 }
 
-/// The first poll period after activity; periods double from it up to a cap.
-const MIN_BACKOFF: Duration = Duration::from_micros(50);
-/// The first poll period while only single pings wait (see [`FabricPinger::reach`]): their
-/// pongs are not due before the responder's next poll, and a late look costs nothing.
-const SINGLE_BACKOFF: Duration = Duration::from_micros(500);
+/// The first poll period while a pair's first ping waits: its pong comes after the
+/// responder's next poll (up to `idle_poll` away), rarely sooner.
+const PAIR_BACKOFF: Duration = Duration::from_micros(200);
+/// The first poll period while only single pings wait (see [`FabricPinger::reach`]): a late
+/// look at their answers costs nothing but a few milliseconds of a result nobody times.
+const SINGLE_BACKOFF: Duration = Duration::from_millis(2);
 
 /// How often the engine polls, which is most of what it costs: on this machine a wake-up
 /// and a poll cost ~50 µs of CPU, a spinning engine a whole core.
@@ -1190,7 +1193,7 @@ impl Pacing {
                 .last_pair_ping
                 .is_some_and(|t| now.duration_since(t) < config.idle_poll + config.idle_poll / 4);
             let (floor, cap) = if due {
-                (MIN_BACKOFF, config.wait_poll)
+                (PAIR_BACKOFF, config.wait_poll)
             } else {
                 (SINGLE_BACKOFF, config.idle_poll / 4)
             };
@@ -1304,7 +1307,7 @@ mod tests {
         let us = Duration::from_micros;
         assert_eq!(
             periods,
-            [50, 100, 200, 400, 500, 500].map(|p| Wait::For(us(p))),
+            [200, 400, 800, 1000, 1000, 1000].map(|p| Wait::For(us(p))),
             "capped at wait_poll ({:?})",
             config.wait_poll
         );
@@ -1317,10 +1320,10 @@ mod tests {
         assert_eq!(last, Wait::For(config.idle_poll / 4));
         // Activity starts over, from the period for pongs not due yet.
         pacing.activity(late, &config);
-        assert_eq!(pacing.next(late, waiting, &config), Wait::For(us(500)));
+        assert_eq!(pacing.next(late, waiting, &config), Wait::For(us(2000)));
         // A new pair's first ping: from the shortest.
         pacing.first_ping_sent(late, true);
-        assert_eq!(pacing.next(late, waiting, &config), Wait::For(us(50)));
+        assert_eq!(pacing.next(late, waiting, &config), Wait::For(us(200)));
     }
 
     #[test]
@@ -1333,12 +1336,9 @@ mod tests {
             probes: true,
             ..Outstanding::default()
         };
-        let periods: Vec<Wait> = (0..5).map(|_| pacing.next(t0, waiting, &config)).collect();
+        let periods: Vec<Wait> = (0..4).map(|_| pacing.next(t0, waiting, &config)).collect();
         let us = Duration::from_micros;
-        assert_eq!(
-            periods,
-            [500, 1000, 2000, 4000, 5000].map(|p| Wait::For(us(p)))
-        );
+        assert_eq!(periods, [2000, 4000, 5000, 5000].map(|p| Wait::For(us(p))));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::discovery::PeerSet;
@@ -46,7 +48,7 @@ pub struct PeerProbeSettings {
     pub interval: Duration,
     pub timeout: Duration,
     pub probe_size: usize,
-    /// Larger probe sizes, one per round in turn, sent once the small probe has answered.
+    /// Larger probe sizes, one every other round in turn, sent once the small probe has answered.
     pub large_probe_sizes: Vec<usize>,
     pub policy: VerdictPolicy,
     /// The provider this node was asked to use; a peer with another cannot be reached.
@@ -97,6 +99,8 @@ struct Job {
 struct RoundResult {
     key: String,
     confirmation: u32,
+    /// The probe had a fabric address to ping (else the fabric was not probed).
+    fabric_attempted: bool,
     hello: Result<(Hello, Duration), ProbeFailure>,
     fabric: Option<ProbeOutcome>,
     /// A larger probe sent after the small one answered: (size, outcome).
@@ -115,6 +119,7 @@ impl Job {
             fabric_deadline,
             confirmation,
         } = self;
+        let fabric_attempted = fabric.is_some();
         let fabric = async {
             let Some((pinger, handle)) = fabric else {
                 return (None, None);
@@ -140,6 +145,7 @@ impl Job {
         RoundResult {
             key,
             confirmation,
+            fabric_attempted,
             hello,
             fabric,
             large,
@@ -204,6 +210,8 @@ pub struct PeerMonitor {
     round: u64,
     /// The latest round's plan.
     plan: Plan,
+    /// Seeds the jitter of this node's probe slots.
+    jitter_seed: u64,
 }
 
 impl PeerMonitor {
@@ -222,6 +230,7 @@ impl PeerMonitor {
             peers: HashMap::new(),
             round: 0,
             plan: Plan::default(),
+            jitter_seed: rand::random(),
         }
     }
 
@@ -317,9 +326,20 @@ impl PeerMonitor {
         let plan = self.make_plan(round);
         self.retire_unscheduled(&plan, round);
         let sizes = &self.settings.large_probe_sizes;
-        let large = (!sizes.is_empty()).then(|| sizes[round as usize % sizes.len()]);
+        // One larger size every other round, in turn: size-specific drops are configuration
+        // (an MTU), found within a few rounds, and each large probe waits on its own for an
+        // idle responder (it follows its small probe), which costs polls.
+        let large = (!sizes.is_empty() && round % 2 == 0)
+            .then(|| sizes[(round / 2) as usize % sizes.len()]);
         let window = self.settings.interval.saturating_sub(self.settings.timeout);
-        let offsets = schedule::spread(plan.picks.len(), window, BATCH, rand::random::<f64>);
+        // Slots stay put for a rotation: a peer is probed every interval, not at a fresh
+        // random point of each round (which would stretch the gap between two of its probes
+        // to interval + window, and the time to see a fault with it). The jitter is drawn
+        // once per rotation from this node's own seed, so nodes do not line up.
+        let epoch = round / self.settings.schedule.rotation.max(1);
+        let mut rng =
+            StdRng::seed_from_u64(self.jitter_seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let offsets = schedule::spread(plan.picks.len(), window, BATCH, || rng.random::<f64>());
         let start = Instant::now();
         let mut pending: VecDeque<(Instant, String, Role)> = plan
             .picks
@@ -351,10 +371,17 @@ impl PeerMonitor {
             tokio::select! {
                 Some(result) = running.next(), if !running.is_empty() => {
                     let (key, n) = (result.key.clone(), result.confirmation);
+                    let fabric_probed = result.fabric_attempted;
                     self.apply(result).await;
-                    let changing = self.peers.get(&key).is_some_and(|p| p.verdict.is_changing());
-                    if changing && n < confirmations {
-                        if let Some(job) = self.job(&key, None, n + 1) {
+                    let Some(peer) = self.peers.get(&key) else { continue };
+                    // A hello that just taught the peer's fabric address: probe the fabric
+                    // now rather than leave the peer `unknown` until the next round (a peer
+                    // newly in this node's sample would otherwise lose one).
+                    let learned = !fabric_probed && peer.fabric.is_some();
+                    let confirm = peer.verdict.is_changing() && n < confirmations;
+                    if learned || confirm {
+                        let next = if learned { n } else { n + 1 };
+                        if let Some(job) = self.job(&key, None, next) {
                             running.push(job.run());
                         }
                     }
@@ -854,6 +881,39 @@ async fn resolve(peer: &str, deadline: Instant) -> Result<SocketAddr, ProbeFailu
 mod tests {
     use super::*;
     use crate::state::FabricStatus;
+
+    #[test]
+    fn confirmations_wait_four_recent_answer_times_within_bounds() {
+        let ms = Duration::from_millis;
+        let timeout = ms(500);
+        // Never answered: the full timeout.
+        assert_eq!(confirm_deadline(None, timeout), timeout);
+        // A fast peer: not below the floor, which an idle responder's poll needs.
+        assert_eq!(confirm_deadline(Some(ms(1)), timeout), MIN_CONFIRM_DEADLINE);
+        assert_eq!(confirm_deadline(Some(ms(40)), timeout), ms(160));
+        // A slow one: never beyond the timeout.
+        assert_eq!(confirm_deadline(Some(ms(300)), timeout), timeout);
+    }
+
+    #[test]
+    fn only_a_pairs_rtt_is_a_measurement() {
+        let pong = |warm| ProbeOutcome::Pong {
+            rtt: Duration::from_micros(20),
+            cold_rtt: Duration::from_millis(12),
+            dwell: Duration::from_micros(3),
+            responder_id: 1,
+            warm,
+        };
+        assert_eq!(rtt_of(&pong(true)), Some(Duration::from_micros(20)));
+        assert_eq!(rtt_of(&pong(false)), None);
+        // A single ping's answer reports the latest measured RTT, else its own.
+        let measured = Some(Duration::from_micros(25));
+        let (obs, status, _) = fabric_result(&pong(false), measured);
+        assert_eq!(obs, FabricObservation::Answered(Duration::from_micros(25)));
+        assert_eq!(status.rtt_seconds, Some(25e-6));
+        let (obs, _, _) = fabric_result(&pong(true), measured);
+        assert_eq!(obs, FabricObservation::Answered(Duration::from_micros(20)));
+    }
 
     #[tokio::test]
     async fn a_departed_peer_loses_its_state_and_every_series() {
