@@ -162,7 +162,6 @@ fn filled(n: usize, mode: PerPeerMetrics) -> Metrics {
     }
     metrics.set_targets(&targets());
     metrics.set_peer_count(n);
-    metrics.set_unreachable_peers(n / 25);
     metrics.set_ready(true);
     metrics
 }

@@ -115,7 +115,6 @@ fn realistic_app() -> AppState {
         metrics.set_peer(peer);
     }
     metrics.set_peer_count(2);
-    metrics.set_unreachable_peers(1);
     for _ in 0..5 {
         metrics.record_probe(
             ProbePath::Ip,

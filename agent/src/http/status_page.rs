@@ -121,12 +121,7 @@ fn write_page(out: &mut String, s: &StatusSnapshot) -> fmt::Result {
 
 /// One line that answers "is anything wrong, and how bad".
 fn write_banner(out: &mut String, s: &StatusSnapshot) -> fmt::Result {
-    let broken = |state| {
-        matches!(
-            state,
-            PeerState::Down | PeerState::FabricDropped | PeerState::IpBlocked
-        )
-    };
+    let broken = PeerState::is_unreachable;
     let unhealthy = s.peers.iter().filter(|p| p.state != PeerState::Healthy);
     let unhealthy_count = unhealthy.clone().count();
     let (addresses, failing) = target_counts(&s.targets);

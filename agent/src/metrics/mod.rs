@@ -699,27 +699,18 @@ impl Metrics {
         self.apply_per_peer_mode(&mut book);
     }
 
-    /// Peers this node cannot reach on some path, after a round.
-    pub fn set_unreachable_peers(&self, n: usize) {
-        self.unreachable_peers
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-
-    /// Peers the latest round probed.
-    pub fn set_probed_peers(&self, n: usize) {
-        self.peers_probed.set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-
     /// The latest round's plan: its capacity and the peers it probed by role (every role
-    /// given, 0 included).
+    /// given, 0 included); `efa_peers_probed` is their sum.
     pub fn set_schedule(&self, capacity: usize, by_role: &[(&'static str, usize)]) {
-        self.budget_peers
-            .set(i64::try_from(capacity).unwrap_or(i64::MAX));
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.budget_peers.set(gauge(capacity));
         for (role, n) in by_role {
             self.schedule_peers
                 .get_or_create(&RoleLabels { role })
-                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+                .set(gauge(*n));
         }
+        self.peers_probed
+            .set(gauge(by_role.iter().map(|(_, n)| n).sum()));
     }
 
     /// Resolves the setting against the peer count; on a change of mode, adds or removes
@@ -755,12 +746,17 @@ impl Metrics {
         );
     }
 
+    /// Counts a peer in (or out of) `efa_peers_by_state`, and of `efa_node_unreachable_peers`
+    /// when its state is one of those.
     fn count_state(&self, state: PeerState, by: i64) {
         self.peers_by_state
             .get_or_create(&StateLabels {
                 state: StateLabel(state),
             })
             .inc_by(by);
+        if state.is_unreachable() {
+            self.unreachable_peers.inc_by(by);
+        }
     }
 
     /// Sets every per-peer series of `name` from `peer`, removing those it says are not

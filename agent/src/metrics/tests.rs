@@ -587,9 +587,7 @@ fn every_registered_family_is_updated_by_a_setter() {
     m.set_device_counters(&[device("rdmap0s6", &[("tx_bytes", 10)])]);
     m.set_ready(true);
     m.set_peer_count(1);
-    m.set_unreachable_peers(1);
     m.set_per_peer_mode(PerPeerMetrics::Unhealthy);
-    m.set_probed_peers(1);
     m.set_schedule(100, &[("watch", 1), ("mesh", 0)]);
     let after = m.encode();
 
@@ -962,7 +960,6 @@ fn none_mode_has_no_per_peer_series_but_the_aggregates() {
         Some(DiagnosisReason::SecurityGroup),
     ));
     m.set_peer_count(7);
-    m.set_unreachable_peers(4);
     assert_eq!(per_peer_lines(&m), Vec::<String>::new());
     let text = m.encode();
     assert_eq!(value(&text, "efa_peers", &[]), Some(7.0));
@@ -1244,4 +1241,18 @@ fn probe_groups_are_bounded_by_other() {
         ),
         Some(2.0)
     );
+}
+
+#[test]
+fn the_unreachable_count_follows_each_peers_state() {
+    let m = metrics();
+    let unreachable = |m: &Metrics| value(&m.encode(), "efa_node_unreachable_peers", &[]);
+    m.set_peer(&peer("gpu-1", PeerState::FabricDropped, None));
+    m.set_peer(&peer("gpu-2", PeerState::Down, None));
+    m.set_peer(&peer("gpu-3", PeerState::Degraded, None));
+    assert_eq!(unreachable(&m), Some(2.0));
+    m.set_peer(&peer("gpu-1", PeerState::Healthy, None));
+    assert_eq!(unreachable(&m), Some(1.0));
+    m.remove_peer("gpu-2");
+    assert_eq!(unreachable(&m), Some(0.0));
 }

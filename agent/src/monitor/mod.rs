@@ -389,18 +389,6 @@ impl PeerMonitor {
                 _ = tokio::time::sleep_until(next_start.unwrap_or(now)), if next_start.is_some() => {}
             }
         }
-        let unreachable = self
-            .peers
-            .values()
-            .filter(|p| {
-                matches!(
-                    p.status.state,
-                    PeerState::Down | PeerState::FabricDropped | PeerState::IpBlocked
-                )
-            })
-            .count();
-        self.metrics.set_unreachable_peers(unreachable);
-        self.metrics.set_probed_peers(self.plan.picks.len());
         self.metrics.set_schedule(
             self.plan.capacity,
             &Role::ALL.map(|r| (r.as_str(), self.plan.count(r))),

@@ -51,6 +51,14 @@ impl PeerState {
             PeerState::Unknown => "unknown",
         }
     }
+
+    /// Some path to the peer fails: `down`, `fabric_dropped` or `ip_blocked`.
+    pub const fn is_unreachable(self) -> bool {
+        matches!(
+            self,
+            PeerState::Down | PeerState::FabricDropped | PeerState::IpBlocked
+        )
+    }
 }
 
 /// Why a peer is not healthy, where it is known. Bounded: these are metric label values.
