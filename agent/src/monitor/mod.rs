@@ -156,8 +156,8 @@ impl Job {
 /// One monitored peer.
 struct Peer {
     verdict: PeerVerdict,
+    /// What is reported, the peer's latest hello (`status.hello`) included.
     status: PeerStatus,
-    hello: Option<Hello>,
     /// The fabric address in use and its handle in the engine.
     fabric: Option<(Vec<u8>, PeerHandle)>,
     /// The same address's handle in the large-probe engine.
@@ -175,14 +175,34 @@ struct Peer {
     rounds_since_rtt: u32,
     /// The latest hello's time.
     ip_rtt: Option<Duration>,
-    /// The round that last probed this peer, and why.
-    last_probed: Option<(u64, Role)>,
+    /// The round that last probed this peer.
+    last_probed: Option<u64>,
 }
 
 impl Peer {
     /// Its topology group (placement group, else subnet), once its hello said.
     fn group(&self) -> Option<String> {
-        peer_placement(self.hello.as_ref()).map(|p| p.group())
+        self.placement().map(|p| p.group())
+    }
+
+    /// Where it runs, from the topology in its hello.
+    fn placement(&self) -> Option<Placement> {
+        self.status
+            .hello
+            .as_ref()?
+            .topology
+            .as_ref()
+            .and_then(Placement::of)
+    }
+
+    /// Forgets its fabric handles (the engines drop their address-vector entries).
+    fn release_fabric(&mut self, pinger: Option<&FabricPinger>, large: Option<&FabricPinger>) {
+        if let (Some(pinger), Some((_, handle))) = (pinger, self.fabric.take()) {
+            pinger.remove_peer(handle);
+        }
+        if let (Some(pinger), Some(handle)) = (large, self.large_handle.take()) {
+            pinger.remove_peer(handle);
+        }
     }
 
     /// Kept in view whatever the sample: not healthy, or changing.
@@ -261,12 +281,7 @@ impl PeerMonitor {
             }
             self.state.remove_peer(key);
             self.metrics.remove_peer(&peer.status.name);
-            if let (Some(pinger), Some((_, handle))) = (&self.pinger, peer.fabric.take()) {
-                pinger.remove_peer(handle);
-            }
-            if let (Some(pinger), Some(handle)) = (&self.large_pinger, peer.large_handle.take()) {
-                pinger.remove_peer(handle);
-            }
+            peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
             tracing::info!(peer = %peer.status.name, "peer left");
             false
         });
@@ -297,7 +312,6 @@ impl PeerMonitor {
                 Peer {
                     verdict: PeerVerdict::new(self.settings.policy),
                     status,
-                    hello: None,
                     fabric: None,
                     large_handle: None,
                     grace_until: candidate.eligible_since + grace,
@@ -341,11 +355,11 @@ impl PeerMonitor {
             StdRng::seed_from_u64(self.jitter_seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let offsets = schedule::spread(plan.picks.len(), window, BATCH, || rng.random::<f64>());
         let start = Instant::now();
-        let mut pending: VecDeque<(Instant, String, Role)> = plan
+        let mut pending: VecDeque<(Instant, String)> = plan
             .picks
             .iter()
             .zip(offsets)
-            .map(|((key, role), offset)| (start + offset, key.clone(), *role))
+            .map(|((key, _), offset)| (start + offset, key.clone()))
             .collect();
         self.plan = plan;
         let confirmations = self.settings.policy.hysteresis.max(1) - 1;
@@ -353,9 +367,9 @@ impl PeerMonitor {
         loop {
             let now = Instant::now();
             while running.len() < CONCURRENCY && pending.front().is_some_and(|p| p.0 <= now) {
-                let (_, key, role) = pending.pop_front().expect("checked");
+                let (_, key) = pending.pop_front().expect("checked");
                 if let Some(peer) = self.peers.get_mut(&key) {
-                    peer.last_probed = Some((round, role));
+                    peer.last_probed = Some(round);
                 }
                 if let Some(job) = self.job(&key, large, 0) {
                     running.push(job.run());
@@ -428,19 +442,14 @@ impl PeerMonitor {
             plan.picks.iter().map(|(k, _)| k.as_str()).collect();
         let rotation = self.settings.schedule.rotation;
         for (key, peer) in &mut self.peers {
-            let was_probed = peer.last_probed.is_some_and(|(r, _)| r + 1 >= round);
+            let was_probed = peer.last_probed.is_some_and(|r| r + 1 >= round);
             if !was_probed || picked.contains(key.as_str()) {
                 continue;
             }
             peer.last_probed = None;
             peer.verdict = PeerVerdict::new(self.settings.policy);
             peer.large_results.clear();
-            if let (Some(pinger), Some((_, handle))) = (&self.pinger, peer.fabric.take()) {
-                pinger.remove_peer(handle);
-            }
-            if let (Some(pinger), Some(handle)) = (&self.large_pinger, peer.large_handle.take()) {
-                pinger.remove_peer(handle);
-            }
+            peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
             self.metrics.remove_peer(&peer.status.name);
             peer.status.state = PeerState::Unknown;
             peer.status.reason = None;
@@ -502,12 +511,17 @@ impl PeerMonitor {
             return; // left during the round
         };
         let old_name = peer.status.name.clone();
-        let group = peer.group();
+        if let Ok((hello, _)) = &result.hello {
+            peer.status.hello = Some(hello.clone());
+        }
+        // Where it runs, from the hello just fetched if there is one.
+        let placement = peer.placement();
+        let group = placement.as_ref().map(Placement::group);
         let group = group.as_deref().unwrap_or(UNKNOWN_GROUP);
 
         // The IP path.
         let ip = match &result.hello {
-            Ok((hello, rtt)) => {
+            Ok((_, rtt)) => {
                 peer.status.ip = PathStatus {
                     reachable: Some(true),
                     rtt_seconds: Some(rtt.as_secs_f64()),
@@ -520,7 +534,6 @@ impl PeerMonitor {
                     ProbeResult::Ok,
                     Some(*rtt),
                 );
-                peer.hello = Some(hello.clone());
                 peer.ip_rtt = Some(*rtt);
                 IpObservation::Answered(*rtt)
             }
@@ -547,7 +560,7 @@ impl PeerMonitor {
         };
 
         // The fabric path: what was probed this round, or why nothing was.
-        let fabric = match (&result.fabric, &peer.hello) {
+        let fabric = match (&result.fabric, &peer.status.hello) {
             _ if !local_fabric => FabricObservation::LocalNoFabric,
             (Some(outcome), _) => {
                 if let ProbeOutcome::Pong {
@@ -628,10 +641,7 @@ impl PeerMonitor {
                 self.settings.probe_size
             ));
         }
-        let relation = relate(
-            self.settings.placement.as_ref(),
-            peer_placement(peer.hello.as_ref()).as_ref(),
-        );
+        let relation = relate(self.settings.placement.as_ref(), placement.as_ref());
         let changed = peer.verdict.observe(&Round {
             ip,
             fabric,
@@ -652,10 +662,9 @@ impl PeerMonitor {
         let in_grace = std::time::Instant::now() < peer.grace_until;
         peer.status.fabric_loss = peer.verdict.fabric_loss();
         peer.status.rounds += 1;
-        if let Some(hello) = &peer.hello {
+        if let Some(hello) = &peer.status.hello {
             peer.status.name = hello.node_name.clone();
         }
-        peer.status.hello = peer.hello.clone();
         peer.status.summary = summary::summarize(
             peer.status.state,
             peer.status.reason,
@@ -677,16 +686,15 @@ impl PeerMonitor {
                 peer.status.summary
             );
         }
-        peer.status.warnings = placement_warning(
-            self.settings.placement.as_ref(),
-            peer_placement(peer.hello.as_ref()).as_ref(),
-        )
-        .into_iter()
-        .collect();
+        peer.status.warnings =
+            placement_warning(self.settings.placement.as_ref(), placement.as_ref())
+                .into_iter()
+                .collect();
 
         // Learn or update the peer's fabric address from its hello. It is kept when the IP
         // path later fails, so the fabric probe goes on.
         let wanted = peer
+            .status
             .hello
             .as_ref()
             .filter(|h| h.fabric.available && Some(&h.fabric.provider) == provider.as_ref())
@@ -694,13 +702,10 @@ impl PeerMonitor {
         let current = peer.fabric.as_ref().map(|(a, _)| a.as_slice());
         if let (Some(pinger), Some(address)) = (&self.pinger, wanted) {
             if Some(address.as_slice()) != current {
-                if let Some((_, old)) = peer.fabric.take() {
-                    pinger.remove_peer(old);
+                if peer.fabric.is_some() {
                     peer.verdict.fabric_path_changed();
                 }
-                if let (Some(lp), Some(old)) = (&self.large_pinger, peer.large_handle.take()) {
-                    lp.remove_peer(old);
-                }
+                peer.release_fabric(Some(pinger), self.large_pinger.as_ref());
                 peer.large_results.clear();
                 if let Some(lp) = &self.large_pinger {
                     peer.large_handle = lp.add_peer(&address).get().await.and_then(Result::ok);
@@ -726,19 +731,9 @@ impl PeerMonitor {
     /// Closes every peer's fabric handle (shutdown).
     pub fn release(&mut self) {
         for peer in self.peers.values_mut() {
-            if let (Some(pinger), Some((_, h))) = (&self.pinger, peer.fabric.take()) {
-                pinger.remove_peer(h);
-            }
-            if let (Some(pinger), Some(h)) = (&self.large_pinger, peer.large_handle.take()) {
-                pinger.remove_peer(h);
-            }
+            peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
         }
     }
-}
-
-/// Where a peer runs, from the topology in its hello.
-fn peer_placement(hello: Option<&Hello>) -> Option<Placement> {
-    hello?.topology.as_ref().and_then(Placement::of)
 }
 
 fn not_probed(failure: &str, why: String) -> PathStatus {
