@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::metrics::{parse, value};
+use support::netns::local_http_get;
 use support::process::Process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
@@ -20,14 +21,7 @@ const PEERS: usize = 24;
 const DEAD: &str = "127.1.7.200:27811";
 
 fn scrape(port: u16) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "2"])
-        .arg(format!("http://127.0.0.1:{port}/metrics"))
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    local_http_get(&format!("127.0.0.1:{port}"), "/metrics")
 }
 
 /// Peers with a per-peer state series in this exposition.

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::metrics::{parse, value, Sample};
-use support::netns::{can_run, http_get, Netns, Pair};
+use support::netns::{can_run, http_get, local_http_get, Netns, Pair};
 use support::process::{wait_until, Process};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
@@ -186,20 +186,7 @@ fn a_slow_imds_does_not_delay_start_up_beyond_its_timeout() {
         "1s",
     ]);
     let _agent = Process::spawn(&mut cmd);
-    let get = |path: &str| -> Option<String> {
-        let out = Command::new("curl")
-            .args([
-                "-sf",
-                "--max-time",
-                "2",
-                &format!("http://127.0.0.1:{port}{path}"),
-            ])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let get = |path: &str| local_http_get(&format!("127.0.0.1:{port}"), path);
     while get("/readyz").is_none() {
         assert!(started.elapsed() < Duration::from_secs(10), "never ready");
         std::thread::sleep(Duration::from_millis(50));
@@ -241,17 +228,9 @@ fn topology_that_arrives_late_is_still_read() {
         "500ms",
     ]);
     let _agent = Process::spawn(&mut cmd);
-    let metric = |name: &str| -> Option<f64> {
-        let out = Command::new("curl")
-            .args([
-                "-sf",
-                "--max-time",
-                "2",
-                &format!("http://127.0.0.1:{port}/metrics"),
-            ])
-            .output()
-            .ok()?;
-        value(&parse(&String::from_utf8_lossy(&out.stdout)), name, &[])
+    let metric = |name: &str| {
+        let text = local_http_get(&format!("127.0.0.1:{port}"), "/metrics")?;
+        value(&parse(&text), name, &[])
     };
     let started = Instant::now();
     while metric("efa_node_topology_available") != Some(0.0) {

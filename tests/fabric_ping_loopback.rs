@@ -114,6 +114,15 @@ fn engine(max_learned: usize) -> FabricPinger {
     fabric_ping::open_all(&config).unwrap().remove(0)
 }
 
+/// `responder` as a peer of `prober`.
+fn add(prober: &FabricPinger, responder: &FabricPinger) -> PeerHandle {
+    prober
+        .add_peer(responder.address())
+        .wait()
+        .unwrap()
+        .unwrap()
+}
+
 /// A bare endpoint on the same provider, to send what no efaprobe would.
 fn raw_endpoint() -> Endpoint {
     let list = InfoList::get(&Query::provider("udp;ofi_rxd").bind(Some("127.0.0.1"))).unwrap();
@@ -232,11 +241,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
 
     // Still serving: a real prober gets its answers.
     let prober = engine(16);
-    let peer = prober
-        .add_peer(responder.address())
-        .wait()
-        .unwrap()
-        .unwrap();
+    let peer = add(&prober, &responder);
     let outcome = prober
         .probe(peer, 64, Duration::from_secs(3))
         .wait()
@@ -367,11 +372,7 @@ fn a_dead_peer_does_not_hold_up_a_live_one() {
 fn pairs_measure_the_path_and_single_pings_prove_it() {
     let responder = engine(16);
     let prober = engine(16);
-    let peer = prober
-        .add_peer(responder.address())
-        .wait()
-        .unwrap()
-        .unwrap();
+    let peer = add(&prober, &responder);
     let timeout = Duration::from_secs(1);
     let mut warm_rtts = Vec::new();
     for _ in 0..10 {

@@ -208,8 +208,16 @@ impl Lan {
 
 /// GET `http://{addr}{path}` from inside `ns`, bounded by a 2 s timeout; `None` on failure.
 pub fn http_get(ns: &Netns, addr: &str, path: &str) -> Option<String> {
-    let out = ns
-        .command("curl")
+    curl(ns.command("curl"), addr, path)
+}
+
+/// GET `http://{addr}{path}` on this host (loopback), the same way.
+pub fn local_http_get(addr: &str, path: &str) -> Option<String> {
+    curl(Command::new("curl"), addr, path)
+}
+
+fn curl(mut curl: Command, addr: &str, path: &str) -> Option<String> {
+    let out = curl
         .args(["-sf", "--max-time", "2", &format!("http://{addr}{path}")])
         .output()
         .ok()?;

@@ -89,6 +89,18 @@ fn with_label(text: &str, label: &str, value: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// `peer` has a series in every per-peer family, and in no other family.
+fn assert_has_every_peer_family(text: &str, peer: &str) {
+    let families: std::collections::BTreeSet<String> = with_label(text, "peer", peer)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(
+        families,
+        PEER_FAMILIES.iter().map(|s| s.to_string()).collect()
+    );
+}
+
 fn no_fabric() -> FabricStatus {
     FabricStatus {
         provider: "efa".into(),
@@ -212,14 +224,7 @@ fn a_peer_has_every_series_and_a_departed_one_has_none() {
         ),
         Some(1.0)
     );
-    let families: std::collections::BTreeSet<String> = with_label(&text, "peer", "gpu-1")
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    assert_eq!(
-        families,
-        PEER_FAMILIES.iter().map(|s| s.to_string()).collect()
-    );
+    assert_has_every_peer_family(&text, "gpu-1");
 
     m.remove_peer("gpu-1");
     let text = m.encode();
@@ -876,14 +881,7 @@ fn unhealthy_mode_has_series_only_for_peers_in_a_fault_state() {
         "unknown: {text}"
     );
     // The unhealthy peer has every family, exactly as in `all`.
-    let families: std::collections::BTreeSet<String> = with_label(&text, "peer", "gpu-3")
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    assert_eq!(
-        families,
-        PEER_FAMILIES.iter().map(|s| s.to_string()).collect()
-    );
+    assert_has_every_peer_family(&text, "gpu-3");
     assert_eq!(
         value(
             &text,
