@@ -27,7 +27,7 @@
 //! | `efa_node_unreachable_peers` | gauge | (peers in `down`, `fabric_dropped`, `ip_blocked`) |
 //! | `efa_peers_by_state` | gauge | `state` (every state, 0 included) |
 //! | `efa_per_peer_metrics_mode` | gauge, one-hot | `mode` (`all`, `unhealthy`, `none`) |
-//! | `efa_peers_probed` | gauge | (peers the latest round probed: the schedule's picks) |
+//! | `efa_peers_probed` | gauge | (peers the current round probes: the schedule's picks, set as it starts) |
 //! | `efa_probe_schedule_peers` | gauge | `role` (`watch`, `mesh`, `sample`, `learn`) |
 //! | `efa_probe_budget_peers` | gauge | (peers a round may probe: budget × interval) |
 //!
@@ -306,13 +306,13 @@ impl Metrics {
         );
         let peers_probed: Gauge = register.add(
             "efa_peers_probed",
-            "Peers the latest round probed (on large clusters, a sample of efa_peers)",
+            "Peers the current round probes (on large clusters, a sample of efa_peers)",
             None,
             Gauge::default(),
         );
         let schedule_peers: Family<RoleLabels, Gauge> = register.add(
             "efa_probe_schedule_peers",
-            "Peers the latest round probed, by why: watch (not healthy), mesh (same \
+            "Peers the current round probes, by why: watch (not healthy), mesh (same \
              topology group), sample (another group), learn (group not known yet)",
             None,
             Family::default(),
@@ -699,7 +699,7 @@ impl Metrics {
         self.apply_per_peer_mode(&mut book);
     }
 
-    /// The latest round's plan: its capacity and the peers it probed by role (every role
+    /// A round's plan, as it starts: its capacity and the peers it probes by role (every role
     /// given, 0 included); `efa_peers_probed` is their sum.
     pub fn set_schedule(&self, capacity: usize, by_role: &[(&'static str, usize)]) {
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);

@@ -338,6 +338,10 @@ impl PeerMonitor {
         let round = self.round;
         self.round += 1;
         let plan = self.make_plan(round);
+        self.metrics.set_schedule(
+            plan.capacity,
+            &Role::ALL.map(|r| (r.as_str(), plan.count(r))),
+        );
         self.retire_unscheduled(&plan, round);
         let sizes = &self.settings.large_probe_sizes;
         // One larger size every other round, in turn: size-specific drops are configuration
@@ -403,10 +407,6 @@ impl PeerMonitor {
                 _ = tokio::time::sleep_until(next_start.unwrap_or(now)), if next_start.is_some() => {}
             }
         }
-        self.metrics.set_schedule(
-            self.plan.capacity,
-            &Role::ALL.map(|r| (r.as_str(), self.plan.count(r))),
-        );
     }
 
     fn make_plan(&self, round: u64) -> Plan {
