@@ -18,6 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const SIM_PORT: u16 = 27_811;
 const AGENT_PORT: u16 = 27_812;
 const PEERS: usize = 24;
+const PROVIDER: &str = "udp;ofi_rxd";
 const DEAD: &str = "127.1.7.200:27811";
 
 fn scrape(port: u16) -> Option<String> {
@@ -33,21 +34,22 @@ fn peers_with_series(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn a_small_budget_rotates_through_every_peer_and_watches_the_unreachable_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let peers_file = dir.path().join("peers");
-    let _sim = Process::spawn(
+/// `efaprobe simulate-peers` with `count` peers from `ip_base` on, and the peer list it wrote.
+fn simulate(
+    dir: &tempfile::TempDir,
+    prefix: &str,
+    ip_base: &str,
+    port: u16,
+    extra: &[&str],
+) -> (Process, String) {
+    let peers_file = dir.path().join(format!("{prefix}-peers"));
+    let sim = Process::spawn(
         Command::new(BIN)
             .args(["simulate-peers", "--count", &PEERS.to_string()])
-            .args(["--ip-base", "127.1.7.1", "--port", &SIM_PORT.to_string()])
-            .args([
-                "--fabric-provider",
-                "udp;ofi_rxd",
-                "--fabric-bind",
-                "127.0.0.1",
-            ])
-            .args(["--fabric-engines", "4", "--name-prefix", "sched"])
+            .args(["--ip-base", ip_base, "--port", &port.to_string()])
+            .args(["--fabric-provider", PROVIDER, "--fabric-bind", "127.0.0.1"])
+            .args(["--fabric-engines", "4", "--name-prefix", prefix])
+            .args(extra)
             .arg("--peers-file")
             .arg(&peers_file),
     );
@@ -59,25 +61,37 @@ fn a_small_budget_rotates_through_every_peer_and_watches_the_unreachable_one() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let peers = format!(
-        "{},{DEAD}",
-        std::fs::read_to_string(&peers_file).unwrap().trim()
-    );
-    let _agent = Process::spawn(
+    let listed = std::fs::read_to_string(&peers_file).unwrap();
+    (sim, listed.trim().to_owned())
+}
+
+/// An agent on loopback probing `peers` every second, a new sample window every round.
+fn agent(name: &str, port: u16, imds: &str, extra: &[&str], peers: &str) -> Process {
+    Process::spawn(
         Command::new(BIN)
-            .args(["agent", "--node-name", "sched-observer"])
-            .args(["--listen", &format!("127.0.0.1:{AGENT_PORT}")])
-            .args(["--pod-ip", "127.0.0.1", "--imds-endpoint", "none"])
-            .args([
-                "--fabric-provider",
-                "udp;ofi_rxd",
-                "--fabric-bind",
-                "127.0.0.1",
-            ])
-            .args(["--interval", "1s", "--timeout", "300ms"])
-            // 5 peers a round out of 25; a new window every round.
-            .args(["--probe-budget", "5", "--sample-rotation", "1"])
-            .args(["--per-peer-metrics", "all", "--peers", &peers]),
+            .args(["agent", "--node-name", name])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--pod-ip", "127.0.0.1", "--imds-endpoint", imds])
+            .args(["--fabric-provider", PROVIDER, "--fabric-bind", "127.0.0.1"])
+            .args(["--interval", "1s", "--sample-rotation", "1"])
+            .args(["--per-peer-metrics", "all"])
+            .args(extra)
+            .args(["--peers", peers]),
+    )
+}
+
+#[test]
+fn a_small_budget_rotates_through_every_peer_and_watches_the_unreachable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sim, listed) = simulate(&dir, "sched", "127.1.7.1", SIM_PORT, &[]);
+    let peers = format!("{listed},{DEAD}");
+    // 5 peers a round out of 25; a new window every round.
+    let _agent = agent(
+        "sched-observer",
+        AGENT_PORT,
+        "none",
+        &["--timeout", "300ms", "--probe-budget", "5"],
+        &peers,
     );
 
     let mut seen = BTreeSet::new();
@@ -142,4 +156,111 @@ fn a_small_budget_rotates_through_every_peer_and_watches_the_unreachable_one() {
         value(&parse(&text), "efa_probe_budget_peers", &[]),
         Some(5.0)
     );
+}
+
+#[test]
+fn the_own_placement_group_is_meshed_and_the_others_sampled() {
+    const SIM_PORT: u16 = 27_821;
+    const AGENT_PORT: u16 = 27_822;
+    const IMDS: &str = "127.0.0.1:27823";
+    let dir = tempfile::tempdir().unwrap();
+    // Peer i (0-based) is in placement group mesh-pg-(i mod 3); this node is in mesh-pg-0.
+    let (_sim, peers) = simulate(
+        &dir,
+        "mesh",
+        "127.1.8.1",
+        SIM_PORT,
+        &["--placement-groups", "3"],
+    );
+    let in_own_group = |name: &str| {
+        let index: usize = name.trim_start_matches("mesh-").parse().unwrap();
+        (index - 1) % 3 == 0
+    };
+    let _imds = Process::spawn(
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/fake-imds.py"
+            ))
+            .args(["--listen", IMDS, "--instance-id", "i-0mesh"])
+            .args(["--instance-type", "p5.48xlarge", "--az", "sim-zone-a"])
+            .args(["--subnet", "subnet-mesh", "--vpc", "vpc-sim"])
+            .args(["--security-groups", "sg-sim", "--mac", "0a:00:00:00:ff:01"])
+            .args(["--placement-group", "mesh-pg-0"]),
+    );
+    // 12 peers a round out of 24: the 8 of its own group, 3 of the 16 others, 1 to spare.
+    let _agent = agent(
+        "mesh-observer",
+        AGENT_PORT,
+        &format!("http://{IMDS}"),
+        &[
+            "--timeout",
+            "500ms",
+            "--probe-budget",
+            "12",
+            "--sample-peers",
+            "3",
+        ],
+        &peers,
+    );
+    let role = |m: &[support::metrics::Sample], r: &str| {
+        value(m, "efa_probe_schedule_peers", &[("role", r)]).unwrap_or(-1.0)
+    };
+
+    // Start-up: every peer's group is learnt from its hello, the first probes settle.
+    let mut why = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the schedule never settled: {why}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(text) = scrape(AGENT_PORT) else {
+            continue;
+        };
+        let m = parse(&text);
+        let roles = ["watch", "mesh", "sample", "learn"].map(|r| role(&m, r));
+        if roles == [0.0, 8.0, 3.0, 0.0] {
+            break;
+        }
+        why = format!("roles watch, mesh, sample, learn: {roles:?}");
+    }
+
+    // Steady state: the own group in every round, healthy; at most the sample of the others;
+    // over rounds, every other peer.
+    let mut sampled = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while sampled.len() < 16 {
+        assert!(
+            Instant::now() < deadline,
+            "not every peer of another group was sampled within 40 s: {sampled:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(text) = scrape(AGENT_PORT) else {
+            continue;
+        };
+        let m = parse(&text);
+        let (own, others): (BTreeSet<String>, BTreeSet<String>) = peers_with_series(&text)
+            .into_iter()
+            .partition(|p| in_own_group(p));
+        assert_eq!(own.len(), 8, "the own group left the schedule: {own:?}");
+        for peer in &own {
+            let healthy = value(
+                &m,
+                "efa_peer_state",
+                &[("peer", peer), ("state", "healthy")],
+            );
+            assert_eq!(healthy, Some(1.0), "{peer} is not healthy");
+        }
+        // A peer that turned unhealthy or changing is watched on top of the sample.
+        let allowed = 3.0 + role(&m, "watch");
+        assert!(
+            others.len() as f64 <= allowed,
+            "{} other-group peers have series, {allowed} allowed: {others:?}",
+            others.len()
+        );
+        assert!(value(&m, "efa_peers_probed", &[]) <= Some(12.0));
+        sampled.extend(others);
+    }
 }

@@ -42,6 +42,7 @@ use serde::Serialize;
 use crate::fabric_ping::{self as engine, FabricPinger, PingerConfig};
 use crate::hello::{is_node_name, Hello, HelloEndpoint, HelloFabric};
 use crate::shutdown::ShutdownSignal;
+use crate::topology::{NetworkInterface, Topology};
 
 use super::agent::VERSION;
 use super::EXIT_USAGE;
@@ -84,6 +85,11 @@ pub struct Args {
     /// Node names are PREFIX-00001, PREFIX-00002, ...
     #[arg(long, default_value = "sim")]
     pub name_prefix: String,
+    /// Spread the peers over this many placement groups, `PREFIX-pg-0` ... (peer i in group
+    /// i mod N), each peer publishing an instance topology (one subnet, `subnet-PREFIX`). 0:
+    /// the peers publish no topology, and an agent probes them as of an unknown group.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MAX_COUNT as i64))]
+    pub placement_groups: u32,
     /// Write the peer list (comma-separated HOST:PORT) to this file once every peer listens,
     /// instead of printing it on stdout.
     #[arg(long, value_name = "PATH")]
@@ -241,6 +247,28 @@ pub fn sim_hello(name: String, provider: &str, pinger: Option<&FabricPinger>) ->
     }
 }
 
+/// The instance topology of simulated peer `index` (0-based) when the peers are spread over
+/// `groups` placement groups: group `index mod groups`, one subnet for all.
+pub fn sim_topology(prefix: &str, index: usize, groups: u32) -> Option<Topology> {
+    let group = index.checked_rem(groups as usize)?;
+    let [.., a, b, c, d] = (index as u64).to_be_bytes();
+    Some(Topology {
+        instance_id: format!("i-{index:017x}"),
+        instance_type: "p5.48xlarge".to_owned(),
+        availability_zone: "sim-zone-a".to_owned(),
+        availability_zone_id: None,
+        placement_group: Some(format!("{prefix}-pg-{group}")),
+        primary_mac: format!("0a:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}"),
+        interfaces: vec![NetworkInterface {
+            mac: format!("0a:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}"),
+            subnet_id: format!("subnet-{prefix}"),
+            vpc_id: "vpc-sim".to_owned(),
+            security_group_ids: vec!["sg-sim".to_owned()],
+            subnet_cidr: None,
+        }],
+    })
+}
+
 #[derive(Serialize)]
 struct Ready<'a> {
     peers: usize,
@@ -268,11 +296,12 @@ async fn serve(args: &Args, ips: &[Ipv4Addr], pingers: &[FabricPinger]) -> anyho
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let hello = sim_hello(
+        let mut hello = sim_hello(
             node_name(&args.name_prefix, i + 1),
             &args.fabric_provider,
             pingers.get(i % pingers.len().max(1)),
         );
+        hello.topology = sim_topology(&args.name_prefix, i, args.placement_groups);
         let body = Bytes::from(serde_json::to_vec(&hello).context("encoding a hello")?);
         let served = served.clone();
         let app = Router::new()
@@ -367,6 +396,24 @@ mod tests {
         assert!(is_node_name(&node_name("sim", MAX_COUNT as usize)));
     }
 
+    #[test]
+    fn topologies_are_valid_and_spread_over_the_groups() {
+        assert_eq!(sim_topology("sim", 7, 0), None);
+        let groups: Vec<_> = (0..MAX_COUNT as usize)
+            .map(|i| sim_topology("sim", i, 3).unwrap())
+            .inspect(|t| t.validate().unwrap())
+            .map(|t| t.placement_group.unwrap())
+            .collect();
+        assert_eq!(
+            groups[..4],
+            ["sim-pg-0", "sim-pg-1", "sim-pg-2", "sim-pg-0"]
+        );
+        let macs: std::collections::HashSet<_> = (0..MAX_COUNT as usize)
+            .map(|i| sim_topology("sim", i, 3).unwrap().primary_mac)
+            .collect();
+        assert_eq!(macs.len(), MAX_COUNT as usize);
+    }
+
     #[tokio::test]
     async fn serves_each_peer_its_own_hello() {
         let dir = tempfile::tempdir().unwrap();
@@ -383,6 +430,7 @@ mod tests {
             fabric_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             name_prefix: "sim".into(),
             fabric_engines: 1,
+            placement_groups: 2,
             peers_file: Some(file.clone()),
         };
         let ips = peer_ips(args.ip_base, args.count).unwrap();
@@ -410,6 +458,9 @@ mod tests {
             assert_eq!(response.status, 200);
             let hello = Hello::parse(&response.body).unwrap();
             assert_eq!(hello.node_name, node_name("sim", i + 1));
+            let topology = hello.topology.unwrap();
+            let group = format!("sim-pg-{}", i % 2);
+            assert_eq!(topology.placement_group.as_deref(), Some(group.as_str()));
         }
         server.abort();
     }
