@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use support::metrics::{parse, value, Sample};
 use support::netns::can_run;
 use support::process::wait_until;
+use support::prometheus::{alerts_of, dashboard_queries, urlencode, Alert};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PREFIX: &str = "efp-lt";
@@ -107,21 +108,9 @@ impl Lab {
             .unwrap_or(serde_json::Value::Null)
     }
 
-    /// Pending and firing alerts as (name, labels without severity).
-    fn alerts(&self) -> Vec<(String, BTreeMap<String, String>, String)> {
-        let v = self.prometheus("/api/v1/alerts");
-        let Some(list) = v["data"]["alerts"].as_array() else {
-            return vec![];
-        };
-        list.iter()
-            .map(|a| {
-                let mut labels: BTreeMap<String, String> =
-                    serde_json::from_value(a["labels"].clone()).unwrap_or_default();
-                let name = labels.remove("alertname").unwrap_or_default();
-                labels.remove("severity");
-                (name, labels, a["state"].as_str().unwrap_or("").to_owned())
-            })
-            .collect()
+    /// Pending and firing alerts as (name, labels without severity, state).
+    fn alerts(&self) -> Vec<Alert> {
+        alerts_of(&self.prometheus("/api/v1/alerts"))
     }
 }
 
@@ -243,51 +232,6 @@ fn all_healthy(lab: &Lab) -> Result<(), String> {
     } else {
         Err(format!("alerts still active: {alerts:?}"))
     }
-}
-
-/// Every `expr` in the dashboard, with Grafana's variables filled in.
-fn dashboard_queries() -> Vec<String> {
-    let text = std::fs::read_to_string(repo().join("manifests/grafana/efaprobe-dashboard.json"))
-        .expect("dashboard JSON");
-    let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard parses");
-    let mut exprs = BTreeSet::new();
-    fn walk(v: &serde_json::Value, out: &mut BTreeSet<String>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, v) in m {
-                    match (k.as_str(), v) {
-                        ("expr", serde_json::Value::String(s)) if !s.trim().is_empty() => {
-                            out.insert(s.clone());
-                        }
-                        _ => walk(v, out),
-                    }
-                }
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
-    walk(&json, &mut exprs);
-    exprs
-        .into_iter()
-        .map(|e| {
-            e.replace("$__rate_interval", "1m")
-                .replace("${node:regex}", ".*")
-                .replace("${node}", ".*")
-                .replace("$node", ".*")
-        })
-        .collect()
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Runs every dashboard query; records which returned data. Each must parse.

@@ -8,3 +8,4 @@
 pub mod metrics;
 pub mod netns;
 pub mod process;
+pub mod prometheus;

@@ -1,0 +1,266 @@
+//! The dashboard and the alert rules in each per-peer metrics mode, against a real Prometheus
+//! with the shipped rules. Three agents on loopback, one per mode (`all`, `unhealthy`,
+//! `none`), probe the same simulated peers plus one address where nothing listens (a peer
+//! whose node is gone, and that Prometheus has no target for). Every mode must show that
+//! dead peer in the panels built from per-node aggregates, the per-peer panels must name it
+//! only where series exist, and the alerts must say it once in each mode: EFAPeerDown from
+//! the nodes that name their peers, EFANodePeersUnhealthy from the node that only counts them.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::netns::local_http_get;
+use support::process::Process;
+use support::prometheus::{dashboard_panels, LocalPrometheus};
+
+const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
+const SIM_PORT: u16 = 27_831;
+const PROMETHEUS_PORT: u16 = 27_835;
+const PEERS: usize = 6;
+const DEAD: &str = "127.1.9.200:27831";
+const MODES: [(&str, u16); 3] = [("all", 27_832), ("unhealthy", 27_833), ("none", 27_834)];
+
+fn node(mode: &str) -> String {
+    format!("dash-{mode}")
+}
+
+/// The panel's results: each series' labels and value (several queries: all of them).
+fn panel(prometheus: &LocalPrometheus, title: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let panels = dashboard_panels();
+    let (_, queries) = panels
+        .iter()
+        .find(|(t, _)| t == title)
+        .unwrap_or_else(|| panic!("no panel {title:?} in the dashboard"));
+    queries
+        .iter()
+        .flat_map(|q| prometheus.query(q))
+        .map(|r: Value| {
+            let labels = serde_json::from_value(r["metric"].clone()).unwrap_or_default();
+            let value = r["value"][1].as_str().and_then(|v| v.parse().ok());
+            (labels, value.unwrap_or(f64::NAN))
+        })
+        .collect()
+}
+
+fn with<'a>(
+    series: &'a [(BTreeMap<String, String>, f64)],
+    labels: &[(&str, &str)],
+) -> Vec<&'a (BTreeMap<String, String>, f64)> {
+    series
+        .iter()
+        .filter(|(l, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect()
+}
+
+/// Everything the test expects, checked at one moment: `Err` says the first that does not
+/// hold yet.
+fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
+    let expect = |what: &str, ok: bool, seen: &dyn std::fmt::Debug| {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{what}: {seen:?}"))
+        }
+    };
+    let nodes: Vec<String> = MODES.iter().map(|(m, _)| node(m)).collect();
+
+    // Panels on per-node aggregates: the dead peer, from every node.
+    let by_state = panel(prometheus, "Peers by state, per node");
+    for n in &nodes {
+        let down = with(&by_state, &[("node", n), ("state", "down")]);
+        expect(
+            &format!("{n} counts one peer down"),
+            down.len() == 1 && down[0].1 == 1.0,
+            &by_state,
+        )?;
+    }
+    let pairs = panel(prometheus, "Unhealthy pairs by state");
+    let down = with(&pairs, &[("state", "down")]);
+    expect(
+        "three pairs down",
+        down.len() == 1 && down[0].1 == 3.0,
+        &pairs,
+    )?;
+    let share = panel(prometheus, "Share of peers each node cannot reach");
+    for n in &nodes {
+        let ratio = with(&share, &[("node", n)]);
+        let one_in = 1.0 / (PEERS + 1) as f64;
+        expect(
+            &format!("{n} cannot reach 1 of {} peers", PEERS + 1),
+            ratio.len() == 1 && (ratio[0].1 - one_in).abs() < 1e-9,
+            &share,
+        )?;
+    }
+    let failing = panel(prometheus, "Failed probes by path and result");
+    for n in &nodes {
+        let ip = with(&failing, &[("node", n), ("path", "ip")]);
+        expect(&format!("{n}'s failed IP probes"), !ip.is_empty(), &failing)?;
+    }
+    let rtt = panel(prometheus, "Probe RTT by path (p50, p99)");
+    for path in ["ip", "fabric"] {
+        let answered = with(&rtt, &[("path", path)]);
+        expect(
+            &format!("{path} RTT"),
+            answered.iter().all(|s| s.1 > 0.0) && answered.len() == 2,
+            &rtt,
+        )?;
+    }
+    let modes = panel(prometheus, "Per-peer metrics mode");
+    for (mode, _) in MODES {
+        let count = with(&modes, &[("mode", mode)]);
+        expect(
+            &format!("one node in mode {mode}"),
+            count.len() == 1 && count[0].1 == 1.0,
+            &modes,
+        )?;
+    }
+    let agents = panel(prometheus, "Agents");
+    expect(
+        "three agents ready",
+        agents.first().is_some_and(|s| s.1 == 3.0),
+        &agents,
+    )?;
+
+    // Per-peer panels: the peer is named where its series exist (modes all and unhealthy).
+    let observers = panel(prometheus, "Nodes that see each peer down");
+    let dead = with(&observers, &[("peer", DEAD)]);
+    expect(
+        "two nodes name the dead peer",
+        dead.len() == 1 && dead[0].1 == 2.0,
+        &observers,
+    )?;
+    let down_stat = panel(prometheus, "Peers down");
+    expect(
+        "one peer down",
+        down_stat.first().is_some_and(|s| s.1 == 1.0),
+        &down_stat,
+    )?;
+    let problems = panel(prometheus, "Current problems");
+    let named: BTreeSet<(&str, &str)> = problems
+        .iter()
+        .map(|(l, _)| (l["node"].as_str(), l["peer"].as_str()))
+        .collect();
+    let want = BTreeSet::from([("dash-all", DEAD), ("dash-unhealthy", DEAD)]);
+    expect("the problems table", named == want, &named)?;
+    let matrix = panel(prometheus, "Peer state matrix (observer → peer)");
+    for (mode, rows) in [("all", PEERS + 1), ("unhealthy", 1), ("none", 0)] {
+        let n = node(mode);
+        let seen = with(&matrix, &[("node", &n)]).len();
+        expect(
+            &format!("{n}'s rows in the state matrix: {rows}"),
+            seen == rows,
+            &seen,
+        )?;
+    }
+
+    // Alerts, pending (their `for:` is minutes): said once per mode, nothing else.
+    let alerts: BTreeSet<(String, Vec<(String, String)>)> = prometheus
+        .alerts()
+        .into_iter()
+        .map(|(name, labels, _)| {
+            let keep = ["node", "peer", "state"];
+            let labels = labels
+                .into_iter()
+                .filter(|(k, _)| keep.contains(&k.as_str()));
+            (name, labels.collect())
+        })
+        .collect();
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let want = BTreeSet::from([
+        ("EFAPeerDown".to_owned(), vec![pair("peer", DEAD)]),
+        (
+            "EFANodePeersUnhealthy".to_owned(),
+            vec![pair("node", "dash-none"), pair("state", "down")],
+        ),
+    ]);
+    expect("alerts", alerts == want, &alerts)
+}
+
+#[test]
+fn every_mode_shows_the_dead_peer_in_the_dashboard_and_alerts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers_file = dir.path().join("peers");
+    let _sim = Process::spawn(
+        Command::new(BIN)
+            .args(["simulate-peers", "--count", &PEERS.to_string()])
+            .args(["--ip-base", "127.1.9.1", "--port", &SIM_PORT.to_string()])
+            .args([
+                "--fabric-provider",
+                "udp;ofi_rxd",
+                "--fabric-bind",
+                "127.0.0.1",
+            ])
+            .args(["--name-prefix", "dashpeer"])
+            .arg("--peers-file")
+            .arg(&peers_file),
+    );
+    let started = Instant::now();
+    while !peers_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "simulator never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peers = format!(
+        "{},{DEAD}",
+        std::fs::read_to_string(&peers_file).unwrap().trim()
+    );
+    let _agents: Vec<Process> = MODES
+        .iter()
+        .map(|(mode, port)| {
+            Process::spawn(
+                Command::new(BIN)
+                    .args(["agent", "--node-name", &node(mode)])
+                    .args(["--listen", &format!("127.0.0.1:{port}")])
+                    .args(["--pod-ip", "127.0.0.1", "--imds-endpoint", "none"])
+                    .args([
+                        "--fabric-provider",
+                        "udp;ofi_rxd",
+                        "--fabric-bind",
+                        "127.0.0.1",
+                    ])
+                    .args(["--interval", "1s", "--timeout", "300ms"])
+                    .args(["--per-peer-metrics", mode, "--peers", &peers]),
+            )
+        })
+        .collect();
+    let targets: Vec<(String, String)> = MODES
+        .iter()
+        .map(|(mode, port)| (node(mode), format!("127.0.0.1:{port}")))
+        .collect();
+    for (_, address) in &targets {
+        let started = Instant::now();
+        while local_http_get(address, "/healthz").is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "agent {address} never listened"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let scraped: Vec<(&str, String)> = targets
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.clone()))
+        .collect();
+    let prometheus = LocalPrometheus::start(PROMETHEUS_PORT, &scraped);
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut why = String::new();
+    while Instant::now() < deadline {
+        match check(&prometheus) {
+            Ok(()) => return,
+            Err(e) => why = e,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("not within 90 s: {why}");
+}
