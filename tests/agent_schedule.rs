@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 
 use support::metrics::{parse, value};
 use support::netns::local_http_get;
-use support::process::Process;
+use support::process::{simulate_peers, Process};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const SIM_PORT: u16 = 27_811;
 const AGENT_PORT: u16 = 27_812;
 const PEERS: usize = 24;
 const PROVIDER: &str = "udp;ofi_rxd";
+/// Responders the simulated peers share.
+const ENGINES: &[&str] = &["--fabric-engines", "4"];
 const DEAD: &str = "127.1.7.200:27811";
 
 fn scrape(port: u16) -> Option<String> {
@@ -32,37 +34,6 @@ fn peers_with_series(text: &str) -> BTreeSet<String> {
         .filter(|s| s.name == "efa_peer_state")
         .filter_map(|s| s.labels.get("peer").cloned())
         .collect()
-}
-
-/// `efaprobe simulate-peers` with `count` peers from `ip_base` on, and the peer list it wrote.
-fn simulate(
-    dir: &tempfile::TempDir,
-    prefix: &str,
-    ip_base: &str,
-    port: u16,
-    extra: &[&str],
-) -> (Process, String) {
-    let peers_file = dir.path().join(format!("{prefix}-peers"));
-    let sim = Process::spawn(
-        Command::new(BIN)
-            .args(["simulate-peers", "--count", &PEERS.to_string()])
-            .args(["--ip-base", ip_base, "--port", &port.to_string()])
-            .args(["--fabric-provider", PROVIDER, "--fabric-bind", "127.0.0.1"])
-            .args(["--fabric-engines", "4", "--name-prefix", prefix])
-            .args(extra)
-            .arg("--peers-file")
-            .arg(&peers_file),
-    );
-    let started = Instant::now();
-    while !peers_file.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "simulator never listened"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let listed = std::fs::read_to_string(&peers_file).unwrap();
-    (sim, listed.trim().to_owned())
 }
 
 /// An agent on loopback probing `peers` every second, a new sample window every round.
@@ -83,7 +54,8 @@ fn agent(name: &str, port: u16, imds: &str, extra: &[&str], peers: &str) -> Proc
 #[test]
 fn a_small_budget_rotates_through_every_peer_and_watches_the_unreachable_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (_sim, listed) = simulate(&dir, "sched", "127.1.7.1", SIM_PORT, &[]);
+    let (_sim, listed) =
+        simulate_peers(dir.path(), "sched", PEERS, ("127.1.7.1", SIM_PORT), ENGINES);
     let peers = format!("{listed},{DEAD}");
     // 5 peers a round out of 25; a new window every round.
     let _agent = agent(
@@ -165,12 +137,12 @@ fn the_own_placement_group_is_meshed_and_the_others_sampled() {
     const IMDS: &str = "127.0.0.1:27823";
     let dir = tempfile::tempdir().unwrap();
     // Peer i (0-based) is in placement group mesh-pg-(i mod 3); this node is in mesh-pg-0.
-    let (_sim, peers) = simulate(
-        &dir,
+    let (_sim, peers) = simulate_peers(
+        dir.path(),
         "mesh",
-        "127.1.8.1",
-        SIM_PORT,
-        &["--placement-groups", "3"],
+        PEERS,
+        ("127.1.8.1", SIM_PORT),
+        &["--fabric-engines", "4", "--placement-groups", "3"],
     );
     let in_own_group = |name: &str| {
         let index: usize = name.trim_start_matches("mesh-").parse().unwrap();

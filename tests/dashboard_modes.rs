@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::netns::local_http_get;
-use support::process::Process;
+use support::process::{simulate_peers, Process};
 use support::prometheus::{dashboard_panels, LocalPrometheus};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
@@ -187,33 +187,9 @@ fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
 #[test]
 fn every_mode_shows_the_dead_peer_in_the_dashboard_and_alerts_once() {
     let dir = tempfile::tempdir().unwrap();
-    let peers_file = dir.path().join("peers");
-    let _sim = Process::spawn(
-        Command::new(BIN)
-            .args(["simulate-peers", "--count", &PEERS.to_string()])
-            .args(["--ip-base", "127.1.9.1", "--port", &SIM_PORT.to_string()])
-            .args([
-                "--fabric-provider",
-                "udp;ofi_rxd",
-                "--fabric-bind",
-                "127.0.0.1",
-            ])
-            .args(["--name-prefix", "dashpeer"])
-            .arg("--peers-file")
-            .arg(&peers_file),
-    );
-    let started = Instant::now();
-    while !peers_file.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "simulator never listened"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let peers = format!(
-        "{},{DEAD}",
-        std::fs::read_to_string(&peers_file).unwrap().trim()
-    );
+    let (_sim, listed) =
+        simulate_peers(dir.path(), "dashpeer", PEERS, ("127.1.9.1", SIM_PORT), &[]);
+    let peers = format!("{listed},{DEAD}");
     let _agents: Vec<Process> = MODES
         .iter()
         .map(|(mode, port)| {
