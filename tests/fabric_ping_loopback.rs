@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use efaprobe::fabric_ping::{self, FabricPinger, PeerHandle, PingerConfig, ProbeOutcome};
 use fabric::{Domain, Endpoint, EndpointConfig, InfoList, Query};
-use support::process::Process;
+use support::process::{alone_in_a_child, busy, Process};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 
@@ -54,6 +54,7 @@ fn prober(provider: &str, port: u16, extra: &[&str]) -> (i32, serde_json::Value,
 
 #[test]
 fn fabric_ping_succeeds_on_each_provider() {
+    let _busy = busy();
     for (provider, port) in [("tcp", 27_701), ("udp;ofi_rxd", 27_702), ("shm", 27_703)] {
         let _responder = start_responder(provider, port);
         let (code, report, _) = prober(provider, port, &["--count", "20", "--interval", "0"]);
@@ -73,6 +74,7 @@ fn fabric_ping_succeeds_on_each_provider() {
 
 #[test]
 fn nothing_listening_is_unreachable_with_exit_2() {
+    let _busy = busy();
     let (code, report, took) = prober("udp;ofi_rxd", 27_704, &["--timeout", "1s"]);
     assert_eq!(code, 2, "{report}");
     assert_eq!(report["verdict"], "unreachable");
@@ -83,6 +85,7 @@ fn nothing_listening_is_unreachable_with_exit_2() {
 
 #[test]
 fn bad_arguments_exit_64() {
+    let _busy = busy();
     let out = Command::new(BIN)
         .args(["fabric-ping", "--bind", "not-an-ip"])
         .output()
@@ -98,6 +101,7 @@ fn bad_arguments_exit_64() {
 
 #[test]
 fn missing_provider_exits_3_with_the_reason() {
+    let _busy = busy();
     let out = Command::new(BIN)
         .args(["fabric-ping", "--provider", "efa", "--bind", "127.0.0.1"])
         .args(["--peer", "127.0.0.1:27705"])
@@ -161,6 +165,7 @@ fn send(ep: &mut Endpoint, to: fabric::FabricAddr, bytes: &[u8]) {
 
 #[test]
 fn malformed_and_hostile_messages_are_counted_and_dropped() {
+    let _busy = busy();
     use fabric_ping::wire::{Kind, Message, MAGIC};
     let responder = engine(16);
     let mut attacker = raw_endpoint();
@@ -253,6 +258,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
 
 #[test]
 fn learned_senders_are_bounded() {
+    let _busy = busy();
     use fabric_ping::wire::{Kind, Message};
     let responder = engine(3);
     let mut senders: Vec<Endpoint> = (0..6).map(|_| raw_endpoint()).collect();
@@ -300,27 +306,6 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
-/// Runs the named test of this binary alone in a child process and returns true there.
-/// Process RSS is shared by every test of a binary, and the harness runs them in parallel:
-/// another test's allocations would count as this one's growth.
-fn alone_in_a_child(name: &str) -> bool {
-    const CHILD: &str = "EFAPROBE_TEST_ALONE";
-    if std::env::var_os(CHILD).is_some() {
-        return true;
-    }
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--test-threads=1", "--nocapture"])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && said.contains("1 passed"),
-        "{name} alone in a child process failed:\n{said}"
-    );
-    false
-}
-
 #[test]
 fn thousand_peers_added_and_removed_return_to_baseline() {
     if !alone_in_a_child("thousand_peers_added_and_removed_return_to_baseline") {
@@ -363,6 +348,7 @@ fn thousand_peers_added_and_removed_return_to_baseline() {
 
 #[test]
 fn a_dead_peer_does_not_hold_up_a_live_one() {
+    let _busy = busy();
     // tcp;ofi_rxm keeps answering FI_EAGAIN to sends towards a peer that refuses its
     // connection; the engine must go on serving the others meanwhile.
     let open = || {
@@ -394,27 +380,44 @@ fn a_dead_peer_does_not_hold_up_a_live_one() {
 /// proves the path and says so (`warm: false`).
 #[test]
 fn pairs_measure_the_path_and_single_pings_prove_it() {
+    // Timing: the other tests' engines spinning on two cores would delay the pongs.
+    if !alone_in_a_child("pairs_measure_the_path_and_single_pings_prove_it") {
+        return;
+    }
     let responder = engine(16);
     let prober = engine(16);
     let peer = add(&prober, &responder);
     let timeout = Duration::from_secs(1);
-    let mut warm_rtts = Vec::new();
-    for _ in 0..10 {
-        // Longer than the responder's idle poll: it is asleep when each probe starts.
-        std::thread::sleep(Duration::from_millis(40));
-        match prober.probe(peer, 64, timeout).wait().unwrap() {
-            ProbeOutcome::Pong {
-                rtt, warm: true, ..
-            } => warm_rtts.push(rtt),
-            other => panic!("pair: {other:?}"),
+    // Asleep, the responder would add up to 20 ms to a second ping (10 ms at the median). A
+    // batch of 10 pairs passes when its median is under 5 ms; a machine busy elsewhere can
+    // deschedule either side for as long, so a batch may be tried up to 3 times. A responder
+    // that ignores the flag fails every batch.
+    let mut batches = Vec::new();
+    let mut pairs = 0;
+    while batches.len() < 3 {
+        let mut warm_rtts = Vec::new();
+        for _ in 0..10 {
+            // Longer than the responder's idle poll: it is asleep when each probe starts.
+            std::thread::sleep(Duration::from_millis(40));
+            pairs += 1;
+            match prober.probe(peer, 64, timeout).wait().unwrap() {
+                ProbeOutcome::Pong {
+                    rtt, warm: true, ..
+                } => warm_rtts.push(rtt),
+                other => panic!("pair: {other:?}"),
+            }
+        }
+        warm_rtts.sort();
+        let median = warm_rtts[5];
+        batches.push(warm_rtts);
+        if median < Duration::from_millis(5) {
+            break;
         }
     }
-    warm_rtts.sort();
-    // Asleep, the responder would add up to 20 ms (10 ms at the median).
     assert!(
-        warm_rtts[5] < Duration::from_millis(5),
-        "median RTT {:?} of {warm_rtts:?}: the second ping found the responder asleep",
-        warm_rtts[5]
+        batches.last().unwrap()[5] < Duration::from_millis(5),
+        "every batch's median RTT is over 5 ms, the second ping found the responder asleep: \
+         {batches:?}"
     );
     for _ in 0..5 {
         match prober.reach(peer, 64, timeout).wait().unwrap() {
@@ -428,7 +431,7 @@ fn pairs_measure_the_path_and_single_pings_prove_it() {
         }
     }
     let stats = prober.stats();
-    assert_eq!(stats.pings_sent, 2 * 10 + 5);
-    assert_eq!(stats.pongs_received, 2 * 10 + 5);
+    assert_eq!(stats.pings_sent, 2 * pairs + 5);
+    assert_eq!(stats.pongs_received, 2 * pairs + 5);
     assert_eq!(responder.stats().pongs_dropped_backlog, 0);
 }
