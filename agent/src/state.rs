@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -48,7 +48,7 @@ pub struct PeerStatus {
     /// Fabric loss ratio over the recent window.
     pub fabric_loss: f64,
     /// The peer's last hello.
-    pub hello: Option<Hello>,
+    pub hello: Option<Arc<Hello>>,
     /// Things worth knowing that do not change the verdict (placement groups).
     pub warnings: Vec<String>,
     /// When the state last changed (seconds since the epoch).

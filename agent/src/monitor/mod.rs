@@ -511,8 +511,12 @@ impl PeerMonitor {
             return; // left during the round
         };
         let old_name = peer.status.name.clone();
-        if let Ok((hello, _)) = &result.hello {
-            peer.status.hello = Some(hello.clone());
+        if let Ok((hello, _)) = result.hello.as_ref() {
+            // Most rounds bring the same hello: keep the one allocation that this status and
+            // its copy in the agent's state share.
+            if peer.status.hello.as_deref() != Some(hello) {
+                peer.status.hello = Some(Arc::new(hello.clone()));
+            }
         }
         // Where it runs, from the hello just fetched if there is one.
         let placement = peer.placement();
