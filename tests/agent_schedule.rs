@@ -235,4 +235,21 @@ fn the_own_placement_group_is_meshed_and_the_others_sampled() {
         assert!(value(&m, "efa_peers_probed", &[]) <= Some(12.0));
         sampled.extend(others);
     }
+
+    // The status page says why a peer out of this round's sample has no verdict.
+    let listed = local_http_get(&format!("127.0.0.1:{AGENT_PORT}"), "/v1/peers").unwrap();
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.len(), PEERS);
+    let resting: Vec<&str> = listed
+        .iter()
+        .filter(|p| p["state"] == "unknown")
+        .filter(|p| {
+            let summary = p["summary"].as_str().unwrap_or_default();
+            summary.contains("outside the peers its probe budget covers")
+        })
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    // 13 are outside this round's sample; one may be between two rounds.
+    assert!(resting.len() >= 12, "{listed:?}");
+    assert!(!resting.iter().any(|n| in_own_group(n)), "{resting:?}");
 }

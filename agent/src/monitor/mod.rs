@@ -458,8 +458,8 @@ impl PeerMonitor {
             peer.status.fabric_loss = 0.0;
             peer.status.since_unix = unix_now();
             peer.status.summary = format!(
-                "not probed from this node now: outside its rotating sample of other groups \
-                 (it rotates every {rotation} rounds)"
+                "not probed from this node now: outside the peers its probe budget covers \
+                 (--probe-budget); the selection rotates every {rotation} rounds"
             );
             self.state.set_peer(key, peer.status.clone());
         }
