@@ -48,6 +48,11 @@ pub struct PingerConfig {
     /// How long either side spins for a second ("warm") ping or its pong before giving up on
     /// it and backing off.
     pub warm_spin: Duration,
+    /// A pair's second ping measures the path only if neither side let its message wait
+    /// longer than this unread: the responder's poll gap when it read the ping (the pong's
+    /// `unread` word) and the prober's when it read the pong. Longer, one side slept or was
+    /// not scheduled (a busy or CPU-throttled node), and the pair reports `warm: false`.
+    pub settled_gap: Duration,
     /// Spin this long after any traffic. 0 for an agent; a benchmark's responder lingers so
     /// that back-to-back probes find it awake.
     pub linger: Duration,
@@ -78,6 +83,7 @@ impl PingerConfig {
             idle_poll: Duration::from_millis(20),
             wait_poll: Duration::from_millis(1),
             warm_spin: Duration::from_millis(5),
+            settled_gap: Duration::from_micros(500),
             linger: Duration::ZERO,
             responder: true,
             tx_slots: 128,
@@ -177,6 +183,7 @@ struct Counters {
     pongs_dropped_queue_full: AtomicU64,
     pongs_dropped_backlog: AtomicU64,
     late_pongs: AtomicU64,
+    pairs_unsettled: AtomicU64,
     receive_errors: AtomicU64,
     malformed: [AtomicU64; 5],
     learned_peers_evicted: AtomicU64,
@@ -212,6 +219,9 @@ pub struct PingerStats {
     /// destination.
     pub pongs_dropped_backlog: u64,
     pub late_pongs: u64,
+    /// Pairs whose second ping did not measure the path: a side let a message wait unread
+    /// longer than `settled_gap` (reported `warm: false`).
+    pub pairs_unsettled: u64,
     pub receive_errors: u64,
     /// Dropped messages by reason (`truncated`, `bad_magic`, `bad_version`, `bad_kind`,
     /// `bad_address`).
@@ -417,6 +427,7 @@ impl FabricPinger {
             pongs_dropped_queue_full: get(&c.pongs_dropped_queue_full),
             pongs_dropped_backlog: get(&c.pongs_dropped_backlog),
             late_pongs: get(&c.late_pongs),
+            pairs_unsettled: get(&c.pairs_unsettled),
             receive_errors: get(&c.receive_errors),
             malformed: MALFORMED_LABELS
                 .iter()
@@ -509,6 +520,10 @@ struct Engine {
     warm_awaited: BTreeSet<u64>,
     /// Probers' first pings answered here, whose second ping is due.
     expected_warm: ExpectedWarm,
+    /// When the completion queues were last polled, and the gap to the poll before: the
+    /// longest a message this poll reads can have waited unread.
+    last_poll: Instant,
+    poll_gap: Duration,
     events: Vec<Event>,
     rx_data: Vec<u8>,
     scratch: Vec<u8>,
@@ -543,6 +558,8 @@ impl Engine {
             pacing: Pacing::default(),
             warm_awaited: BTreeSet::new(),
             expected_warm: ExpectedWarm::default(),
+            last_poll: Instant::now(),
+            poll_gap: Duration::ZERO,
             events: Vec::new(),
             rx_data: Vec::new(),
             scratch: Vec::new(),
@@ -757,6 +774,7 @@ impl Engine {
                         } else {
                             0
                         },
+                        unread_ns: 0,
                         address: &self.shared.address,
                     }
                     .encode_into(probe.size, &mut self.scratch);
@@ -794,6 +812,8 @@ impl Engine {
                     }
                     self.scratch.clear();
                     self.scratch.extend_from_slice(bytes);
+                    let dwell = u64::try_from(queued_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    super::wire::restamp_dwell(&mut self.scratch, dwell);
                     (*dest, key.clone(), SendPurpose::Pong { key: key.clone() })
                 }
             };
@@ -854,6 +874,9 @@ impl Engine {
     }
 
     fn progress(&mut self) {
+        let now = Instant::now();
+        self.poll_gap = now.saturating_duration_since(self.last_poll);
+        self.last_poll = now;
         self.events.clear();
         self.rx_data.clear();
         if let Err(e) = self.ep.poll(&mut self.events, &mut self.rx_data) {
@@ -958,16 +981,27 @@ impl Engine {
                             warm: false,
                         },
                     ),
-                    Some((cold_rtt, _, _)) => self.finish(
-                        seq,
-                        ProbeOutcome::Pong {
-                            rtt,
-                            cold_rtt,
-                            dwell,
-                            responder_id: responder,
-                            warm: true,
-                        },
-                    ),
+                    Some((cold_rtt, _, _)) => {
+                        // Measured only if both sides were polling when the messages came.
+                        let settled = Duration::from_nanos(msg.unread_ns)
+                            <= self.config.settled_gap
+                            && self.poll_gap <= self.config.settled_gap;
+                        if !settled {
+                            self.counters()
+                                .pairs_unsettled
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.finish(
+                            seq,
+                            ProbeOutcome::Pong {
+                                rtt,
+                                cold_rtt,
+                                dwell,
+                                responder_id: responder,
+                                warm: settled,
+                            },
+                        )
+                    }
                 }
             }
             Kind::Ping => {
@@ -1020,6 +1054,7 @@ impl Engine {
             send_ts,
             dwell_ns: received_at.elapsed().as_nanos() as u64,
             flags: 0,
+            unread_ns: u64::try_from(self.poll_gap.as_nanos()).unwrap_or(u64::MAX),
             address: &[],
         }
         .encode_into(size, &mut bytes);

@@ -14,6 +14,10 @@
 //!                     and ignored, so older responders read a ping as before.
 //! 40  address    [addr_len]  the sender's fabric address (pings), so a responder can answer a
 //!                            peer it has never seen
+//! 40  unread     u64  pong (no address), when it is at least 48 bytes long: ns between the
+//!                     responder's completion poll that read the ping and the poll before, the
+//!                     longest the ping can have waited unread (a responder asleep, or not
+//!                     scheduled). 0: not known (older responders pad with zeros here).
 //!     padding    zeros up to the probe size
 //! ```
 //! Integers are big-endian. Everything a peer sends is untrusted: decoding checks every length
@@ -26,6 +30,8 @@ pub const HEADER_LEN: usize = 40;
 pub const FLAG_FOLLOWS: u64 = 1;
 /// Longest fabric address accepted (EFA's is 32 bytes, shm's a short string).
 pub const MAX_ADDR_LEN: usize = 256;
+/// A pong this long or longer carries the `unread` word.
+const UNREAD_END: usize = HEADER_LEN + 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -44,6 +50,9 @@ pub struct Message<'a> {
     pub dwell_ns: u64,
     /// Pings only (0 in pongs): [`FLAG_FOLLOWS`].
     pub flags: u64,
+    /// Pongs only (0 in pings, and when not known): how long the ping may have waited unread
+    /// at the responder.
+    pub unread_ns: u64,
     pub address: &'a [u8],
 }
 
@@ -80,6 +89,14 @@ impl DecodeError {
     }
 }
 
+/// Rewrites the dwell word of an encoded pong: a responder stamps it as the pong leaves,
+/// so that time spent queued behind another send is not counted as the path's.
+pub fn restamp_dwell(pong: &mut [u8], dwell_ns: u64) {
+    if let Some(word) = pong.get_mut(32..40) {
+        word.copy_from_slice(&dwell_ns.to_be_bytes());
+    }
+}
+
 impl<'a> Message<'a> {
     /// Bytes this message needs before padding.
     pub fn encoded_len(&self) -> usize {
@@ -103,6 +120,9 @@ impl<'a> Message<'a> {
             out.extend_from_slice(&v.to_be_bytes());
         }
         out.extend_from_slice(self.address);
+        if self.kind == Kind::Pong && self.address.is_empty() && size >= UNREAD_END {
+            out.extend_from_slice(&self.unread_ns.to_be_bytes());
+        }
         if out.len() < size {
             out.resize(size, 0);
         }
@@ -140,6 +160,12 @@ impl<'a> Message<'a> {
             send_ts: u64_at(24),
             dwell_ns: if kind == Kind::Pong { u64_at(32) } else { 0 },
             flags: if kind == Kind::Ping { u64_at(32) } else { 0 },
+            unread_ns: match buf.get(HEADER_LEN..UNREAD_END) {
+                Some(word) if kind == Kind::Pong && addr_len == 0 => {
+                    u64::from_be_bytes(word.try_into().expect("8 bytes"))
+                }
+                _ => 0,
+            },
             address,
         })
     }
@@ -158,6 +184,7 @@ mod tests {
             send_ts: 123_456_789,
             dwell_ns: 0,
             flags: FLAG_FOLLOWS,
+            unread_ns: 0,
             address: addr,
         }
     }
@@ -172,12 +199,28 @@ mod tests {
             kind: Kind::Pong,
             dwell_ns: 5_000,
             flags: 0,
+            unread_ns: 20_000_000,
             address: &[],
             ..ping(&addr)
         };
         pong.encode_into(64, &mut buf);
         assert_eq!(buf[32..40], 5_000u64.to_be_bytes());
+        assert_eq!(buf[40..48], 20_000_000u64.to_be_bytes());
         assert_eq!(Message::decode(&buf).unwrap(), pong);
+        // Too short for the word: not sent, read as not known.
+        pong.encode_into(44, &mut buf);
+        assert_eq!(buf.len(), 44);
+        assert_eq!(Message::decode(&buf).unwrap().unread_ns, 0);
+        // A pong from before the word existed (zero padding) says nothing.
+        let old = Message {
+            unread_ns: 0,
+            ..pong
+        };
+        old.encode_into(64, &mut buf);
+        assert!(buf[40..].iter().all(|b| *b == 0));
+        assert_eq!(Message::decode(&buf).unwrap().unread_ns, 0);
+        restamp_dwell(&mut buf, 7_000);
+        assert_eq!(Message::decode(&buf).unwrap().dwell_ns, 7_000);
         // A v1 ping from before flags existed (word 0) asks for nothing.
         let plain = Message {
             flags: 0,
@@ -259,13 +302,16 @@ mod tests {
         #[test]
         fn round_trip(seq in any::<u64>(), id in any::<u64>(), ts in any::<u64>(), word in any::<u64>(),
                       addr in proptest::collection::vec(any::<u8>(), 1..=MAX_ADDR_LEN), size in 0usize..2048,
-                      is_ping in any::<bool>()) {
+                      is_ping in any::<bool>(), unread in any::<u64>()) {
             let (kind, dwell_ns, flags) = if is_ping { (Kind::Ping, 0, word) } else { (Kind::Pong, word, 0) };
-            let m = Message { kind, seq, sender_id: id, send_ts: ts, dwell_ns, flags, address: &addr };
+            // Pongs carry no address, and the unread word when there is room for it.
+            let (address, unread_ns) = if is_ping { (&addr[..], 0) } else { (&[][..], unread) };
+            let m = Message { kind, seq, sender_id: id, send_ts: ts, dwell_ns, flags, unread_ns, address };
             let mut buf = Vec::new();
             m.encode_into(size, &mut buf);
             prop_assert_eq!(buf.len(), size.max(m.encoded_len()));
-            prop_assert_eq!(Message::decode(&buf).unwrap(), m);
+            let unread_ns = if size >= UNREAD_END { unread_ns } else { 0 };
+            prop_assert_eq!(Message::decode(&buf).unwrap(), Message { unread_ns, ..m });
         }
     }
 }
