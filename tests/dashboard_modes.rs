@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::netns::local_http_get;
 use support::process::{simulate_peers, Process};
 use support::prometheus::{dashboard_panels, LocalPrometheus};
@@ -28,28 +27,32 @@ fn node(mode: &str) -> String {
     format!("dash-{mode}")
 }
 
-/// The panel's results: each series' labels and value (several queries: all of them).
-fn panel(prometheus: &LocalPrometheus, title: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+/// A series of a query's result: its labels and value.
+type Series = (BTreeMap<String, String>, f64);
+
+/// The panel's results (several queries: all of them).
+fn panel(prometheus: &LocalPrometheus, title: &str) -> Result<Vec<Series>, String> {
     let panels = dashboard_panels();
     let (_, queries) = panels
         .iter()
         .find(|(t, _)| t == title)
         .unwrap_or_else(|| panic!("no panel {title:?} in the dashboard"));
-    queries
-        .iter()
-        .flat_map(|q| prometheus.query(q))
-        .map(|r: Value| {
+    let mut series = Vec::new();
+    for q in queries {
+        for r in prometheus.query(q)? {
             let labels = serde_json::from_value(r["metric"].clone()).unwrap_or_default();
             let value = r["value"][1].as_str().and_then(|v| v.parse().ok());
-            (labels, value.unwrap_or(f64::NAN))
-        })
-        .collect()
+            series.push((labels, value.unwrap_or(f64::NAN)));
+        }
+    }
+    Ok(series)
 }
 
-fn with<'a>(
-    series: &'a [(BTreeMap<String, String>, f64)],
-    labels: &[(&str, &str)],
-) -> Vec<&'a (BTreeMap<String, String>, f64)> {
+fn label<'a>(labels: &'a BTreeMap<String, String>, name: &str) -> &'a str {
+    labels.get(name).map_or("", String::as_str)
+}
+
+fn with<'a>(series: &'a [Series], labels: &[(&str, &str)]) -> Vec<&'a Series> {
     series
         .iter()
         .filter(|(l, _)| {
@@ -73,7 +76,7 @@ fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
     let nodes: Vec<String> = MODES.iter().map(|(m, _)| node(m)).collect();
 
     // Panels on per-node aggregates: the dead peer, from every node.
-    let by_state = panel(prometheus, "Peers by state, per node");
+    let by_state = panel(prometheus, "Peers by state, per node")?;
     for n in &nodes {
         let down = with(&by_state, &[("node", n), ("state", "down")]);
         expect(
@@ -82,14 +85,14 @@ fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
             &by_state,
         )?;
     }
-    let pairs = panel(prometheus, "Unhealthy pairs by state");
+    let pairs = panel(prometheus, "Unhealthy pairs by state")?;
     let down = with(&pairs, &[("state", "down")]);
     expect(
         "three pairs down",
         down.len() == 1 && down[0].1 == 3.0,
         &pairs,
     )?;
-    let share = panel(prometheus, "Share of peers each node cannot reach");
+    let share = panel(prometheus, "Share of peers each node cannot reach")?;
     for n in &nodes {
         let ratio = with(&share, &[("node", n)]);
         let one_in = 1.0 / (PEERS + 1) as f64;
@@ -99,12 +102,12 @@ fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
             &share,
         )?;
     }
-    let failing = panel(prometheus, "Failed probes by path and result");
+    let failing = panel(prometheus, "Failed probes by path and result")?;
     for n in &nodes {
         let ip = with(&failing, &[("node", n), ("path", "ip")]);
         expect(&format!("{n}'s failed IP probes"), !ip.is_empty(), &failing)?;
     }
-    let rtt = panel(prometheus, "Probe RTT by path (p50, p99)");
+    let rtt = panel(prometheus, "Probe RTT by path (p50, p99)")?;
     for path in ["ip", "fabric"] {
         let answered = with(&rtt, &[("path", path)]);
         expect(
@@ -113,7 +116,7 @@ fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
             &rtt,
         )?;
     }
-    let modes = panel(prometheus, "Per-peer metrics mode");
+    let modes = panel(prometheus, "Per-peer metrics mode")?;
     for (mode, _) in MODES {
         let count = with(&modes, &[("mode", mode)]);
         expect(
@@ -122,7 +125,7 @@ fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
             &modes,
         )?;
     }
-    let agents = panel(prometheus, "Agents");
+    let agents = panel(prometheus, "Agents")?;
     expect(
         "three agents ready",
         agents.first().is_some_and(|s| s.1 == 3.0),
@@ -130,27 +133,27 @@ fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
     )?;
 
     // Per-peer panels: the peer is named where its series exist (modes all and unhealthy).
-    let observers = panel(prometheus, "Nodes that see each peer down");
+    let observers = panel(prometheus, "Nodes that see each peer down")?;
     let dead = with(&observers, &[("peer", DEAD)]);
     expect(
         "two nodes name the dead peer",
         dead.len() == 1 && dead[0].1 == 2.0,
         &observers,
     )?;
-    let down_stat = panel(prometheus, "Peers down");
+    let down_stat = panel(prometheus, "Peers down")?;
     expect(
         "one peer down",
         down_stat.first().is_some_and(|s| s.1 == 1.0),
         &down_stat,
     )?;
-    let problems = panel(prometheus, "Current problems");
+    let problems = panel(prometheus, "Current problems")?;
     let named: BTreeSet<(&str, &str)> = problems
         .iter()
-        .map(|(l, _)| (l["node"].as_str(), l["peer"].as_str()))
+        .map(|(l, _)| (label(l, "node"), label(l, "peer")))
         .collect();
     let want = BTreeSet::from([("dash-all", DEAD), ("dash-unhealthy", DEAD)]);
     expect("the problems table", named == want, &named)?;
-    let matrix = panel(prometheus, "Peer state matrix (observer → peer)");
+    let matrix = panel(prometheus, "Peer state matrix (observer → peer)")?;
     for (mode, rows) in [("all", PEERS + 1), ("unhealthy", 1), ("none", 0)] {
         let n = node(mode);
         let seen = with(&matrix, &[("node", &n)]).len();

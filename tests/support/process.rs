@@ -113,7 +113,9 @@ pub fn busy() -> std::sync::RwLockReadGuard<'static, ()> {
 /// returns true in that child; in the parent, waits for it, fails if it failed, and returns
 /// false. For tests that measure the process (its RSS) or time: the harness runs a binary's
 /// tests in parallel, and the others' allocations or spinning threads would count. The tests
-/// of the binary that call [`busy`] wait while the child runs.
+/// of the binary that call [`busy`] wait while the child runs. A test must not call this while
+/// it holds [`busy`], nor take [`busy`] twice: either waits forever. (Under a runner that
+/// gives each test a process of its own, such as nextest, the lock isolates nothing.)
 pub fn alone_in_a_child(name: &str) -> bool {
     const CHILD: &str = "EFAPROBE_TEST_ALONE";
     if std::env::var_os(CHILD).is_some() {

@@ -131,20 +131,24 @@ impl LocalPrometheus {
         }
     }
 
-    /// An instant query's result list; panics if Prometheus rejects the query.
-    pub fn query(&self, query: &str) -> Vec<serde_json::Value> {
+    /// An instant query's result list, or why there is none (Prometheus unreachable, or the
+    /// query rejected: its error).
+    pub fn query(&self, query: &str) -> Result<Vec<serde_json::Value>, String> {
         let path = format!("/api/v1/query?query={}", urlencode(query));
-        let answer: serde_json::Value = local_http_get(&self.address, &path)
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(serde_json::Value::Null);
-        assert_eq!(
-            answer["status"], "success",
-            "query fails: {query}\n{answer}"
-        );
-        answer["data"]["result"]
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5"])
+            .arg(format!("http://{}{path}", self.address))
+            .output()
+            .map_err(|e| format!("curl: {e}"))?;
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{query}: no answer from Prometheus ({e})"))?;
+        if answer["status"] != "success" {
+            return Err(format!("{query}: {answer}"));
+        }
+        Ok(answer["data"]["result"]
             .as_array()
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     pub fn alerts(&self) -> Vec<Alert> {

@@ -130,6 +130,20 @@ pub fn run(args: Args) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     }
+    // Every topology is made the same way: the last one's validity is everyone's.
+    if let Some(Err(e)) = sim_topology(
+        &args.name_prefix,
+        args.count as usize - 1,
+        args.placement_groups,
+    )
+    .map(|t| t.validate())
+    {
+        eprintln!(
+            "efaprobe simulate-peers: --name-prefix {:?} does not make valid topologies: {e}",
+            args.name_prefix
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     let Some(ips) = peer_ips(args.ip_base, args.count) else {
         eprintln!(
             "efaprobe simulate-peers: {} addresses from --ip-base {} do not fit{}",
@@ -394,6 +408,12 @@ mod tests {
         let parsed = Hello::parse(&body).unwrap();
         assert!(!parsed.fabric.available);
         assert!(is_node_name(&node_name("sim", MAX_COUNT as usize)));
+    }
+
+    #[test]
+    fn a_prefix_too_long_for_a_subnet_id_is_refused() {
+        let t = sim_topology(&"p".repeat(40), 0, 2).unwrap();
+        assert!(t.validate().is_err());
     }
 
     #[test]

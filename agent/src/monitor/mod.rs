@@ -338,11 +338,13 @@ impl PeerMonitor {
         let round = self.round;
         self.round += 1;
         let plan = self.make_plan(round);
+        // Series of the peers leaving go first: a scrape in between sees the last round's
+        // roles with fewer series, never this round's with the last round's series.
+        self.retire_unscheduled(&plan, round);
         self.metrics.set_schedule(
             plan.capacity,
             &Role::ALL.map(|r| (r.as_str(), plan.count(r))),
         );
-        self.retire_unscheduled(&plan, round);
         let sizes = &self.settings.large_probe_sizes;
         // One larger size every other round, in turn: size-specific drops are configuration
         // (an MTU), found within a few rounds, and each large probe waits on its own for an
