@@ -249,6 +249,11 @@ fn the_own_placement_group_is_meshed_and_the_others_sampled() {
         sampled.extend(others);
     }
 
+    // Ping pairs measured the RTT of the peers probed (every 4th round of each).
+    let m = parse(&scrape(AGENT_PORT).unwrap());
+    let measured = value(&m, "efa_fabric_rtt_pairs_total", &[("result", "measured")]);
+    assert!(measured.is_some_and(|n| n >= 8.0), "{measured:?}");
+
     // The status page says why a peer out of this round's sample has no verdict.
     let listed = local_http_get(&format!("127.0.0.1:{AGENT_PORT}"), "/v1/peers").unwrap();
     let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();

@@ -381,6 +381,12 @@ mod tests {
     }
 }
 
+/// What a fabric ping pair came to (`measured`, `unsettled`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PairResultLabels {
+    pub result: &'static str,
+}
+
 /// Why a peer was probed (`monitor::schedule::Role`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RoleLabels {

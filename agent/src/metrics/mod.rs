@@ -30,6 +30,7 @@
 //! | `efa_peers_probed` | gauge | (peers the current round probes: the schedule's picks, set as it starts) |
 //! | `efa_probe_schedule_peers` | gauge | `role` (`watch`, `mesh`, `sample`, `learn`) |
 //! | `efa_probe_budget_peers` | gauge | (peers a round may probe: budget × interval) |
+//! | `efa_fabric_rtt_pairs_total` | counter | `result` (`measured`; `unsettled`: a side let a message wait unread, no RTT taken) |
 //!
 //! ¹ Per-peer: which peers have these series is the per-peer mode's choice
 //! ([`PerPeerMetrics`], `--per-peer-metrics`): every peer, only peers in a fault state, or
@@ -133,6 +134,7 @@ pub struct Metrics {
     per_peer_mode: Family<ModeLabels, Gauge>,
     peers_probed: Gauge,
     schedule_peers: Family<RoleLabels, Gauge>,
+    rtt_pairs: Family<PairResultLabels, Counter>,
     budget_peers: Gauge,
 
     /// The probe groups seen so far; its own lock, so probes never wait for an encode.
@@ -317,6 +319,17 @@ impl Metrics {
             None,
             Family::default(),
         );
+        let rtt_pairs: Family<PairResultLabels, Counter> = register.add(
+            "efa_fabric_rtt_pairs",
+            "Fabric ping pairs sent to measure RTT, by result: measured, or unsettled (the \
+             responder or this node let a message wait unread, asleep or not scheduled: a \
+             busy or CPU-throttled node; no RTT taken)",
+            None,
+            Family::default(),
+        );
+        for result in ["measured", "unsettled"] {
+            let _ = rtt_pairs.get_or_create(&PairResultLabels { result });
+        }
         let budget_peers: Gauge = register.add(
             "efa_probe_budget_peers",
             "Peers a round may probe at most (--probe-budget times the interval)",
@@ -392,6 +405,7 @@ impl Metrics {
             per_peer_mode,
             peers_probed,
             schedule_peers,
+            rtt_pairs,
             budget_peers,
             probe_groups: Mutex::default(),
             series: Mutex::new(SeriesBook {
@@ -697,6 +711,14 @@ impl Metrics {
         book.peer_count = n;
         self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
         self.apply_per_peer_mode(&mut book);
+    }
+
+    /// A fabric ping pair's end: `measured` (its RTT taken) or not (unsettled).
+    pub fn record_rtt_pair(&self, measured: bool) {
+        let result = if measured { "measured" } else { "unsettled" };
+        self.rtt_pairs
+            .get_or_create(&PairResultLabels { result })
+            .inc();
     }
 
     /// A round's plan, as it starts: its capacity and the peers it probes by role (every role

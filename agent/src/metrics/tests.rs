@@ -594,9 +594,10 @@ fn every_registered_family_is_updated_by_a_setter() {
     m.set_peer_count(1);
     m.set_per_peer_mode(PerPeerMetrics::Unhealthy);
     m.set_schedule(100, &[("watch", 1), ("mesh", 0)]);
+    m.record_rtt_pair(false);
     let after = m.encode();
 
-    assert_eq!(m.family_names().len(), 26);
+    assert_eq!(m.family_names().len(), 27);
     for family in m.family_names() {
         assert!(
             after.contains(&format!("\n# TYPE {family} ")),
@@ -1253,4 +1254,23 @@ fn the_unreachable_count_follows_each_peers_state() {
     assert_eq!(unreachable(&m), Some(1.0));
     m.remove_peer("gpu-2");
     assert_eq!(unreachable(&m), Some(0.0));
+}
+
+#[test]
+fn rtt_pairs_are_counted_by_result_from_zero() {
+    let m = Metrics::new("0.1.0", &no_fabric());
+    let count = |m: &Metrics, result: &str| {
+        let text = m.encode();
+        let line = format!("efa_fabric_rtt_pairs_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    assert_eq!(count(&m, "measured"), Some(0));
+    assert_eq!(count(&m, "unsettled"), Some(0));
+    m.record_rtt_pair(true);
+    m.record_rtt_pair(true);
+    m.record_rtt_pair(false);
+    assert_eq!(count(&m, "measured"), Some(2));
+    assert_eq!(count(&m, "unsettled"), Some(1));
 }

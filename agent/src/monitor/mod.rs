@@ -101,6 +101,8 @@ struct RoundResult {
     confirmation: u32,
     /// The probe had a fabric address to ping (else the fabric was not probed).
     fabric_attempted: bool,
+    /// The fabric probe was a ping pair (an RTT measurement), not a single ping.
+    pair: bool,
     hello: Result<(Hello, Duration), ProbeFailure>,
     fabric: Option<ProbeOutcome>,
     /// A larger probe sent after the small one answered: (size, outcome).
@@ -146,6 +148,7 @@ impl Job {
             key,
             confirmation,
             fabric_attempted,
+            pair,
             hello,
             fabric,
             large,
@@ -577,6 +580,9 @@ impl PeerMonitor {
                 } = outcome
                 {
                     peer.fabric_cold_rtt = Some(*cold_rtt);
+                    if result.pair {
+                        self.metrics.record_rtt_pair(*warm);
+                    }
                     if *warm {
                         peer.fabric_rtt = Some(*rtt);
                         peer.rounds_since_rtt = 0;
