@@ -55,6 +55,26 @@ fn agent(ns: &Netns, name: &str, ip: &str, peer_ip: &str) -> Process {
     Process::spawn(&mut cmd)
 }
 
+/// An agent on loopback without a fabric nor peers, reading instance metadata from
+/// 127.0.0.1:`imds_port`.
+fn ip_only_agent(name: &str, port: u16, imds_port: u16, imds_timeout: &str) -> Process {
+    Process::spawn(
+        Command::new(BIN)
+            .args(["agent", "--node-name", name])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--fabric-provider",
+                "none",
+                "--interval",
+                "1s",
+                "--timeout",
+                "500ms",
+            ])
+            .args(["--imds-endpoint", &format!("http://127.0.0.1:{imds_port}")])
+            .args(["--imds-timeout", imds_timeout]),
+    )
+}
+
 fn scrape(ns: &Netns, ip: &str) -> Vec<Sample> {
     http_get(ns, &format!("{ip}:{PORT}"), "/metrics")
         .map(|t| parse(&t))
@@ -163,29 +183,7 @@ fn a_slow_imds_does_not_delay_start_up_beyond_its_timeout() {
 
     let port = 27_781;
     let started = Instant::now();
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "agent",
-        "--node-name",
-        "slow-imds",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .args([
-        "--fabric-provider",
-        "none",
-        "--interval",
-        "1s",
-        "--timeout",
-        "500ms",
-    ])
-    .args([
-        "--imds-endpoint",
-        &format!("http://127.0.0.1:{imds_port}"),
-        "--imds-timeout",
-        "1s",
-    ]);
-    let _agent = Process::spawn(&mut cmd);
+    let _agent = ip_only_agent("slow-imds", port, imds_port, "1s");
     let get = |path: &str| local_http_get(&format!("127.0.0.1:{port}"), path);
     while get("/readyz").is_none() {
         assert!(started.elapsed() < Duration::from_secs(10), "never ready");
@@ -205,29 +203,7 @@ fn a_slow_imds_does_not_delay_start_up_beyond_its_timeout() {
 fn topology_that_arrives_late_is_still_read() {
     // The agent starts while nothing answers for instance metadata (loopback only).
     let (port, imds_port) = (27_782, 27_783);
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "agent",
-        "--node-name",
-        "late-imds",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .args([
-        "--fabric-provider",
-        "none",
-        "--interval",
-        "1s",
-        "--timeout",
-        "500ms",
-    ])
-    .args([
-        "--imds-endpoint",
-        &format!("http://127.0.0.1:{imds_port}"),
-        "--imds-timeout",
-        "500ms",
-    ]);
-    let _agent = Process::spawn(&mut cmd);
+    let _agent = ip_only_agent("late-imds", port, imds_port, "500ms");
     let metric = |name: &str| {
         let text = local_http_get(&format!("127.0.0.1:{port}"), "/metrics")?;
         value(&parse(&text), name, &[])

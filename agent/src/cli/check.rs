@@ -75,15 +75,9 @@ pub fn run(args: Args) -> ExitCode {
         eprintln!("efaprobe check: --target name {name:?} is given more than once");
         return ExitCode::from(super::EXIT_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::current_thread_runtime("check", ExitCode::FAILURE) {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("efaprobe check: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if let Some(repeat) = args.repeat {
         let summary = runtime.block_on(repeat_checks(

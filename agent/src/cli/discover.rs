@@ -58,15 +58,9 @@ pub fn run(args: Args) -> ExitCode {
         // them back so following ends cleanly on a signal.
         fabric::process::init();
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("efaprobe discover: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let runtime = match super::current_thread_runtime("discover", ExitCode::FAILURE) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     let result = if args.once {
         runtime.block_on(discover_once(config)).map(|set| {

@@ -61,15 +61,9 @@ pub fn run(args: Args) -> ExitCode {
     engine::prepare_environment(&args.provider);
     let reclaimed = fabric::process::init();
     tracing::debug!(?reclaimed, "signal handlers taken back from libfabric");
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("efaprobe fabric-ping: cannot start the runtime: {e}");
-            return ExitCode::from(3);
-        }
+    let runtime = match super::current_thread_runtime("fabric-ping", ExitCode::from(3)) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     let signals = match runtime.block_on(async { ShutdownSignal::install() }) {
         Ok(s) => s,

@@ -39,6 +39,21 @@ pub enum Command {
 /// Exit code for a bad command line or configuration (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 
+/// The single-threaded runtime a one-shot subcommand runs on; when it cannot start, says so
+/// on stderr as `efaprobe COMMAND: ...` and returns the exit code `failure`.
+pub fn current_thread_runtime(
+    command: &str,
+    failure: ExitCode,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("efaprobe {command}: cannot start the async runtime: {e}");
+            failure
+        })
+}
+
 /// Parses a duration like `500ms`, `2s`, `1.5s`, `1m`, `250us`; a bare `0` is zero.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{text:?} is not a duration like 500ms, 2s or 1m");

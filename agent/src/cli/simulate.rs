@@ -162,15 +162,9 @@ pub fn run(args: Args) -> ExitCode {
         engine::prepare_environment(provider);
     }
     fabric::process::init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("efaprobe simulate-peers: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let runtime = match super::current_thread_runtime("simulate-peers", ExitCode::FAILURE) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     let mut pingers = Vec::new();
     if let Some(provider) = &provider {
