@@ -886,13 +886,15 @@ impl Engine {
         if self.events.is_empty() {
             return;
         }
-        self.pacing.activity(Instant::now(), &self.config);
+        // One clock read for the batch: every message in it was read by this poll.
+        let polled_at = Instant::now();
+        self.pacing.activity(polled_at, &self.config);
         let events = std::mem::take(&mut self.events);
         for event in &events {
             match event {
                 Event::Sent(id) => self.send_done(*id, None),
                 Event::SendFailed(id, err) => self.send_done(*id, Some(err.clone())),
-                Event::Received(range) => self.received(range.clone()),
+                Event::Received(range) => self.received(range.clone(), polled_at),
                 Event::ReceiveFailed(err) => {
                     tracing::debug!(error = %err, "receive failed");
                     self.counters()
@@ -941,8 +943,7 @@ impl Engine {
         self.maybe_release(&key);
     }
 
-    fn received(&mut self, range: std::ops::Range<usize>) {
-        let received_at = Instant::now();
+    fn received(&mut self, range: std::ops::Range<usize>, received_at: Instant) {
         let data = &self.rx_data[range];
         let msg = match Message::decode(data) {
             Ok(m) => m,
