@@ -10,6 +10,7 @@
 mod av;
 mod cq;
 mod domain;
+mod efa_errno;
 mod endpoint;
 mod error;
 mod info;
@@ -19,6 +20,7 @@ pub mod process;
 pub use av::{AddressVector, FabricAddr};
 pub use cq::CompletionQueue;
 pub use domain::{Domain, Fabric};
+pub use efa_errno::{EfaErrno, EfaReason};
 pub use endpoint::{Endpoint, EndpointConfig, Event, SendId};
 pub use error::{CompletionError, Error, Result};
 pub use info::{Info, InfoList, InfoRef, Query};
