@@ -17,9 +17,10 @@
 #
 # Agents use the udp;ofi_rxd provider, so the fabric's traffic is UDP. Real EFA never crosses
 # subnets; here the router passes it until `break cross_subnet`, so that the lab starts healthy.
-# libfabric's rxd crashes on any datagram it did not expect (README: Who can reach the rxd
-# port), so each GPU node drops UDP from any address but the GPU agents' (fabric_guard): the
-# router, the system node and anything else in the lab cannot kill an agent with one packet.
+# libfabric's rxd crashes on an rxd header naming a peer it does not know (README: Who can
+# reach the rxd port; the agent filters out only malformed datagrams), so each GPU node drops
+# UDP from any address but the GPU agents' (fabric_guard): the router, the system node and
+# anything else in the lab cannot kill an agent with one packet.
 # Each node has a fake instance-metadata server on its own loopback (scripts/fake-imds.py):
 # gpu3 is in subnet-0bbbb, the others in subnet-0aaaa, all in us-east-1a.
 #
@@ -217,9 +218,9 @@ EOF
 }
 
 # Only the GPU agents may send UDP to a GPU node: rxd (libfabric 1.17 and 2.1) dereferences
-# the peer a packet's header names without checking it, so one datagram from anyone else to
-# the agent's fabric port (an ephemeral one) would end the agent with SIGSEGV. Loopback stays
-# open (the node itself). Not an efp_lab_* table: `heal` removes those.
+# the peer a packet's header names without checking it, so one crafted datagram from anyone
+# else to the agent's fabric port (an ephemeral one) would end the agent with SIGSEGV.
+# Loopback stays open (the node itself). Not an efp_lab_* table: `heal` removes those.
 fabric_guard() {  # NODE
   local agents="" g
   for g in "${GPUS[@]}"; do agents+="${agents:+, }${IP[$g]}"; done

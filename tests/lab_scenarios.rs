@@ -147,9 +147,9 @@ impl Lab {
     }
 
     /// Two stray UDP datagrams from `from`'s namespace (its own address) to `to`: an empty
-    /// one, and an rxd header (version 1, type MSG) naming a peer index `to` never gave out.
-    /// The empty one ends a fresh endpoint (rxd reads a header from whatever its receive
-    /// buffer held before); the header ends one that has talked to peers too.
+    /// one (the agent's socket filter drops it), and a well-formed rxd header (version 2,
+    /// type MSG) naming a peer index `to` never gave out, which passes that filter and
+    /// crashes rxd.
     fn send_stray_datagrams(&self, from: &str, to: (&str, u16)) {
         let out = self
             .in_ns(from, "python3")
@@ -159,7 +159,7 @@ impl Lab {
                  s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
                  to = (sys.argv[1], int(sys.argv[2]))\n\
                  s.sendto(b'', to)\n\
-                 s.sendto(struct.pack('<BBHIQ', 1, 0, 0, 60000, 0), to)",
+                 s.sendto(struct.pack('<BBHIQ', 2, 0, 0, 60000, 0), to)",
                 to.0,
                 &to.1.to_string(),
             ])
@@ -537,7 +537,7 @@ fn every_scenario_is_detected_alerted_and_healed() {
     );
 }
 
-/// Issue #15, item 5: a stray datagram to an agent's rxd port ends the agent (libfabric's
+/// Issue #15, item 5: a crafted datagram to an agent's rxd port ends the agent (libfabric's
 /// rxd trusts every packet's header). The lab drops UDP to the GPU nodes from anything but
 /// the agents: datagrams from the router and from the system node are counted and dropped,
 /// and the agent goes on; the same datagrams from a peer agent's address, which the guard
