@@ -49,6 +49,11 @@ RUN apt-get update \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin efaprobe
 COPY --from=build /out/efaprobe /usr/local/bin/efaprobe
+# libinfinipath (linked by Debian's libfabric for its psm provider) otherwise installs, from its
+# constructor, handlers that turn SIGSEGV, SIGBUS, SIGILL and SIGABRT into exit(1): a crash in a
+# provider would look like an error exit to the kubelet instead of dying of its signal. The agent
+# also resets them at start; this keeps them out of fi_info and the first moments too.
+ENV IPATH_NO_BACKTRACE=1
 # Non-root by default; the manifests set the same uid (runAsNonRoot needs it numeric).
 USER 65532:65532
 EXPOSE 9476

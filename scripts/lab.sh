@@ -17,6 +17,10 @@
 #
 # Agents use the udp;ofi_rxd provider, so the fabric's traffic is UDP. Real EFA never crosses
 # subnets; here the router passes it until `break cross_subnet`, so that the lab starts healthy.
+# libfabric's rxd crashes on an rxd header naming a peer it does not know (README: Who can
+# reach the rxd port; the agent filters out only malformed datagrams), so each GPU node drops
+# UDP from any address but the GPU agents' (fabric_guard): the router, the system node and
+# anything else in the lab cannot kill an agent with one packet.
 # Each node has a fake instance-metadata server on its own loopback (scripts/fake-imds.py):
 # gpu3 is in subnet-0bbbb, the others in subnet-0aaaa, all in us-east-1a.
 #
@@ -188,6 +192,7 @@ EOF
     --web.listen-address="$SYS_IP:9090" --web.enable-lifecycle
   for n in "${NODES[@]}"; do wait_port "$n" 127.0.0.1 8169; done
 
+  for g in "${GPUS[@]}"; do fabric_guard "$g"; done
   for n in "${NODES[@]}"; do start_agent "$n"; done
   for n in "${NODES[@]}"; do
     wait_http "$n" "http://${IP[$n]}:$PORT/healthz" || die "agent on $n did not start: $(tail -3 "$LAB_DIR/agent-$n.log")"
@@ -210,6 +215,24 @@ EOF
   [ "${LAB_QUIET:-}" = 1 ] && return 0
   sleep 4
   status
+}
+
+# Only the GPU agents may send UDP to a GPU node: rxd (libfabric 1.17 and 2.1) dereferences
+# the peer a packet's header names without checking it, so one crafted datagram from anyone
+# else to the agent's fabric port (an ephemeral one) would end the agent with SIGSEGV.
+# Loopback stays open (the node itself). Not an efp_lab_* table: `heal` removes those.
+fabric_guard() {  # NODE
+  local agents="" g
+  for g in "${GPUS[@]}"; do agents+="${agents:+, }${IP[$g]}"; done
+  in_ns "$1" nft -f - <<EOF
+table inet efp_fabric_guard {
+  chain input {
+    type filter hook input priority -10; policy accept;
+    iif "lo" accept
+    meta l4proto udp ip saddr != { $agents } counter drop comment "udp;ofi_rxd: only the agents"
+  }
+}
+EOF
 }
 
 # nft table NAME in NODE's namespace with one input (and optional output) rule.

@@ -20,7 +20,6 @@ use support::process::wait_until;
 use support::prometheus::{alerts_of, dashboard_queries, urlencode, Alert};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
-const PREFIX: &str = "efp-lt";
 const INTERVAL: Duration = Duration::from_secs(1);
 const SYS: &str = "198.18.100.10";
 
@@ -38,8 +37,10 @@ fn ip(node: &str) -> &'static str {
     }
 }
 
-/// The lab; `down` on drop.
+/// The lab; `down` on drop. Each test's lab has its own namespace prefix and state
+/// directory; the addresses inside are the same, each set in namespaces of its own.
 struct Lab {
+    prefix: &'static str,
     dir: PathBuf,
 }
 
@@ -49,7 +50,7 @@ impl Lab {
             .arg(repo().join("scripts/lab.sh"))
             .args(args)
             .env("LAB_DIR", &self.dir)
-            .env("LAB_PREFIX", PREFIX)
+            .env("LAB_PREFIX", self.prefix)
             .env("LAB_SKIP_BUILD", "1")
             .env("LAB_NO_FORWARD", "1")
             .env("LAB_QUIET", "1")
@@ -68,9 +69,12 @@ impl Lab {
         );
     }
 
-    fn up() -> Lab {
+    /// Brings up the lab in namespaces named `prefix`-NODE.
+    fn up(prefix: &'static str) -> Lab {
         let lab = Lab {
-            dir: std::env::temp_dir().join(format!("efaprobe-lab-test-{}", std::process::id())),
+            prefix,
+            dir: std::env::temp_dir()
+                .join(format!("efaprobe-lab-test-{prefix}-{}", std::process::id())),
         };
         let _ = lab.script(&["down"]);
         lab.run(&["up"]);
@@ -82,7 +86,7 @@ impl Lab {
             .args([
                 "netns",
                 "exec",
-                &format!("{PREFIX}-{node}"),
+                &format!("{}-{node}", self.prefix),
                 "curl",
                 "-sf",
                 "--max-time",
@@ -111,6 +115,86 @@ impl Lab {
     /// Pending and firing alerts as (name, labels without severity, state).
     fn alerts(&self) -> Vec<Alert> {
         alerts_of(&self.prometheus("/api/v1/alerts"))
+    }
+}
+
+/// What the lab's fabric guard is tested with.
+impl Lab {
+    fn in_ns(&self, node: &str, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &format!("{}-{node}", self.prefix), program]);
+        cmd
+    }
+
+    /// The UDP port of `node`'s rxd endpoint, from the raw sockaddr_in its hello publishes
+    /// (bytes 2..4, network order).
+    fn fabric_port(&self, node: &str) -> Result<u16, String> {
+        let hello = self
+            .curl(node, &format!("http://{}:9476/v1/hello", ip(node)))
+            .ok_or("no hello")?;
+        let hello: serde_json::Value = serde_json::from_str(&hello).map_err(|e| e.to_string())?;
+        let hex = hello["fabric"]["endpoints"][0]["address"]
+            .as_str()
+            .ok_or("no fabric endpoint in the hello")?;
+        let byte = |i: usize| {
+            hex.get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        };
+        match (byte(2), byte(3)) {
+            (Some(hi), Some(lo)) => Ok(u16::from_be_bytes([hi, lo])),
+            _ => Err(format!("not a sockaddr_in: {hex}")),
+        }
+    }
+
+    /// Two stray UDP datagrams from `from`'s namespace (its own address) to `to`: an empty
+    /// one (the agent's socket filter drops it), and a well-formed rxd header (version 2,
+    /// type MSG) naming a peer index `to` never gave out, which passes that filter and
+    /// crashes rxd.
+    fn send_stray_datagrams(&self, from: &str, to: (&str, u16)) {
+        let out = self
+            .in_ns(from, "python3")
+            .args([
+                "-c",
+                "import socket, struct, sys\n\
+                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 to = (sys.argv[1], int(sys.argv[2]))\n\
+                 s.sendto(b'', to)\n\
+                 s.sendto(struct.pack('<BBHIQ', 2, 0, 0, 60000, 0), to)",
+                to.0,
+                &to.1.to_string(),
+            ])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "send from {from}: {out:?}");
+    }
+
+    /// Packets `node`'s fabric guard dropped so far.
+    fn guard_drops(&self, node: &str) -> u64 {
+        let out = self
+            .in_ns(node, "nft")
+            .args(["list", "table", "inet", "efp_fabric_guard"])
+            .output()
+            .expect("nft");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("counter packets ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{node} has no fabric guard counter: {text}"))
+    }
+
+    /// Whether `node`'s agent process still runs (a zombie has ended).
+    fn agent_alive(&self, node: &str) -> bool {
+        let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("agent-{node}.pid"))) else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().to_owned())
+            })
+            .is_some_and(|rest| !rest.starts_with('Z'))
     }
 }
 
@@ -355,11 +439,7 @@ const SCENARIOS: &[Expect] = &[
     },
 ];
 
-#[test]
-fn every_scenario_is_detected_alerted_and_healed() {
-    if !can_run("every_scenario_is_detected_alerted_and_healed") {
-        return;
-    }
+fn assert_lab_tools() {
     for tool in ["nats-server", "prometheus", "python3", "curl"] {
         assert!(
             Command::new("which")
@@ -369,7 +449,15 @@ fn every_scenario_is_detected_alerted_and_healed() {
             "{tool} is needed (scripts/setup.sh)"
         );
     }
-    let lab = Lab::up();
+}
+
+#[test]
+fn every_scenario_is_detected_alerted_and_healed() {
+    if !can_run("every_scenario_is_detected_alerted_and_healed") {
+        return;
+    }
+    assert_lab_tools();
+    let lab = Lab::up("efp-lt");
     wait_until("lab healthy", Duration::from_secs(30), || all_healthy(&lab));
     let queries = dashboard_queries();
     let mut had_data = BTreeSet::new();
@@ -446,5 +534,67 @@ fn every_scenario_is_detected_alerted_and_healed() {
     assert!(
         empty.is_empty(),
         "dashboard queries that never returned data: {empty:#?}"
+    );
+}
+
+/// Issue #15, item 5: a crafted datagram to an agent's rxd port ends the agent (libfabric's
+/// rxd trusts every packet's header). The lab drops UDP to the GPU nodes from anything but
+/// the agents: datagrams from the router and from the system node are counted and dropped,
+/// and the agent goes on; the same datagrams from a peer agent's address, which the guard
+/// must let through, still end it, which is what the README says remains.
+#[test]
+fn a_stray_datagram_from_outside_the_agents_is_dropped_and_one_from_an_agent_is_not() {
+    let test = "a_stray_datagram_from_outside_the_agents_is_dropped_and_one_from_an_agent_is_not";
+    if !can_run(test) {
+        return;
+    }
+    assert_lab_tools();
+    let lab = Lab::up("efp-lg");
+    wait_until("lab healthy", Duration::from_secs(30), || all_healthy(&lab));
+    let mut port = 0;
+    wait_until("gpu1's fabric port", Duration::from_secs(5), || {
+        port = lab.fabric_port("gpu1")?;
+        Ok(())
+    });
+    let target = (ip("gpu1"), port);
+
+    let before = lab.guard_drops("gpu1");
+    lab.send_stray_datagrams("r", target);
+    lab.send_stray_datagrams("sys", target);
+    wait_until(
+        "gpu1's guard drops the router's and the system node's datagrams",
+        Duration::from_secs(2),
+        || match lab.guard_drops("gpu1") - before {
+            4 => Ok(()),
+            n => Err(format!("{n} dropped")),
+        },
+    );
+    // Three probe intervals: the agent still runs and its peers still see it healthy.
+    std::thread::sleep(3 * INTERVAL);
+    assert!(lab.agent_alive("gpu1"), "gpu1's agent ended");
+    wait_until(
+        "healthy after the stray datagrams",
+        Duration::from_secs(10),
+        || all_healthy(&lab),
+    );
+
+    // What the guard lets through: datagrams from gpu2's address reach rxd and end the
+    // agent. If it no longer does, libfabric has been fixed: update the README and this test.
+    lab.send_stray_datagrams("gpu2", target);
+    wait_until(
+        "gpu1's agent ends on datagrams from an agent's address",
+        Duration::from_secs(10),
+        || {
+            if lab.agent_alive("gpu1") {
+                Err("still running".into())
+            } else {
+                Ok(())
+            }
+        },
+    );
+    assert_eq!(
+        lab.guard_drops("gpu1"),
+        before + 4,
+        "the guard dropped gpu2's datagrams"
     );
 }

@@ -1,4 +1,5 @@
 use std::cell::UnsafeCell;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::raw::c_void;
 use std::ptr::{self, NonNull};
@@ -10,6 +11,10 @@ use crate::cq::{CompletionQueue, CqRead};
 use crate::domain::{close_fid, Domain};
 use crate::error::{check, CompletionError, Error, Result};
 use crate::mr::MemoryRegion;
+use crate::stray_filter::{self, StrayFilterError};
+
+/// The provider whose endpoints get a filter against malformed datagrams.
+const RXD_OVER_UDP: &str = "udp;ofi_rxd";
 
 /// Sizes of an endpoint's buffer pools.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +148,9 @@ pub struct Endpoint {
     name: Vec<u8>,
     addr_is_string: bool,
     completions: Vec<sys::fi_cq_msg_entry>,
+    /// On `udp;ofi_rxd`: whether malformed datagrams are filtered out before rxd reads them
+    /// (see [`Endpoint::stray_filter`]).
+    stray_filter: Option<std::result::Result<SocketAddr, StrayFilterError>>,
 }
 
 // SAFETY: every libfabric object here was opened with FI_THREAD_SAFE, and the slot pools are
@@ -205,6 +213,7 @@ impl Endpoint {
             name: Vec::new(),
             addr_is_string: false,
             completions: vec![sys::fi_cq_msg_entry::default(); 32],
+            stray_filter: None,
         };
         // From here on `ep` owns the endpoint and closes it on any error below.
         ep.bind(ep.av.as_fid(), 0, "fi_ep_bind(av)")?;
@@ -218,6 +227,17 @@ impl Endpoint {
         check("fi_enable", unsafe { sys::fi_enable(ep.ptr.as_ptr()) }
             as isize)?;
         ep.name = ep.read_name()?;
+        if info.provider_name() == RXD_OVER_UDP {
+            ep.stray_filter = Some(stray_filter::attach_for(&ep.name));
+            match &ep.stray_filter {
+                Some(Ok(addr)) => tracing::debug!(%addr, "rxd: malformed datagrams filtered"),
+                Some(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "rxd: malformed datagrams are not filtered; one can crash libfabric's rxd"
+                ),
+                None => {}
+            }
+        }
         // SAFETY: info is valid; addr_format is a plain field.
         ep.addr_is_string = unsafe { (*info.as_ptr()).addr_format } == sys::FI_ADDR_STR;
         ep.rx_unposted = (0..ep.rx.contexts.len() as u32).collect();
@@ -251,6 +271,14 @@ impl Endpoint {
     /// This endpoint's fabric address, to publish to peers.
     pub fn name(&self) -> &[u8] {
         &self.name
+    }
+
+    /// On `udp;ofi_rxd`, whether the endpoint's UDP socket drops datagrams that do not hold
+    /// an rxd header (empty, short, another protocol's) before rxd reads them, which would
+    /// crash it: the socket's address, or why the filter is not there. `None` on other
+    /// providers. A well-formed header naming an unknown peer still crashes rxd.
+    pub fn stray_filter(&self) -> Option<&std::result::Result<SocketAddr, StrayFilterError>> {
+        self.stray_filter.as_ref()
     }
 
     pub fn domain(&self) -> &Domain {

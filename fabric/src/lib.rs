@@ -16,6 +16,7 @@ mod error;
 mod info;
 mod mr;
 pub mod process;
+mod stray_filter;
 
 pub use av::{AddressVector, FabricAddr};
 pub use cq::CompletionQueue;
@@ -25,6 +26,7 @@ pub use endpoint::{Endpoint, EndpointConfig, Event, SendId};
 pub use error::{CompletionError, Error, Result};
 pub use info::{Info, InfoList, InfoRef, Query};
 pub use mr::MemoryRegion;
+pub use stray_filter::StrayFilterError;
 
 /// The libfabric library this process runs against, as `major.minor`.
 pub fn runtime_version() -> (u32, u32) {

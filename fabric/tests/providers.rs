@@ -229,3 +229,56 @@ fn registered_buffers_work_on_each_provider() {
         );
     }
 }
+
+/// Issue #15, item 5: an empty (or short, or foreign) datagram to an rxd endpoint's UDP port
+/// made rxd dereference a peer that does not exist, and this process would die of SIGSEGV.
+/// The endpoint's socket filter drops them; rxd then still delivers a real message.
+#[test]
+fn malformed_datagrams_to_an_rxd_endpoint_are_filtered_before_rxd_reads_them() {
+    let mut a = open("udp;ofi_rxd", Some("127.0.0.1"));
+    let mut b = open("udp;ofi_rxd", Some("127.0.0.1"));
+    let port = match b.stray_filter() {
+        Some(Ok(addr)) => addr.port(),
+        other => panic!("rxd endpoint without its filter: {other:?}"),
+    };
+    assert_eq!(u16::from_be_bytes([b.name()[2], b.name()[3]]), port);
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let foreign_header = [1u8, 0, 0, 0, 0x60, 0xea, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    for datagram in [
+        &[][..],
+        &[2u8][..],
+        &foreign_header[..],
+        b"GET / HTTP/1.0\r\n\r\n",
+    ] {
+        stranger.send_to(datagram, ("127.0.0.1", port)).unwrap();
+    }
+    // rxd reads whatever reaches its socket during progress: poll a while (were the filter
+    // missing, this process would die here).
+    let (mut events, mut rx) = (Vec::new(), Vec::new());
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        b.poll(&mut events, &mut rx).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        events.is_empty(),
+        "a stray datagram was delivered: {events:?}"
+    );
+
+    let to_b = a.insert_peer(b.name()).unwrap();
+    send_retrying(&mut a, Some(&mut b), to_b, b"after the strays");
+    let got = poll_until(
+        &mut b,
+        Some(&mut a),
+        &mut rx,
+        |e, data| matches!(e, Event::Received(r) if &data[r.clone()] == b"after the strays"),
+    );
+    assert!(got, "rxd no longer delivers behind its filter");
+}
+
+#[test]
+fn only_rxd_endpoints_get_the_stray_filter() {
+    for (provider, node) in PROVIDERS.iter().filter(|(p, _)| *p != "udp;ofi_rxd") {
+        assert!(open(provider, *node).stray_filter().is_none(), "{provider}");
+    }
+}
