@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod dns_name;
 pub mod fabric_ping;
 pub mod hello;
 pub mod http;
@@ -17,4 +18,5 @@ pub mod probe;
 pub mod shutdown;
 pub mod state;
 pub mod topology;
+pub mod units;
 pub mod verdict;

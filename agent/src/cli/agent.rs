@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::{AgentArgs, AgentConfig};
+use crate::config::{AgentArgs, AgentConfig, ConfigErrors};
 use crate::fabric_ping::{self, FabricPinger, PingerConfig};
 use crate::hello::{Hello, HelloEndpoint, HelloFabric};
 use crate::http::{router, AppState};
@@ -22,11 +22,11 @@ use super::EXIT_USAGE;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub fn run(args: AgentArgs) -> ExitCode {
-    let config = match AgentConfig::from_args(&args) {
+pub fn run(args: AgentArgs, refused: ConfigErrors) -> ExitCode {
+    let config = match AgentConfig::from_args_after(&args, refused) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("efaprobe agent: {e}");
+        Err(errors) => {
+            errors.print("agent");
             return ExitCode::from(EXIT_USAGE);
         }
     };

@@ -22,7 +22,8 @@ use super::http::{http_get, DEFAULT_MAX_BODY_BYTES};
 use super::nats::{nats_handshake, NatsServerInfo};
 use super::reason::{FailureReason, ProbeFailure};
 use super::spec::{TargetCheck, TargetSpec};
-use super::tcp::{connect_tcp, format_duration, TcpConnection};
+use super::tcp::{connect_tcp, TcpConnection};
+use crate::units::format_duration;
 
 /// Most addresses probed for one name; the rest are counted in
 /// [`TargetReport::addresses_skipped`]. Each address becomes a metric series, so a name

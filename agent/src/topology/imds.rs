@@ -26,8 +26,9 @@ use tokio::time::Instant;
 use super::endpoint::{parse_endpoint, ImdsEndpoint, ImdsHost};
 use super::{NetworkInterface, Topology, MAX_INTERFACES};
 use crate::probe::http::{http_request, HttpResponse};
-use crate::probe::tcp::{connect_tcp, format_duration};
+use crate::probe::tcp::connect_tcp;
 use crate::probe::{FailureReason, ProbeFailure};
+use crate::units::format_duration;
 
 /// Largest answer accepted for any one item; the largest real one (the list of interfaces)
 /// is 64 × 18 bytes.
