@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::{AgentArgs, AgentConfig, ConfigErrors};
+use crate::config::discovery::ListenArgs;
+use crate::config::{AgentArgs, AgentConfig, ConfigError, ConfigErrors};
 use crate::fabric_ping::{self, FabricPinger, PingerConfig};
 use crate::hello::{Hello, HelloEndpoint, HelloFabric};
 use crate::http::{router, AppState};
@@ -165,7 +166,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+        .map_err(|e| anyhow::anyhow!(listen_failure(config.listen, &e)))?;
     tracing::info!(listen = %config.listen, node = %config.node_name, "serving");
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = {
@@ -297,6 +298,33 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why the HTTP server cannot listen, plainly. Exit code 1, not 64: the setting is valid, and
+/// what stops it (a port another process holds, such as the previous agent pod on a
+/// host-network node still stopping) is the machine's state at that moment, which a restart
+/// may find gone; 64 says "fix the configuration", which no retry can.
+fn listen_failure(listen: std::net::SocketAddr, e: &std::io::Error) -> String {
+    let setting = ConfigError::of::<ListenArgs>("listen", "");
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "port {} is already in use by another process (another agent, or one still \
+             stopping): stop it or choose another port",
+            listen.port()
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{} is not an address of this node", listen.ip())
+        }
+        std::io::ErrorKind::PermissionDenied => format!(
+            "port {} needs a privilege this process lacks (below 1024: CAP_NET_BIND_SERVICE)",
+            listen.port()
+        ),
+        _ => e.to_string(),
+    };
+    format!(
+        "cannot listen on {listen} (flag --{}, env {}): {why}",
+        setting.flag, setting.env
+    )
+}
+
 async fn read_topology(
     endpoint: &crate::topology::ImdsEndpoint,
     timeout: Duration,
@@ -320,4 +348,25 @@ fn publish_topology(
 ) {
     metrics.set_topology(topology.as_ref());
     hello.write().unwrap_or_else(|p| p.into_inner()).topology = topology;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_said_plainly() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = std::net::TcpListener::bind(addr).unwrap_err();
+        let said = listen_failure(addr, &e);
+        assert!(
+            said.contains(&format!("port {} is already in use", addr.port())),
+            "{said}"
+        );
+        assert!(
+            said.contains("--listen") && said.contains("EFAPROBE_LISTEN"),
+            "{said}"
+        );
+    }
 }

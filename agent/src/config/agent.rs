@@ -23,8 +23,9 @@ pub const DEFAULT_PORT: u16 = 9476;
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Bounds of `--max-rtt`: below 100us a loopback TCP round trip already counts as degraded,
-/// and 0 would make every peer so; above 10s no probe that slow answers before its deadline.
+/// Bounds of `--max-rtt`: it applies to the IP path too (a TCP and HTTP exchange through the
+/// kernel), and 0 would call every peer degraded; a round trip over 10s is a failure to
+/// report, not a degradation (`--timeout` defaults to 1s).
 pub const MIN_MAX_RTT: Duration = Duration::from_micros(100);
 pub const MAX_MAX_RTT: Duration = Duration::from_secs(10);
 
@@ -437,6 +438,136 @@ mod tests {
             "invalid setting per-peer-metrics (flag --per-peer-metrics, env \
              EFAPROBE_PER_PEER_METRICS): \"healthy\" is not one of all, unhealthy, none, auto"
         );
+    }
+
+    /// Each refused value: the flag, its variable, what is allowed (issue 15, item 9).
+    const REFUSED: &[(&str, &str, &str, &str)] = &[
+        ("hysteresis", "abc", "EFAPROBE_HYSTERESIS", "from 1 to 100"),
+        ("probe-size", "0", "EFAPROBE_PROBE_SIZE", "from 1 to 8192"),
+        (
+            "sample-peers",
+            "-1",
+            "EFAPROBE_SAMPLE_PEERS",
+            "from 0 to 10000",
+        ),
+        (
+            "max-loss",
+            "2",
+            "EFAPROBE_MAX_LOSS",
+            "a loss ratio from 0 to 1",
+        ),
+        (
+            "probe-budget",
+            "0",
+            "EFAPROBE_PROBE_BUDGET",
+            "from 0.1 to 10000",
+        ),
+        (
+            "fabric-rtt-every",
+            "0",
+            "EFAPROBE_FABRIC_RTT_EVERY",
+            "from 1 to 1000",
+        ),
+        ("pod-ip", "x", "POD_IP", "\"x\" is not an IP address"),
+        (
+            "interval",
+            "100000h",
+            "EFAPROBE_INTERVAL",
+            "allowed: 100ms to 10m",
+        ),
+        ("timeout", "2m", "EFAPROBE_TIMEOUT", "allowed: 1ms to 1m"),
+        ("max-rtt", "0", "EFAPROBE_MAX_RTT", "allowed: 100us to 10s"),
+        ("peers", "[::1:9476", "EFAPROBE_PEERS", "is not [IPv6]:PORT"),
+        (
+            "imds-timeout",
+            "0",
+            "EFAPROBE_IMDS_TIMEOUT",
+            "allowed: 1ms to 30s",
+        ),
+    ];
+
+    #[test]
+    fn each_message_names_the_flag_its_variable_and_what_is_allowed() {
+        for (flag, value, env, allowed) in REFUSED {
+            // `--flag=value`: clap would read a bare `-1` as a flag.
+            let arg = format!("--{flag}={value}");
+            let err = parse(&["--node-name", "n", &arg]).expect_err(flag);
+            let said = err.to_string();
+            assert_eq!(err.setting, *flag, "{said}");
+            assert_eq!(err.env, *env, "{said}");
+            assert!(
+                said.starts_with(&format!(
+                    "invalid setting {flag} (flag --{flag}, env {env}): "
+                )),
+                "{said}"
+            );
+            assert!(said.contains(allowed), "{said}");
+            assert!(
+                said.contains(&format!("{value:?}")),
+                "the value as given: {said}"
+            );
+            assert!(!said.contains("Some("), "{said}");
+        }
+    }
+
+    #[test]
+    fn absurd_values_are_refused_and_sensible_ones_kept() {
+        let c = parse(&[
+            "--node-name",
+            "n",
+            "--interval",
+            "10m",
+            "--timeout",
+            "1m",
+            "--max-rtt",
+            "100us",
+            "--peers",
+            "[::1]:9476,198.18.0.1:9476",
+        ])
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(600));
+        assert_eq!(c.policy.max_rtt, Duration::from_micros(100));
+        assert_eq!(c.peers, ["[::1]:9476", "198.18.0.1:9476"]);
+        for (flag, value) in [
+            ("--interval", "100000h"),
+            ("--interval", "11m"),
+            ("--max-rtt", "0"),
+            ("--max-rtt", "99us"),
+            ("--peers", "[::1:9476"),
+            ("--peers", "::1:9476"),
+        ] {
+            assert!(
+                parse(&["--node-name", "n", flag, value]).is_err(),
+                "{flag} {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_at_once() {
+        let mut args = vec!["--timeout".to_owned(), "5s".to_owned()];
+        for (flag, value, _, _) in REFUSED.iter().filter(|(f, ..)| *f != "timeout") {
+            args.push(format!("--{flag}={value}"));
+        }
+        // Checks across settings run too: no node name, a timeout over the interval, a
+        // larger probe below the small one, a target named twice.
+        args.extend(["--large-probe-sizes", "32", "--target", "a=h:1,a=h:2"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let errors = parse_all(&args).unwrap_err();
+        let mut named: Vec<&str> = errors.0.iter().map(|e| e.setting).collect();
+        named.sort_unstable();
+        let mut expected: Vec<&str> = REFUSED
+            .iter()
+            .map(|(f, ..)| *f)
+            .filter(|f| !["interval", "probe-size"].contains(f))
+            .collect();
+        // The interval and the small probe size are refused, so the timeout and the larger
+        // sizes are not compared with their defaults.
+        expected.extend(["interval", "probe-size", "node-name", "target"]);
+        expected.retain(|f| *f != "timeout");
+        expected.sort_unstable();
+        assert_eq!(named, expected, "{errors}");
+        assert!(errors.0.iter().all(|e| !e.env.is_empty()), "{errors}");
     }
 
     #[test]

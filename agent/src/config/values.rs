@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::units::{format_duration, parse_duration};
+use crate::units::parse_duration;
 
 /// A value that may be set but blank (`POD_IP=""` from a downward API that has none yet):
 /// blank is "not set".
@@ -34,20 +34,25 @@ pub fn duration_within(
     }
 }
 
-/// A bound as an operator would write it: `0`, `100ms`, `10m`, `1h`.
+/// A bound as an operator would write it: `0`, `250us`, `100ms`, `30s`, `10m`, `1h`.
 fn bound(d: Duration) -> String {
-    let secs = d.as_secs();
-    if d.is_zero() {
-        "0".into()
-    } else if d.subsec_nanos() != 0 || secs < 60 {
-        format_duration(d)
-    } else if secs % 3600 == 0 {
-        format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
-        format!("{}m", secs / 60)
-    } else {
-        format_duration(d)
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0".into();
     }
+    let units: [(u128, &str); 6] = [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    let (per, unit) = units
+        .into_iter()
+        .find(|(per, _)| nanos % per == 0)
+        .unwrap_or((1, "ns"));
+    format!("{}{unit}", nanos / per)
 }
 
 /// A whole number from `min` to `max`, both included; `unit` names what it counts.
