@@ -10,6 +10,7 @@ use super::discovery::{discovery_config, DiscoveryArgs, IntervalArgs, ListenArgs
 use super::values::{self, Blankable};
 use super::{ConfigError, ConfigErrors};
 use crate::discovery::DiscoveryConfig;
+use crate::dns_name::{is_dns_name, NameRules};
 use crate::metrics::PerPeerMetrics;
 use crate::probe::TargetSpec;
 use crate::topology::ImdsEndpoint;
@@ -113,7 +114,7 @@ pub struct AgentArgs {
 }
 
 fn node_name(text: &str) -> Result<String, String> {
-    if crate::dns_name::is_kubernetes_name(text) {
+    if is_dns_name(text, NameRules::KubernetesName) {
         Ok(text.to_owned())
     } else {
         Err(format!(

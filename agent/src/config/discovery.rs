@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::values::{self, Blankable};
 use super::{ConfigError, ConfigErrors};
 use crate::discovery::{DiscoveryConfig, MAX_PEER_GRACE, SERVICE_ACCOUNT_NAMESPACE_FILE};
-use crate::dns_name;
+use crate::dns_name::{is_dns_name, NameRules};
 
 /// Shortest and longest time between rounds (and between DNS resolutions): below 100ms the
 /// probes of one round would overlap the next; above 10 minutes a broken path goes unseen
@@ -169,7 +169,7 @@ pub fn discovery_config_with(
                     ));
                     return None;
                 }
-                Some(name) if !dns_name::is_host_name(name) => {
+                Some(name) if !is_dns_name(name, NameRules::HostName) => {
                     errors.push(bad(
                         "dns-name",
                         format!("{name:?} is not a DNS name (RFC 1123: labels of letters, digits and hyphens)"),
@@ -202,7 +202,7 @@ pub fn discovery_config_with(
                     ));
                     None
                 }
-                Some(ns) if !dns_name::is_kubernetes_label(&ns) => {
+                Some(ns) if !is_dns_name(&ns, NameRules::KubernetesLabel) => {
                     errors.push(bad(
                         "namespace",
                         format!("{ns:?} is not a Kubernetes namespace name (an RFC 1123 label, lowercase)"),
@@ -310,7 +310,7 @@ fn validate_requirement(req: &str) -> Result<(), &'static str> {
 fn label_key(key: &str) -> Result<(), &'static str> {
     let name = match key.split_once('/') {
         Some((prefix, name)) => {
-            if !dns_name::is_kubernetes_name(prefix) {
+            if !is_dns_name(prefix, NameRules::KubernetesName) {
                 return Err("has a key prefix that is not a DNS name");
             }
             name

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::dns_name::{is_dns_name, NameRules};
 use crate::units::parse_duration;
 
 /// A value that may be set but blank (`POD_IP=""` from a downward API that has none yet):
@@ -155,7 +156,7 @@ pub fn peer_address(p: &str) -> Result<String, String> {
                 "peer {p:?}: an IPv6 address goes in brackets, [ADDRESS]:PORT"
             ));
         }
-        if host.parse::<std::net::Ipv4Addr>().is_err() && !crate::dns_name::is_host_name(host) {
+        if host.parse::<std::net::Ipv4Addr>().is_err() && !is_dns_name(host, NameRules::HostName) {
             return Err(format!(
                 "peer {p:?}: {host:?} is neither an IPv4 address nor a host name"
             ));

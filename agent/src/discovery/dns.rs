@@ -14,13 +14,13 @@
 //! square of the node count; large clusters should use `kubernetes` discovery (one watch per
 //! agent, events only on change).
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::{publish, DiscoveryError, PeerCandidate, PeerSet};
+use crate::probe::ResolveError;
 
 /// Resolution is not repeated more often than this, whatever the probe interval.
 pub const MIN_REFRESH: Duration = Duration::from_secs(1);
@@ -34,30 +34,24 @@ pub async fn resolve(
     port: u16,
     timeout: Duration,
 ) -> Result<Vec<SocketAddr>, DiscoveryError> {
-    // getaddrinfo cannot be cancelled: on timeout its thread finishes in the background,
-    // bounded by the resolver's own timeouts in resolv.conf.
-    let lookup = tokio::net::lookup_host((name, port));
-    let addresses: BTreeSet<SocketAddr> = match tokio::time::timeout(timeout, lookup).await {
-        Err(_) => {
-            return Err(DiscoveryError::DnsTimeout {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut addresses = crate::probe::resolve(name, port, deadline)
+        .await
+        .map_err(|e| match e {
+            ResolveError::Timeout { .. } => DiscoveryError::DnsTimeout {
                 name: name.to_owned(),
                 timeout,
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(DiscoveryError::DnsLookup {
+            },
+            ResolveError::Lookup { source, .. } => DiscoveryError::DnsLookup {
                 name: name.to_owned(),
                 source,
-            })
-        }
-        Ok(Ok(found)) => found.collect(),
-    };
-    if addresses.is_empty() {
-        return Err(DiscoveryError::DnsEmpty {
-            name: name.to_owned(),
-        });
-    }
-    Ok(addresses.into_iter().collect())
+            },
+            ResolveError::Empty { .. } => DiscoveryError::DnsEmpty {
+                name: name.to_owned(),
+            },
+        })?;
+    addresses.sort_unstable();
+    Ok(addresses)
 }
 
 /// The set for a fresh answer: exactly the resolved addresses. One already in `previous` keeps
