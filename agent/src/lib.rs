@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod monitor;
 pub mod probe;
+pub mod retry;
 pub mod shutdown;
 pub mod state;
 pub mod topology;

@@ -14,7 +14,7 @@ use crate::http::{router, AppState};
 use crate::inventory::read_hw_counters;
 use crate::metrics::Metrics;
 use crate::monitor::{targets, PeerMonitor, PeerProbeSettings};
-use crate::shutdown::ShutdownSignal;
+use crate::retry;
 use crate::state::{AgentState, FabricDevice, FabricStatus};
 use crate::topology::fetch_topology_from;
 use crate::verdict::diagnosis::Placement;
@@ -123,7 +123,7 @@ fn no_fabric(provider: &str, error: String) -> FabricStatus {
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     use anyhow::Context;
-    let mut signals = ShutdownSignal::install().context("installing signal handlers")?;
+    let shutdown = crate::shutdown::cancelled_on_signal().context("installing signal handlers")?;
     let (pingers, fabric) = open_fabric(&config, true);
     let pinger = pingers.first().cloned();
     // The larger probes get an endpoint of their own on the same device (see PeerMonitor).
@@ -168,15 +168,11 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!(listen_failure(config.listen, &e)))?;
     tracing::info!(listen = %config.listen, node = %config.node_name, "serving");
-    let (stop_tx, stop_rx) = watch::channel(false);
     let server = {
-        let mut stop = stop_rx.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
             axum::serve(listener, router(app))
-                .with_graceful_shutdown(shutdown)
+                .with_graceful_shutdown(stop.cancelled_owned())
                 .await
         })
     };
@@ -196,27 +192,29 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let (placement_tx, mut placement_rx) = watch::channel(first.as_ref().and_then(Placement::of));
     if let (None, Some(endpoint)) = (&first, config.imds_endpoint.clone()) {
         let (hello, metrics, timeout) = (hello.clone(), metrics.clone(), config.imds_timeout);
-        let mut stop = stop_rx.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            let mut wait = Duration::from_secs(1);
-            loop {
+            let waits = retry::delays(retry::doubling(
+                Duration::from_secs(1),
+                Duration::from_secs(300),
+            ));
+            for wait in waits {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.cancelled() => return,
                 }
                 if let Some(t) = read_topology(&endpoint, timeout).await {
                     let _ = placement_tx.send(Placement::of(&t));
                     publish_topology(Some(t), &hello, &metrics);
                     return;
                 }
-                wait = (wait * 2).min(Duration::from_secs(300));
             }
         });
     }
     let placement = placement_rx.borrow_and_update().clone();
 
     let mut peer_sets =
-        crate::discovery::start(config.discovery.clone(), config.interval, stop_rx.clone())
+        crate::discovery::start(config.discovery.clone(), config.interval, shutdown.clone())
             .await
             .context("starting peer discovery")?;
     let mut monitor = PeerMonitor::new(
@@ -239,7 +237,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     .with_large_probe_endpoint(large_pinger.clone());
 
     let probing = {
-        let mut stop = stop_rx.clone();
+        let stop = shutdown.clone();
         let (state, metrics) = (state.clone(), metrics.clone());
         let (interval, timeout, targets_cfg) =
             (config.interval, config.timeout, config.targets.clone());
@@ -251,7 +249,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.cancelled() => break,
                 }
                 if placement_rx.has_changed().unwrap_or(false) {
                     monitor.set_placement(placement_rx.borrow_and_update().clone());
@@ -273,7 +271,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
                 };
                 tokio::select! {
                     _ = round => {}
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.cancelled() => break,
                 }
                 if !state.is_ready() {
                     // Readiness is a latch: released once the first full round is done.
@@ -286,9 +284,8 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         })
     };
 
-    signals.recv().await;
+    shutdown.cancelled().await;
     tracing::info!("stopping");
-    let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), probing).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     for p in pingers.iter().chain(&large_pinger) {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::discovery::discover_config;
 pub use crate::config::discovery::DiscoverArgs as Args;
@@ -105,8 +105,8 @@ async fn follow_until(
     json: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), DiscoveryError> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut peers = discovery::start(config, refresh, stop_rx).await?;
+    let stop_discovery = CancellationToken::new();
+    let mut peers = discovery::start(config, refresh, stop_discovery.clone()).await?;
     let mut stop = std::pin::pin!(stop);
     // The first set of dns and kubernetes is the empty one before the first answer.
     let mut first = true;
@@ -121,7 +121,7 @@ async fn follow_until(
             _ = &mut stop => break,
         }
     }
-    let _ = stop_tx.send(true);
+    stop_discovery.cancel();
     Ok(())
 }
 

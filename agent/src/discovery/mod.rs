@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Where a pod finds its own namespace when `POD_NAMESPACE` is not set.
 pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
@@ -101,9 +102,9 @@ impl DiscoveryError {
 }
 
 /// Starts discovery; the receiver always holds the latest set. `refresh` is how often DNS is
-/// resolved again (the agent passes its probe interval). Each source runs until `shutdown`
-/// turns true or its sender is dropped; until then the set's sender stays alive, so
-/// `changed()` on the receiver waits rather than failing.
+/// resolved again (the agent passes its probe interval). Each source runs until `shutdown` is
+/// cancelled; until then the set's sender stays alive, so `changed()` on the receiver waits
+/// rather than failing.
 ///
 /// Only a missing Kubernetes client fails here. A DNS name that does not resolve yet starts
 /// with an empty set and is retried every round: a Service created after the DaemonSet, or
@@ -111,14 +112,13 @@ impl DiscoveryError {
 pub async fn start(
     config: DiscoveryConfig,
     refresh: Duration,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<watch::Receiver<PeerSet>, DiscoveryError> {
     match config {
         DiscoveryConfig::Static(peers) => {
             let (tx, rx) = watch::channel(static_set(&peers, Instant::now()));
             tokio::spawn(async move {
-                let mut shutdown = shutdown;
-                let _ = shutdown.wait_for(|stop| *stop).await;
+                shutdown.cancelled().await;
                 drop(tx);
             });
             Ok(rx)
@@ -190,12 +190,12 @@ mod tests {
 
     #[tokio::test]
     async fn static_set_is_published_and_kept_until_shutdown() {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let peers = vec!["198.18.0.1:9476".to_string(), "node-b:9476".to_string()];
         let mut rx = start(
             DiscoveryConfig::Static(peers.clone()),
             Duration::from_secs(1),
-            stop_rx,
+            stop.clone(),
         )
         .await
         .unwrap();
@@ -208,7 +208,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        stop_tx.send(true).unwrap();
+        stop.cancel();
         let closed = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
         assert!(matches!(closed, Ok(Err(_))), "sender dropped at shutdown");
     }
