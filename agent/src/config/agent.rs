@@ -183,14 +183,11 @@ impl AgentConfig {
         refused: ConfigErrors,
     ) -> Result<AgentConfig, ConfigErrors> {
         let mut errors = refused;
-        fn bad(flag: &str, detail: impl Into<String>) -> ConfigError {
-            ConfigError::of::<AgentArgs>(flag, detail)
-        }
         let node_name = match &a.node_name {
             Some(n) => n.clone(),
             None => {
                 if !errors.names("node-name") {
-                    errors.push(bad(
+                    errors.push(ConfigError::of::<AgentArgs>(
                         "node-name",
                         "required (set NODE_NAME from spec.nodeName)",
                     ));
@@ -203,7 +200,7 @@ impl AgentConfig {
         let mut targets: Vec<TargetSpec> = Vec::new();
         for spec in values::items(&a.targets) {
             if targets.iter().any(|s| s.name == spec.name) {
-                errors.push(bad(
+                errors.push(ConfigError::of::<AgentArgs>(
                     "target",
                     format!("target name {:?} given twice", spec.name),
                 ));
@@ -212,7 +209,7 @@ impl AgentConfig {
         }
         let fabric_provider = match a.fabric_provider.trim() {
             "" => {
-                errors.push(bad(
+                errors.push(ConfigError::of::<AgentArgs>(
                     "fabric-provider",
                     "empty (use `none` to turn the fabric path off)",
                 ));
@@ -224,7 +221,7 @@ impl AgentConfig {
         let fabric_bind = a.fabric_bind.and_then(|b| b.0).or(pod_ip);
         let interval = a.interval.interval;
         if a.timeout >= interval && !errors.names("interval") {
-            errors.push(bad(
+            errors.push(ConfigError::of::<AgentArgs>(
                 "timeout",
                 format!(
                     "must be below the interval ({})",
@@ -236,7 +233,7 @@ impl AgentConfig {
         for size in values::items(&a.large_probe_sizes) {
             if size <= a.probe_size {
                 if !errors.names("probe-size") {
-                    errors.push(bad(
+                    errors.push(ConfigError::of::<AgentArgs>(
                         "large-probe-sizes",
                         format!("\"{size}\": sizes above --probe-size, at most 8192 bytes"),
                     ));

@@ -133,9 +133,6 @@ pub fn discovery_config_with(
     namespace_file: &Path,
     errors: &mut ConfigErrors,
 ) -> Option<(DiscoveryConfig, Duration)> {
-    fn bad(flag: &str, detail: impl Into<String>) -> ConfigError {
-        ConfigError::of::<DiscoveryArgs>(flag, detail)
-    }
     let static_peers = static_peers(args);
     let dns_name = args
         .dns_name
@@ -146,13 +143,13 @@ pub fn discovery_config_with(
     // A setting that the chosen source would ignore is a mistake in the manifest: say so
     // rather than probe a different set of peers than the operator meant.
     if source != "dns" && dns_name.is_some() {
-        errors.push(bad(
+        errors.push(ConfigError::of::<DiscoveryArgs>(
             "dns-name",
             format!("only used with --discovery dns, not {source:?}"),
         ));
     }
     if source != "static" && !static_peers.is_empty() && !errors.names("peers") {
-        errors.push(bad(
+        errors.push(ConfigError::of::<DiscoveryArgs>(
             "peers",
             format!("only used with --discovery static, not {source:?}"),
         ));
@@ -163,14 +160,14 @@ pub fn discovery_config_with(
             let port = needs_port(agent_port, errors);
             match dns_name {
                 None => {
-                    errors.push(bad(
+                    errors.push(ConfigError::of::<DiscoveryArgs>(
                         "dns-name",
                         "required with --discovery dns (the headless Service's name)",
                     ));
                     return None;
                 }
                 Some(name) if !is_dns_name(name, NameRules::HostName) => {
-                    errors.push(bad(
+                    errors.push(ConfigError::of::<DiscoveryArgs>(
                         "dns-name",
                         format!("{name:?} is not a DNS name (RFC 1123: labels of letters, digits and hyphens)"),
                     ));
@@ -193,7 +190,7 @@ pub fn discovery_config_with(
             };
             let namespace = match namespace {
                 None => {
-                    errors.push(bad(
+                    errors.push(ConfigError::of::<DiscoveryArgs>(
                         "namespace",
                         format!(
                             "required with --discovery kubernetes: not set, and {} cannot be read",
@@ -203,7 +200,7 @@ pub fn discovery_config_with(
                     None
                 }
                 Some(ns) if !is_dns_name(&ns, NameRules::KubernetesLabel) => {
-                    errors.push(bad(
+                    errors.push(ConfigError::of::<DiscoveryArgs>(
                         "namespace",
                         format!("{ns:?} is not a Kubernetes namespace name (an RFC 1123 label, lowercase)"),
                     ));
@@ -213,7 +210,7 @@ pub fn discovery_config_with(
             };
             let selector = args.selector.trim();
             if let Err(detail) = validate_selector(selector) {
-                errors.push(bad("selector", detail));
+                errors.push(ConfigError::of::<DiscoveryArgs>("selector", detail));
             }
             DiscoveryConfig::Kubernetes {
                 namespace: namespace?,
@@ -222,7 +219,7 @@ pub fn discovery_config_with(
             }
         }
         other => {
-            errors.push(bad(
+            errors.push(ConfigError::of::<DiscoveryArgs>(
                 "discovery",
                 format!("{other:?} is not one of static, dns, kubernetes"),
             ));

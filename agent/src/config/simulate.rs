@@ -104,11 +104,8 @@ pub fn sim_topology(prefix: &str, index: usize, groups: u32) -> Option<Topology>
 /// the peers, or every bad setting.
 pub fn simulate_config(args: &Args, refused: ConfigErrors) -> Result<Vec<Ipv4Addr>, ConfigErrors> {
     let mut errors = refused;
-    fn bad(flag: &str, detail: impl Into<String>) -> ConfigError {
-        ConfigError::of::<Args>(flag, detail)
-    }
     if !is_node_name(&node_name(&args.name_prefix, MAX_COUNT as usize)) {
-        errors.push(bad(
+        errors.push(ConfigError::of::<Args>(
             "name-prefix",
             format!("{:?} does not make Kubernetes node names", args.name_prefix),
         ));
@@ -120,14 +117,14 @@ pub fn simulate_config(args: &Args, refused: ConfigErrors) -> Result<Vec<Ipv4Add
     .map(|t| t.validate())
     {
         // Every topology is made the same way: the last one's validity is everyone's.
-        errors.push(bad(
+        errors.push(ConfigError::of::<Args>(
             "name-prefix",
             format!("{:?} does not make valid topologies: {e}", args.name_prefix),
         ));
     }
     let ips = peer_ips(args.ip_base, args.count);
     if ips.is_none() && !errors.names("count") {
-        errors.push(bad(
+        errors.push(ConfigError::of::<Args>(
             "ip-base",
             format!(
                 "{} addresses from {} do not fit{}",
