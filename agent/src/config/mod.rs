@@ -348,3 +348,101 @@ fn without_env(cmd: Command, path: &[String], bad: &[clap::Id]) -> Command {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Run(check::Args),
+    }
+
+    fn argv(args: &[&str]) -> Vec<OsString> {
+        std::iter::once("efaprobe")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    #[test]
+    fn a_good_command_line_parses_as_clap_would() {
+        let parsed = parse_command_line::<Cli, _>(argv(&["run", "--target", "a=h:1"])).unwrap();
+        assert_eq!(parsed.command, "run");
+        assert!(parsed.errors.is_empty());
+        let Sub::Run(args) = parsed.parsed.unwrap().command;
+        assert_eq!(args.targets.len(), 1);
+    }
+
+    #[test]
+    fn every_refused_value_of_a_subcommand_is_reported_and_the_rest_kept() {
+        let parsed = parse_command_line::<Cli, _>(argv(&[
+            "run",
+            "--target",
+            "a=h:1",
+            "--timeout",
+            "soon",
+            "--repeat",
+            "0",
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(parsed.command, "run");
+        let named: Vec<&str> = parsed.errors.0.iter().map(|e| e.setting).collect();
+        assert_eq!(named, ["timeout", "repeat"], "{}", parsed.errors);
+        assert!(
+            parsed.errors.0[0].detail.contains("\"soon\""),
+            "{}",
+            parsed.errors
+        );
+        // Parsed again with those two at their defaults; the good ones as given.
+        let Sub::Run(args) = parsed.parsed.unwrap().command;
+        assert_eq!(args.timeout, std::time::Duration::from_secs(2));
+        assert_eq!(args.repeat, None);
+        assert!(args.json);
+        assert_eq!(args.targets.len(), 1);
+    }
+
+    #[test]
+    fn a_refused_required_value_is_reported_without_a_parse() {
+        let parsed =
+            parse_command_line::<Cli, _>(argv(&["run", "--target", "nats", "--timeout", "x"]))
+                .unwrap();
+        assert!(parsed.parsed.is_none());
+        let named: Vec<&str> = parsed.errors.0.iter().map(|e| e.setting).collect();
+        assert_eq!(named, ["target", "timeout"]);
+    }
+
+    #[test]
+    fn help_and_unknown_flags_are_clap_s_own() {
+        use clap::error::ErrorKind;
+        let help = parse_command_line::<Cli, _>(argv(&["run", "--help"])).unwrap_err();
+        assert_eq!(help.kind(), ErrorKind::DisplayHelp);
+        let unknown = parse_command_line::<Cli, _>(argv(&["run", "--nope"])).unwrap_err();
+        assert_eq!(unknown.kind(), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn the_constructor_reads_flag_and_variable_from_clap() {
+        let e = ConfigError::of::<discovery::DiscoveryArgs>("peer-grace", "too long");
+        assert_eq!(
+            (e.setting, e.flag, e.env),
+            ("peer-grace", "peer-grace", "EFAPROBE_PEER_GRACE")
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid setting peer-grace (flag --peer-grace, env EFAPROBE_PEER_GRACE): too long"
+        );
+        let no_env = ConfigError::of::<check::Args>("timeout", "x");
+        assert_eq!(
+            no_env.to_string(),
+            "invalid setting timeout (flag --timeout): x"
+        );
+    }
+}
