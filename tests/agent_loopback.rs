@@ -1,6 +1,7 @@
 //! `efaprobe agent` on loopback: hostile peers (garbage, a huge body, silence) give `protocol`
 //! or `timeout` and leave the agent unaffected; a missing provider means IP-only, said in a
-//! metric; bad settings exit 64; SIGTERM exits 0.
+//! metric; bad settings exit 64, all reported at once; a taken port is said plainly; SIGTERM
+//! exits 0.
 
 mod support;
 
@@ -297,6 +298,115 @@ fn bad_settings_exit_64_naming_the_setting() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NODE_NAME"));
+}
+
+#[test]
+fn every_bad_setting_is_reported_at_once_with_its_variable() {
+    // Six through the environment, as a DaemonSet sets them, four on the command line.
+    let from_env = [
+        ("hysteresis", "EFAPROBE_HYSTERESIS", "0", "from 1 to 100"),
+        ("probe-size", "EFAPROBE_PROBE_SIZE", "big", "from 1 to 8192"),
+        (
+            "sample-peers",
+            "EFAPROBE_SAMPLE_PEERS",
+            "-1",
+            "from 0 to 10000",
+        ),
+        ("max-loss", "EFAPROBE_MAX_LOSS", "2", "from 0 to 1"),
+        (
+            "probe-budget",
+            "EFAPROBE_PROBE_BUDGET",
+            "0",
+            "from 0.1 to 10000",
+        ),
+        (
+            "fabric-rtt-every",
+            "EFAPROBE_FABRIC_RTT_EVERY",
+            "0",
+            "from 1 to 1000",
+        ),
+    ];
+    let from_flags = [
+        ("pod-ip", "POD_IP", "x", "is not an IP address"),
+        (
+            "interval",
+            "EFAPROBE_INTERVAL",
+            "100000h",
+            "allowed: 100ms to 10m",
+        ),
+        ("max-rtt", "EFAPROBE_MAX_RTT", "0", "allowed: 100us to 10s"),
+        ("peers", "EFAPROBE_PEERS", "[::1:9476", "[IPv6]:PORT"),
+    ];
+    let mut cmd = Command::new(BIN);
+    cmd.args(["agent", "--imds-endpoint", "none", "--node-name", "n"])
+        .env_remove("NODE_NAME");
+    for (_, env, value, _) in from_env {
+        cmd.env(env, value);
+    }
+    for (flag, _, value, _) in from_flags {
+        cmd.arg(format!("--{flag}={value}"));
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("efaprobe agent: invalid setting "))
+        .collect();
+    assert_eq!(lines.len(), from_env.len() + from_flags.len(), "{err}");
+    for (flag, env, value, allowed) in from_env.iter().chain(&from_flags) {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("(flag --{flag}, env {env})")))
+            .unwrap_or_else(|| panic!("--{flag} / {env} not named: {err}"));
+        assert!(line.contains(&format!("{value:?}")), "{line}");
+        assert!(line.contains(allowed), "{line}");
+        assert!(!line.contains("Some("), "{line}");
+    }
+}
+
+#[test]
+fn a_taken_listen_port_is_said_plainly() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let mut child = Command::new(BIN)
+        .args(["agent", "--imds-endpoint", "none", "--node-name", "n"])
+        .args(["--fabric-provider", "none", "--listen", &listen])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent still runs on a taken port after 10s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    // 1, not 64: the setting is valid; the port is taken now, and may be free on a restart.
+    assert_eq!(status.code(), Some(1), "{err}");
+    let port = listen.rsplit_once(':').unwrap().1;
+    assert!(
+        err.contains(&format!("port {port} is already in use")),
+        "{err}"
+    );
+    assert!(
+        err.contains("--listen") && err.contains("EFAPROBE_LISTEN"),
+        "{err}"
+    );
+    drop(taken);
 }
 
 #[test]

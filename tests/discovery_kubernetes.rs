@@ -22,6 +22,7 @@ use http_body_util::StreamBody;
 use hyper::body::Frame;
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use efaprobe::discovery::kubernetes::watch_pods;
 use efaprobe::discovery::PeerSet;
@@ -276,9 +277,10 @@ async fn pods_become_peers_only_while_running_ready_and_not_terminating() {
 
     let client = kube::Client::new(service, NAMESPACE);
     let (tx, mut rx) = watch::channel(PeerSet::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let watching = stop.clone();
     let discovery = tokio::spawn(async move {
-        watch_pods(client, NAMESPACE, SELECTOR, PORT, tx, stop_rx).await;
+        watch_pods(client, NAMESPACE, SELECTOR, PORT, tx, watching).await;
     });
 
     // The watch opens only after the list was applied: nothing is a peer yet.
@@ -377,7 +379,7 @@ async fn pods_become_peers_only_while_running_ready_and_not_terminating() {
         );
     }
 
-    stop_tx.send(true).unwrap();
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), discovery)
         .await
         .expect("discovery stops at shutdown")
@@ -395,16 +397,17 @@ async fn an_unreachable_api_keeps_the_watch_alive_and_the_set_empty() {
     let server = tokio::spawn(api.clone().serve(handle));
     let client = kube::Client::new(service, NAMESPACE);
     let (tx, mut rx) = watch::channel(PeerSet::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let watching = stop.clone();
     let discovery = tokio::spawn(async move {
-        watch_pods(client, NAMESPACE, SELECTOR, PORT, tx, stop_rx).await;
+        watch_pods(client, NAMESPACE, SELECTOR, PORT, tx, watching).await;
     });
     // Two failed lists, retried with backoff, then the peer is found: no panic, no exit.
     let set = wait_for(&mut rx, "found after the API recovers", |s| s.len() == 1).await;
     assert_eq!(addresses(&set), [peer("198.18.8.1", "node-a")]);
     assert!(api.state().lists >= 3, "retried the list");
     assert!(!discovery.is_finished());
-    stop_tx.send(true).unwrap();
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), discovery)
         .await
         .expect("discovery stops at shutdown")
@@ -442,9 +445,10 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
     let server = tokio::spawn(api.clone().serve(handle));
     let client = kube::Client::new(service, NAMESPACE);
     let (tx, mut rx) = watch::channel(PeerSet::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let watching = stop.clone();
     let discovery = tokio::spawn(async move {
-        watch_pods(client, NAMESPACE, SELECTOR, AGENT_PORT, tx, stop_rx).await;
+        watch_pods(client, NAMESPACE, SELECTOR, AGENT_PORT, tx, watching).await;
     });
 
     let mut config = PingerConfig::new("udp;ofi_rxd");
@@ -577,7 +581,7 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
     .await;
     assert!(metrics.encode().contains("efa_peers 0"));
 
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let _ = discovery.await;
     server.abort();
     monitor.release();

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dns_name::{is_dns_name, NameRules};
+
 /// Largest hello body accepted from a peer.
 pub const MAX_HELLO_BYTES: usize = 64 * 1024;
 const MAX_ENDPOINTS: usize = 32;
@@ -136,17 +138,7 @@ impl Hello {
 
 /// RFC 1123 subdomain, as Kubernetes requires of node names.
 pub fn is_node_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    is_dns_name(s, NameRules::KubernetesName)
 }
 
 fn truncate(s: &str) -> String {

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod dns_name;
 pub mod fabric_ping;
 pub mod hello;
 pub mod http;
@@ -14,7 +15,9 @@ pub mod inventory;
 pub mod metrics;
 pub mod monitor;
 pub mod probe;
+pub mod retry;
 pub mod shutdown;
 pub mod state;
 pub mod topology;
+pub mod units;
 pub mod verdict;

@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::{AgentArgs, AgentConfig};
+use crate::config::discovery::ListenArgs;
+use crate::config::{AgentArgs, AgentConfig, ConfigError, ConfigErrors};
 use crate::fabric_ping::{self, FabricPinger, PingerConfig};
 use crate::hello::{Hello, HelloEndpoint, HelloFabric};
 use crate::http::{router, AppState};
 use crate::inventory::read_hw_counters;
 use crate::metrics::Metrics;
 use crate::monitor::{targets, PeerMonitor, PeerProbeSettings};
-use crate::shutdown::ShutdownSignal;
+use crate::retry;
 use crate::state::{AgentState, FabricDevice, FabricStatus};
 use crate::topology::fetch_topology_from;
 use crate::verdict::diagnosis::Placement;
@@ -22,11 +23,11 @@ use super::EXIT_USAGE;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub fn run(args: AgentArgs) -> ExitCode {
-    let config = match AgentConfig::from_args(&args) {
+pub fn run(args: AgentArgs, refused: ConfigErrors) -> ExitCode {
+    let config = match AgentConfig::from_args_after(&args, refused) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("efaprobe agent: {e}");
+        Err(errors) => {
+            errors.print("agent");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -122,7 +123,7 @@ fn no_fabric(provider: &str, error: String) -> FabricStatus {
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     use anyhow::Context;
-    let mut signals = ShutdownSignal::install().context("installing signal handlers")?;
+    let shutdown = crate::shutdown::cancelled_on_signal().context("installing signal handlers")?;
     let (pingers, fabric) = open_fabric(&config, true);
     let pinger = pingers.first().cloned();
     // The larger probes get an endpoint of their own on the same device (see PeerMonitor).
@@ -165,17 +166,13 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+        .map_err(|e| anyhow::anyhow!(listen_failure(config.listen, &e)))?;
     tracing::info!(listen = %config.listen, node = %config.node_name, "serving");
-    let (stop_tx, stop_rx) = watch::channel(false);
     let server = {
-        let mut stop = stop_rx.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
             axum::serve(listener, router(app))
-                .with_graceful_shutdown(shutdown)
+                .with_graceful_shutdown(stop.cancelled_owned())
                 .await
         })
     };
@@ -195,27 +192,29 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let (placement_tx, mut placement_rx) = watch::channel(first.as_ref().and_then(Placement::of));
     if let (None, Some(endpoint)) = (&first, config.imds_endpoint.clone()) {
         let (hello, metrics, timeout) = (hello.clone(), metrics.clone(), config.imds_timeout);
-        let mut stop = stop_rx.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            let mut wait = Duration::from_secs(1);
-            loop {
+            let waits = retry::delays(retry::doubling(
+                Duration::from_secs(1),
+                Duration::from_secs(300),
+            ));
+            for wait in waits {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.cancelled() => return,
                 }
                 if let Some(t) = read_topology(&endpoint, timeout).await {
                     let _ = placement_tx.send(Placement::of(&t));
                     publish_topology(Some(t), &hello, &metrics);
                     return;
                 }
-                wait = (wait * 2).min(Duration::from_secs(300));
             }
         });
     }
     let placement = placement_rx.borrow_and_update().clone();
 
     let mut peer_sets =
-        crate::discovery::start(config.discovery.clone(), config.interval, stop_rx.clone())
+        crate::discovery::start(config.discovery.clone(), config.interval, shutdown.clone())
             .await
             .context("starting peer discovery")?;
     let mut monitor = PeerMonitor::new(
@@ -238,7 +237,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     .with_large_probe_endpoint(large_pinger.clone());
 
     let probing = {
-        let mut stop = stop_rx.clone();
+        let stop = shutdown.clone();
         let (state, metrics) = (state.clone(), metrics.clone());
         let (interval, timeout, targets_cfg) =
             (config.interval, config.timeout, config.targets.clone());
@@ -250,7 +249,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.cancelled() => break,
                 }
                 if placement_rx.has_changed().unwrap_or(false) {
                     monitor.set_placement(placement_rx.borrow_and_update().clone());
@@ -272,7 +271,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
                 };
                 tokio::select! {
                     _ = round => {}
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.cancelled() => break,
                 }
                 if !state.is_ready() {
                     // Readiness is a latch: released once the first full round is done.
@@ -285,9 +284,8 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         })
     };
 
-    signals.recv().await;
+    shutdown.cancelled().await;
     tracing::info!("stopping");
-    let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), probing).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     for p in pingers.iter().chain(&large_pinger) {
@@ -295,6 +293,33 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Why the HTTP server cannot listen, plainly. Exit code 1, not 64: the setting is valid, and
+/// what stops it (a port another process holds, such as the previous agent pod on a
+/// host-network node still stopping) is the machine's state at that moment, which a restart
+/// may find gone; 64 says "fix the configuration", which no retry can.
+fn listen_failure(listen: std::net::SocketAddr, e: &std::io::Error) -> String {
+    let setting = ConfigError::of::<ListenArgs>("listen", "");
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "port {} is already in use by another process (another agent, or one still \
+             stopping): stop it or choose another port",
+            listen.port()
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{} is not an address of this node", listen.ip())
+        }
+        std::io::ErrorKind::PermissionDenied => format!(
+            "port {} needs a privilege this process lacks (below 1024: CAP_NET_BIND_SERVICE)",
+            listen.port()
+        ),
+        _ => e.to_string(),
+    };
+    format!(
+        "cannot listen on {listen} (flag --{}, env {}): {why}",
+        setting.flag, setting.env
+    )
 }
 
 async fn read_topology(
@@ -320,4 +345,25 @@ fn publish_topology(
 ) {
     metrics.set_topology(topology.as_ref());
     hello.write().unwrap_or_else(|p| p.into_inner()).topology = topology;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_said_plainly() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = std::net::TcpListener::bind(addr).unwrap_err();
+        let said = listen_failure(addr, &e);
+        assert!(
+            said.contains(&format!("port {} is already in use", addr.port())),
+            "{said}"
+        );
+        assert!(
+            said.contains("--listen") && said.contains("EFAPROBE_LISTEN"),
+            "{said}"
+        );
+    }
 }

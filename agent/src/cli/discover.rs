@@ -10,13 +10,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::DEFAULT_PORT;
-use crate::discovery::{self, DiscoveryArgs, DiscoveryConfig, DiscoveryError, PeerSet};
+use crate::config::discovery::discover_config;
+pub use crate::config::discovery::DiscoverArgs as Args;
+use crate::config::ConfigErrors;
+use crate::discovery::{self, DiscoveryConfig, DiscoveryError, PeerSet};
 use crate::shutdown::ShutdownSignal;
 
-use super::{parse_duration, EXIT_USAGE};
+use super::EXIT_USAGE;
 
 /// How long `--once` waits for the API server or the resolver.
 const ONCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,32 +26,11 @@ const ONCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the runtime waits, on exit, for a resolver thread stuck in `getaddrinfo`.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub discovery: DiscoveryArgs,
-    /// static: peer agents' addresses, HOST:PORT, comma-separated.
-    #[arg(long, env = "EFAPROBE_PEERS", value_delimiter = ',')]
-    pub peers: Vec<String>,
-    /// The port peer agents listen on (default: the port of EFAPROBE_LISTEN, else 9476).
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// dns: how often to resolve the name again while watching (the agent's probe interval).
-    #[arg(long, env = "EFAPROBE_INTERVAL", default_value = "5s")]
-    pub refresh: String,
-    /// Print the set once and exit, instead of printing it again at every change.
-    #[arg(long)]
-    pub once: bool,
-    /// One JSON document per set instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn run(args: Args) -> ExitCode {
-    let (config, refresh) = match validate(&args) {
+pub fn run(args: Args, refused: ConfigErrors) -> ExitCode {
+    let (config, refresh) = match discover_config(&args, refused) {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("efaprobe discover: {e}");
+        Err(errors) => {
+            errors.print("discover");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -78,41 +59,6 @@ pub fn run(args: Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn validate(args: &Args) -> Result<(DiscoveryConfig, Duration), crate::config::ConfigError> {
-    let bad = |setting, env, detail: String| crate::config::ConfigError {
-        setting,
-        flag: setting,
-        env,
-        detail,
-    };
-    let port = match args.port {
-        Some(p) => p,
-        None => match std::env::var("EFAPROBE_LISTEN") {
-            Ok(listen) => listen
-                .parse::<std::net::SocketAddr>()
-                .map_err(|_| {
-                    bad(
-                        "listen",
-                        "EFAPROBE_LISTEN",
-                        format!("{listen:?} is not IP:PORT"),
-                    )
-                })?
-                .port(),
-            Err(_) => DEFAULT_PORT,
-        },
-    };
-    let refresh =
-        parse_duration(&args.refresh).map_err(|e| bad("refresh", "EFAPROBE_INTERVAL", e))?;
-    let peers: Vec<String> = args
-        .peers
-        .iter()
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .collect();
-    let (config, _grace) = DiscoveryConfig::from_args(&args.discovery, &peers, port)?;
-    Ok((config, refresh))
 }
 
 /// The set as of now: the static list, one resolution, or one listing of the pods.
@@ -159,8 +105,8 @@ async fn follow_until(
     json: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), DiscoveryError> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut peers = discovery::start(config, refresh, stop_rx).await?;
+    let stop_discovery = CancellationToken::new();
+    let mut peers = discovery::start(config, refresh, stop_discovery.clone()).await?;
     let mut stop = std::pin::pin!(stop);
     // The first set of dns and kubernetes is the empty one before the first answer.
     let mut first = true;
@@ -175,7 +121,7 @@ async fn follow_until(
             _ = &mut stop => break,
         }
     }
-    let _ = stop_tx.send(true);
+    stop_discovery.cancel();
     Ok(())
 }
 

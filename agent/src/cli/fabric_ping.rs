@@ -5,59 +5,24 @@
 //! probes; 2 the peer is unreachable over IP too; 3 the local fabric cannot be used; 64 bad
 //! arguments.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::fabric_ping::exchange::{self, ExchangeEndpoint, ExchangeHello};
-use crate::fabric_ping::{self as engine, FabricPinger, PingerConfig, ProbeOutcome};
+use crate::fabric_ping::{self as engine, FabricPinger, ProbeOutcome};
 use crate::shutdown::ShutdownSignal;
 
-use super::parse_duration;
+pub use crate::config::fabric_ping::{Args, DEFAULT_PORT};
+use crate::config::ConfigErrors;
 
-pub const DEFAULT_PORT: u16 = 47_600;
-
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// libfabric provider: efa, tcp, "udp;ofi_rxd", shm.
-    #[arg(long, default_value = "efa")]
-    pub provider: String,
-    /// Local IP: the TCP exchange listens or connects from here, and IP-based providers bind
-    /// their fabric endpoint to it.
-    #[arg(long)]
-    pub bind: IpAddr,
-    /// Responder: TCP port on which fabric addresses are exchanged.
-    #[arg(long, default_value_t = DEFAULT_PORT)]
-    pub port: u16,
-    /// Prober: the responder's exchange address (IP:PORT). Without it, this is the responder.
-    #[arg(long)]
-    pub peer: Option<SocketAddr>,
-    /// Probes to send.
-    #[arg(long, default_value_t = 10)]
-    pub count: u32,
-    /// Probe size in bytes (raised to the header plus this node's fabric address if smaller).
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
-    /// Time between probes (0 sends the next as soon as the last is answered).
-    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
-    pub interval: Duration,
-    /// Deadline for each probe, and for the TCP exchange.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// Use this domain (device) rather than the provider's first.
-    #[arg(long)]
-    pub domain: Option<String>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// Print every probe.
-    #[arg(long, short)]
-    pub verbose: bool,
-}
-
-pub fn run(args: Args) -> ExitCode {
+pub fn run(args: Args, refused: ConfigErrors) -> ExitCode {
+    if !refused.is_empty() {
+        refused.print("fabric-ping");
+        return ExitCode::from(super::EXIT_USAGE);
+    }
     engine::prepare_environment(&args.provider);
     let reclaimed = fabric::process::init();
     tracing::debug!(?reclaimed, "signal handlers taken back from libfabric");
@@ -91,12 +56,7 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 fn open_pinger(args: &Args) -> Result<FabricPinger, String> {
-    let mut config = PingerConfig::new(&args.provider);
-    config.bind = Some(args.bind);
-    config.max_probe_size = config.max_probe_size.max(args.size);
-    // A tool run by hand, often back to back (--interval 0): both sides stay awake between
-    // probes, which an agent does not (it would cost every node a spinning core).
-    config.linger = Duration::from_millis(1);
+    let config = args.pinger_config();
     let mut all = engine::open_all(&config).map_err(|e| e.to_string())?;
     let index = match &args.domain {
         None => 0,

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::parse_command_line;
+
 pub mod agent;
 pub mod check;
 pub mod discover;
@@ -54,49 +56,28 @@ pub fn current_thread_runtime(
         })
 }
 
-/// Parses a duration like `500ms`, `2s`, `1.5s`, `1m`, `250us`; a bare `0` is zero.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("{text:?} is not a duration like 500ms, 2s or 1m");
-    if text == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    let unit_at = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(bad)?;
-    let (number, unit) = text.split_at(unit_at);
-    let seconds_per_unit = match unit {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(bad()),
-    };
-    // `f64::from_str` would also take "inf", "1e3" or "+1": allow digits and one dot only.
-    if number.is_empty() || number == "." || number.matches('.').count() > 1 || number.len() > 20 {
-        return Err(bad());
-    }
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    std::time::Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| bad())
-}
-
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // Every value a flag's parser refuses is reported, not only the first (see `config`).
+    let parsed = match parse_command_line::<Cli, _>(std::env::args_os()) {
+        Ok(parsed) => parsed,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
+    let Some(cli) = parsed.parsed else {
+        parsed.errors.print(&parsed.command);
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let refused = parsed.errors;
     init_tracing();
     match cli.command {
-        Command::FabricPing(args) => fabric_ping::run(args),
-        Command::Check(args) => check::run(args),
-        Command::Agent(args) => agent::run(*args),
-        Command::Discover(args) => discover::run(args),
-        Command::SimulatePeers(args) => simulate::run(args),
+        Command::FabricPing(args) => fabric_ping::run(args, refused),
+        Command::Check(args) => check::run(args, refused),
+        Command::Agent(args) => agent::run(*args, refused),
+        Command::Discover(args) => discover::run(args, refused),
+        Command::SimulatePeers(args) => simulate::run(args, refused),
     }
 }
 
@@ -107,44 +88,4 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in [
-            "",
-            "2",
-            "s",
-            ".s",
-            "1..5s",
-            "2 s",
-            "-1s",
-            "+1s",
-            "1e3ms",
-            "infs",
-            "2sec",
-            "1.5",
-            "99999999999999999999999h",
-        ] {
-            let err = parse_duration(bad).expect_err(bad);
-            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn zero_and_nanoseconds() {
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("100ns"), Ok(Duration::from_nanos(100)));
-    }
 }

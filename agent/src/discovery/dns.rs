@@ -14,13 +14,14 @@
 //! square of the node count; large clusters should use `kubernetes` discovery (one watch per
 //! agent, events only on change).
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{publish, DiscoveryError, PeerCandidate, PeerSet};
+use crate::probe::ResolveError;
 
 /// Resolution is not repeated more often than this, whatever the probe interval.
 pub const MIN_REFRESH: Duration = Duration::from_secs(1);
@@ -34,30 +35,24 @@ pub async fn resolve(
     port: u16,
     timeout: Duration,
 ) -> Result<Vec<SocketAddr>, DiscoveryError> {
-    // getaddrinfo cannot be cancelled: on timeout its thread finishes in the background,
-    // bounded by the resolver's own timeouts in resolv.conf.
-    let lookup = tokio::net::lookup_host((name, port));
-    let addresses: BTreeSet<SocketAddr> = match tokio::time::timeout(timeout, lookup).await {
-        Err(_) => {
-            return Err(DiscoveryError::DnsTimeout {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut addresses = crate::probe::resolve(name, port, deadline)
+        .await
+        .map_err(|e| match e {
+            ResolveError::Timeout { .. } => DiscoveryError::DnsTimeout {
                 name: name.to_owned(),
                 timeout,
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(DiscoveryError::DnsLookup {
+            },
+            ResolveError::Lookup { source, .. } => DiscoveryError::DnsLookup {
                 name: name.to_owned(),
                 source,
-            })
-        }
-        Ok(Ok(found)) => found.collect(),
-    };
-    if addresses.is_empty() {
-        return Err(DiscoveryError::DnsEmpty {
-            name: name.to_owned(),
-        });
-    }
-    Ok(addresses.into_iter().collect())
+            },
+            ResolveError::Empty { .. } => DiscoveryError::DnsEmpty {
+                name: name.to_owned(),
+            },
+        })?;
+    addresses.sort_unstable();
+    Ok(addresses)
 }
 
 /// The set for a fresh answer: exactly the resolved addresses. One already in `previous` keeps
@@ -83,7 +78,7 @@ pub fn merge(previous: &PeerSet, resolved: &[SocketAddr], now: Instant) -> PeerS
 }
 
 /// Resolves `name` at once and then every `refresh` (at least [`MIN_REFRESH`]), publishing
-/// each new answer on `tx`, until `shutdown` turns true (or its sender is gone) or every
+/// each new answer on `tx`, until `shutdown` is cancelled or every
 /// receiver is dropped. Failures keep the last good set and are logged: a warning when the
 /// name stops resolving, and a note when it resolves again.
 pub async fn watch_dns(
@@ -91,7 +86,7 @@ pub async fn watch_dns(
     port: u16,
     refresh: Duration,
     tx: watch::Sender<PeerSet>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let refresh = refresh.max(MIN_REFRESH);
     let timeout = refresh.min(MAX_LOOKUP_TIME);
@@ -101,12 +96,12 @@ pub async fn watch_dns(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = shutdown.cancelled() => break,
             _ = tx.closed() => break,
         }
         let result = tokio::select! {
             r = resolve(&name, port, timeout) => r,
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = shutdown.cancelled() => break,
         };
         match result {
             Ok(addresses) => {
@@ -176,13 +171,13 @@ mod tests {
     #[tokio::test]
     async fn a_resolved_set_is_published_and_shutdown_stops_the_loop() {
         let (tx, mut rx) = watch::channel(PeerSet::new());
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let task = tokio::spawn(watch_dns(
             "127.0.0.1".into(),
             9476,
             Duration::from_secs(1),
             tx,
-            stop_rx,
+            stop.clone(),
         ));
         tokio::time::timeout(Duration::from_secs(5), rx.changed())
             .await
@@ -192,7 +187,7 @@ mod tests {
             rx.borrow().keys().cloned().collect::<Vec<_>>(),
             ["127.0.0.1:9476"]
         );
-        stop_tx.send(true).unwrap();
+        stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("stops within 5 s")

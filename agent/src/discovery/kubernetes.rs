@@ -25,9 +25,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{publish, DiscoveryError, PeerCandidate, PeerSet, MAX_PEER_GRACE};
 
@@ -239,26 +241,27 @@ fn pod_name(pod: &Pod) -> String {
 }
 
 /// Watches the pods matching `selector` in `namespace` and publishes the peer set on `tx` after
-/// every change, until `shutdown` turns true (or its sender is gone) or every receiver is
+/// every change, until `shutdown` is cancelled or every receiver is
 /// dropped. Never returns an error: API failures are logged and retried with kube's default
-/// backoff while the last known set stays published.
+/// backoff ([`watch_backoff`]) while the last known set stays published.
 pub async fn watch_pods(
     client: kube::Client,
     namespace: &str,
     selector: &str,
     port: u16,
     tx: watch::Sender<PeerSet>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let pods: Api<Pod> = Api::namespaced(client, namespace);
-    let events = watcher(pods, watcher::Config::default().labels(selector)).default_backoff();
+    let events =
+        watcher(pods, watcher::Config::default().labels(selector)).backoff(watch_backoff());
     let mut events = std::pin::pin!(events);
     let mut tracker = PodTracker::new(port);
     let mut failing = false;
     loop {
         let next = tokio::select! {
             next = events.next() => next,
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = shutdown.cancelled() => break,
             _ = tx.closed() => break,
         };
         match next {
@@ -289,6 +292,14 @@ pub async fn watch_pods(
         }
     }
     tracing::debug!(%namespace, "pod watch stopped");
+}
+
+/// The watch's retry delays: kube's defaults (those of client-go's reflector, kind to a
+/// struggling API server: 800ms doubling to 30s, spread, back to 800ms after two quiet
+/// minutes), from the agent's one backoff.
+fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let delays = crate::retry::doubling(Duration::from_millis(800), Duration::from_secs(30));
+    ResetTimerBackoff::new(delays.with_jitter().into(), Duration::from_secs(120))
 }
 
 /// Lists the pods once and returns the peer set they make: the one-shot answer of `efaprobe

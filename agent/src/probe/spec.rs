@@ -10,14 +10,14 @@ use std::str::FromStr;
 use hyper::http::uri::PathAndQuery;
 use serde::Serialize;
 
+use crate::dns_name::{is_dns_name, NameRules};
+
 /// Well-known ports whose service is assumed when a spec names no check.
 const NATS_PORT: u16 = 4222;
 const PROMETHEUS_PORT: u16 = 9090;
 
 /// Longest target name: it is a metric label value and a column in `efaprobe check`.
 const MAX_NAME_LEN: usize = 63;
-/// Longest host name DNS allows.
-const MAX_HOST_LEN: usize = 253;
 /// Longest HTTP path accepted: a check path is a short, fixed endpoint.
 const MAX_PATH_LEN: usize = 1024;
 
@@ -195,27 +195,10 @@ fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// An IPv4 literal, or a DNS name made of letters, digits, `-` and `_` (optionally fully
+/// An IPv4 literal, or a host name (RFC 1123, see [`crate::dns_name`]; optionally fully
 /// qualified with a trailing dot). Anything else would only fail later, inside the resolver.
 fn is_valid_host(host: &str) -> bool {
-    if Ipv4Addr::from_str(host).is_ok() {
-        return true;
-    }
-    // Something like `10.0.0.300` or `10.1`: the resolver would read it as an address in a
-    // legacy notation, never as the name the operator meant.
-    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return false;
-    }
-    let name = host.strip_suffix('.').unwrap_or(host);
-    !name.is_empty()
-        && host.len() <= MAX_HOST_LEN
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        })
+    Ipv4Addr::from_str(host).is_ok() || is_dns_name(host, NameRules::Resolvable)
 }
 
 /// Digits only (`u16::from_str` would also take `+80`), and not port 0.

@@ -9,20 +9,20 @@
 //! [`check_target`] returns within about twice `timeout`, and a slow resolver never eats
 //! into the connect budget (which would turn into a misleading `timeout`).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Duration;
 
+use futures::future::join_all;
 use serde::{Serialize, Serializer};
 use tokio::time::Instant;
 
 use super::http::{http_get, DEFAULT_MAX_BODY_BYTES};
 use super::nats::{nats_handshake, NatsServerInfo};
 use super::reason::{FailureReason, ProbeFailure};
+use super::resolve::ResolveError;
 use super::spec::{TargetCheck, TargetSpec};
-use super::tcp::{connect_tcp, format_duration, TcpConnection};
+use super::tcp::{connect_tcp, TcpConnection};
+use crate::units::format_duration;
 
 /// Most addresses probed for one name; the rest are counted in
 /// [`TargetReport::addresses_skipped`]. Each address becomes a metric series, so a name
@@ -155,6 +155,7 @@ pub async fn check_target(spec: &TargetSpec, timeout: Duration) -> TargetReport 
         .into_iter()
         .take(MAX_ADDRESSES_PER_TARGET)
         .map(|address| check_address(spec, address, timeout));
+    // All in this task: dropping the check cancels every probe and closes its socket.
     let reports = join_all(probes).await;
     for report in &reports {
         if let Err(failure) = &report.result {
@@ -175,42 +176,22 @@ pub async fn check_targets(specs: &[TargetSpec], timeout: Duration) -> Vec<Targe
 
 /// The addresses behind the spec's host, in the resolver's order, without duplicates.
 async fn resolve(spec: &TargetSpec, timeout: Duration) -> Result<Vec<SocketAddr>, ProbeFailure> {
-    if let Some(ip) = spec.ip() {
-        return Ok(vec![SocketAddr::new(ip, spec.port)]);
-    }
-    let lookup = tokio::net::lookup_host((spec.host.as_str(), spec.port));
-    let found = match tokio::time::timeout(timeout, lookup).await {
-        Err(_elapsed) => {
-            return Err(ProbeFailure::new(
+    let deadline = Instant::now() + timeout;
+    super::resolve(&spec.host, spec.port, deadline)
+        .await
+        .map_err(|e| {
+            let detail = match e {
+                ResolveError::Timeout { .. } => {
+                    format!("no answer within {}", format_duration(timeout))
+                }
+                ResolveError::Lookup { source, .. } => source.to_string(),
+                ResolveError::Empty { .. } => "the name has no addresses".to_owned(),
+            };
+            ProbeFailure::new(
                 FailureReason::Dns,
-                format!(
-                    "resolve {}: no answer within {}",
-                    spec.host,
-                    format_duration(timeout)
-                ),
-            ))
-        }
-        Ok(Err(e)) => {
-            return Err(ProbeFailure::new(
-                FailureReason::Dns,
-                format!("resolve {}: {e}", spec.host),
-            ))
-        }
-        Ok(Ok(found)) => found,
-    };
-    let mut addresses: Vec<SocketAddr> = Vec::new();
-    for address in found {
-        if !addresses.contains(&address) {
-            addresses.push(address);
-        }
-    }
-    if addresses.is_empty() {
-        return Err(ProbeFailure::new(
-            FailureReason::Dns,
-            format!("resolve {}: the name has no addresses", spec.host),
-        ));
-    }
-    Ok(addresses)
+                format!("resolve {}: {detail}", spec.host),
+            )
+        })
 }
 
 async fn check_address(spec: &TargetSpec, address: SocketAddr, timeout: Duration) -> AddressReport {
@@ -326,34 +307,6 @@ fn quote_body(body: &[u8]) -> String {
         quoted.push_str("...");
     }
     quoted
-}
-
-/// Polls every future in place until all are done; outputs keep the input order.
-///
-/// The probes are few (bounded per target) and I/O-bound, so they share one task: dropping
-/// the caller's future cancels all of them and closes their sockets, and nothing needs
-/// `'static` data or can outlive the call.
-async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all_done = true;
-        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => all_done = false,
-                }
-            }
-        }
-        if all_done {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 fn as_millis<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {

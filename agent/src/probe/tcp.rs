@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::reason::{FailureReason, ProbeFailure};
+use crate::units::format_duration;
 
 /// A connected stream and how long the TCP handshake took.
 #[derive(Debug)]
@@ -83,40 +84,9 @@ fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// A short human form of a duration: `850us`, `12.3ms`, `2s`, `1.5s`.
-pub fn format_duration(d: Duration) -> String {
-    let micros = d.as_micros();
-    if micros < 1_000 {
-        format!("{micros}us")
-    } else if micros < 1_000_000 {
-        let ms = d.as_secs_f64() * 1e3;
-        if ms < 100.0 {
-            format!("{ms:.1}ms")
-        } else {
-            format!("{ms:.0}ms")
-        }
-    } else {
-        let s = d.as_secs_f64();
-        if d.subsec_millis() == 0 {
-            format!("{}s", d.as_secs())
-        } else {
-            format!("{s:.1}s")
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(format_duration(Duration::from_micros(850)), "850us");
-        assert_eq!(format_duration(Duration::from_micros(12_340)), "12.3ms");
-        assert_eq!(format_duration(Duration::from_millis(500)), "500ms");
-        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
-    }
 
     #[tokio::test]
     async fn closed_loopback_port_is_refused() {

@@ -8,12 +8,13 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
+use crate::dns_name::{is_dns_name, NameRules};
+
 /// The EC2 instance metadata service (IPv4; Nitro instances also answer on
 /// `http://[fd00:ec2::254]` when its IPv6 endpoint is enabled).
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 
 const HTTP_PORT: u16 = 80;
-const MAX_HOST_BYTES: usize = 253;
 
 /// Where instance metadata is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +114,9 @@ pub fn parse_endpoint(s: &str) -> Result<ImdsEndpoint, String> {
         }
         let host = match host.parse::<IpAddr>() {
             Ok(ip) => ImdsHost::Ip(ip),
-            Err(_) if is_dns_name(host) => ImdsHost::Name(host.to_ascii_lowercase()),
+            Err(_) if is_dns_name(host, NameRules::HostName) => {
+                ImdsHost::Name(host.to_ascii_lowercase())
+            }
             Err(_) => return fail("not an IP address or host name"),
         };
         (host, port)
@@ -126,24 +129,6 @@ pub fn parse_endpoint(s: &str) -> Result<ImdsEndpoint, String> {
         },
     };
     Ok(ImdsEndpoint { host, port })
-}
-
-/// Letters, digits and hyphens in dot-separated labels of at most 63 bytes, not all digits.
-fn is_dns_name(s: &str) -> bool {
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    };
-    !s.is_empty()
-        && s.len() <= MAX_HOST_BYTES
-        && s.split('.').all(label_ok)
-        // `1.2.3` or `300.1.1.1` is a mistyped address, not a name.
-        && !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 #[cfg(test)]

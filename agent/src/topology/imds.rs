@@ -26,8 +26,9 @@ use tokio::time::Instant;
 use super::endpoint::{parse_endpoint, ImdsEndpoint, ImdsHost};
 use super::{NetworkInterface, Topology, MAX_INTERFACES};
 use crate::probe::http::{http_request, HttpResponse};
-use crate::probe::tcp::{connect_tcp, format_duration};
-use crate::probe::{FailureReason, ProbeFailure};
+use crate::probe::tcp::connect_tcp;
+use crate::probe::{FailureReason, ProbeFailure, ResolveError};
+use crate::units::format_duration;
 
 /// Largest answer accepted for any one item; the largest real one (the list of interfaces)
 /// is 64 × 18 bytes.
@@ -133,13 +134,15 @@ async fn resolve(endpoint: &ImdsEndpoint, deadline: Instant) -> Result<SocketAdd
         endpoint: endpoint.to_string(),
         detail,
     };
-    let lookup = tokio::net::lookup_host((name.as_str(), endpoint.port()));
-    match tokio::time::timeout_at(deadline, lookup).await {
-        Err(_elapsed) => Err(unreachable(format!("resolving {name} timed out"))),
-        Ok(Err(e)) => Err(unreachable(format!("cannot resolve {name}: {e}"))),
-        Ok(Ok(mut addrs)) => addrs
-            .next()
-            .ok_or_else(|| unreachable(format!("{name} has no address"))),
+    match crate::probe::resolve(name, endpoint.port(), deadline).await {
+        Err(ResolveError::Timeout { .. }) => {
+            Err(unreachable(format!("resolving {name} timed out")))
+        }
+        Err(ResolveError::Lookup { source, .. }) => {
+            Err(unreachable(format!("cannot resolve {name}: {source}")))
+        }
+        Err(ResolveError::Empty { .. }) => Err(unreachable(format!("{name} has no address"))),
+        Ok(addrs) => Ok(addrs[0]),
     }
 }
 
