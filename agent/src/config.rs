@@ -92,6 +92,8 @@ pub struct AgentArgs {
     pub per_peer_metrics: String,
     #[command(flatten)]
     pub discovery: crate::discovery::DiscoveryArgs,
+    #[command(flatten)]
+    pub node_actions: crate::node_actions::NodeActionArgs,
 }
 
 /// The validated configuration.
@@ -123,6 +125,8 @@ pub struct AgentConfig {
     pub discovery: crate::discovery::DiscoveryConfig,
     /// How long a newly eligible peer is `unknown` whatever its probes say.
     pub peer_grace: Duration,
+    /// The node condition, Events and startup gate (all off by default).
+    pub node_actions: crate::node_actions::NodeActionSettings,
 }
 
 /// A setting that cannot be used, named.
@@ -338,6 +342,13 @@ impl AgentConfig {
             crate::discovery::DiscoveryConfig::Static(_) => Duration::ZERO,
             _ => grace,
         };
+        let node_actions = crate::node_actions::NodeActionSettings::from_args(&a.node_actions)
+            .map_err(|e| ConfigError {
+                setting: e.setting,
+                flag: e.flag,
+                env: e.env,
+                detail: e.detail,
+            })?;
         Ok(AgentConfig {
             node_name,
             listen,
@@ -368,6 +379,7 @@ impl AgentConfig {
             per_peer_metrics,
             discovery,
             peer_grace,
+            node_actions,
         })
     }
 
