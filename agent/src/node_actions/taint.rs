@@ -53,8 +53,8 @@ pub fn decide(
             return GateDecision::RemoveUnverified;
         }
         return GateDecision::Wait(format!(
-            "no peer in its group to verify against yet; the taint goes after {}s without one",
-            gate.timeout.as_secs()
+            "no peer in its group to verify against yet; the taint goes after {:?} without one",
+            gate.timeout
         ));
     }
     let required = gate.verify_peers.min(tally.members);
@@ -72,10 +72,9 @@ pub fn decide(
 /// The sentence the condition carries after a removal without verification.
 pub fn unverified_note(gate: &StartupTaint) -> String {
     format!(
-        "The startup taint {} was removed after {}s with no peer in its group to verify \
+        "The startup taint {} was removed after {:?} with no peer in its group to verify \
          against: the fabric is not verified.",
-        gate.key,
-        gate.timeout.as_secs()
+        gate.key, gate.timeout
     )
 }
 
