@@ -618,17 +618,13 @@ async fn with_no_peer_the_taint_goes_after_the_timeout_and_the_condition_says_so
         started.elapsed() >= Duration::from_millis(400),
         "not before the timeout"
     );
-    let c = wait_condition(&r.api, "Unknown", "NoPeers").await;
-    let message = c["message"].as_str().unwrap().to_owned();
-    if !message.contains("was removed after") {
-        // The write of this round may precede the note by one period.
-        wait_until("the note", || {
-            condition_patches(&r.api)
-                .last()
-                .is_some_and(|c| c["message"].as_str().unwrap().contains("was removed after"))
+    // The round that removes the taint writes the note with the condition.
+    wait_until("the note", || {
+        condition_patches(&r.api).last().is_some_and(|c| {
+            c["reason"] == "NoPeers" && c["message"].as_str().unwrap().contains("was removed after")
         })
-        .await;
-    }
+    })
+    .await;
     assert_eq!(
         condition_patches(&r.api).last().unwrap()["message"],
         "No peer in its topology group subnet:subnet-a to verify the fabric against. The \
@@ -824,4 +820,54 @@ async fn a_hung_api_server_holds_nothing_and_the_writer_still_stops() {
         .expect("stops while a request hangs")
         .unwrap();
     assert!(stopped.elapsed() < Duration::from_secs(1));
+}
+
+/// A node whose EFAFabricReady an earlier run wrote, its transition at `since`.
+fn node_with_condition(status: &str, since: &str) -> FakeApi {
+    let api = FakeApi::new(json!([]));
+    api.state().node["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .push(
+            json!({"type": "EFAFabricReady", "status": status, "reason": "Verified",
+                     "message": "earlier run", "lastHeartbeatTime": since,
+                     "lastTransitionTime": since}),
+        );
+    api
+}
+
+#[tokio::test]
+async fn after_a_restart_an_unchanged_status_keeps_its_transition_time_where_the_node_is_read() {
+    let since = "2026-01-01T00:00:00Z";
+    let mut s = settings();
+    s.condition = true;
+    s.startup_taint = Some(StartupTaint {
+        key: TAINT.into(),
+        verify_peers: 1,
+        timeout: Duration::from_secs(60),
+    });
+    // Same status as before the restart: the transition time stays.
+    let r = start(
+        node_with_condition("True", since),
+        s.clone(),
+        Duration::from_secs(5),
+    );
+    r.state
+        .set_peer("gpu-2:9476", peer("gpu-2", PeerState::Healthy, None));
+    let c = wait_condition(&r.api, "True", "Verified").await;
+    assert_eq!(c["lastTransitionTime"], since);
+    assert_ne!(c["lastHeartbeatTime"], since);
+    r.stop.send(true).unwrap();
+
+    // Another status: the transition is now.
+    let r = start(
+        node_with_condition("False", since),
+        s,
+        Duration::from_secs(5),
+    );
+    r.state
+        .set_peer("gpu-2:9476", peer("gpu-2", PeerState::Healthy, None));
+    let c = wait_condition(&r.api, "True", "Verified").await;
+    assert_ne!(c["lastTransitionTime"], since);
+    r.stop.send(true).unwrap();
 }

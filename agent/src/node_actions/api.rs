@@ -87,6 +87,14 @@ pub enum TaintRemoval {
     Absent,
 }
 
+/// What [`NodeApi::read_node`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub carries_taint: bool,
+    /// `EFAFabricReady`'s status and lastTransitionTime, when the node has it.
+    pub condition: Option<(String, SystemTime)>,
+}
+
 /// This node, as the API sees it.
 #[derive(Clone)]
 pub struct NodeApi {
@@ -138,10 +146,23 @@ impl NodeApi {
         .map(|_| ())
     }
 
-    /// Whether the node carries a taint with `key`.
-    pub async fn carries_taint(&self, key: &str) -> Result<bool, NodeApiError> {
+    /// Reads the node: whether it carries a taint with `key`, and the condition as written
+    /// before (by an earlier run of this agent).
+    pub async fn read_node(&self, key: &str) -> Result<NodeView, NodeApiError> {
         let node = self.bounded(self.nodes.get(&self.node_name)).await?;
-        Ok(taints(&node).iter().any(|t| t.key == key))
+        let condition = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == CONDITION_TYPE))
+            .and_then(|c| {
+                let since = c.last_transition_time.as_ref()?;
+                Some((c.status.clone(), SystemTime::from(since.0)))
+            });
+        Ok(NodeView {
+            carries_taint: taints(&node).iter().any(|t| t.key == key),
+            condition,
+        })
     }
 
     /// Removes every taint with `key` and nothing else. Each attempt reads the node and

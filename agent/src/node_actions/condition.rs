@@ -41,6 +41,16 @@ pub enum ConditionStatus {
 }
 
 impl ConditionStatus {
+    /// The status as the API writes it.
+    pub fn parse(text: &str) -> Option<ConditionStatus> {
+        match text {
+            "True" => Some(ConditionStatus::True),
+            "False" => Some(ConditionStatus::False),
+            "Unknown" => Some(ConditionStatus::Unknown),
+            _ => None,
+        }
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             ConditionStatus::True => "True",

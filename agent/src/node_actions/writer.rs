@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use super::api::{NodeApi, NodeApiError, TaintRemoval};
+use super::api::{NodeApi, NodeApiError, NodeView, TaintRemoval};
 use super::condition::{self, ConditionInputs, ConditionStatus, FabricCondition};
 use super::events::{EventAggregator, EventWrite, PeerTransitions};
 use super::settings::NodeActionSettings;
@@ -315,7 +315,19 @@ impl NodeActionWriter {
             return;
         }
         if self.gate == Gate::Unchecked {
-            match self.api.carries_taint(&gate.key).await {
+            let view = self.api.read_node(&gate.key).await;
+            if let Ok(NodeView {
+                condition: Some((status, since)),
+                ..
+            }) = &view
+            {
+                // The condition an earlier run wrote: its transition time stays while the
+                // status does (only where the gate may read the node).
+                if self.transition.is_none() {
+                    self.transition = ConditionStatus::parse(status).map(|s| (s, *since));
+                }
+            }
+            match view.map(|v| v.carries_taint) {
                 Ok(true) => self.gate = Gate::Waiting("not verified yet".into()),
                 Ok(false) => {
                     tracing::info!(taint = %gate.key, "the node does not carry the startup taint: nothing to remove");
