@@ -383,18 +383,25 @@ async fn the_condition_is_patched_on_each_transition_and_as_a_heartbeat() {
         .set_peer("gpu-2:9476", peer("gpu-2", PeerState::Healthy, None));
     let verified = wait_condition(&r.api, "True", "Verified").await;
     let writes = condition_patches(&r.api).len();
-    // Written on change, not every round: nothing new for several periods.
+    // Written on a change of status or reason, not every round, and not for a message that
+    // only counts peers differently: nothing new for several periods.
+    r.state
+        .set_peer("gpu-5:9476", peer("gpu-5", PeerState::Healthy, None));
     tokio::time::sleep(PERIOD * 6).await;
     assert_eq!(
         condition_patches(&r.api).len(),
         writes,
-        "a write without a change"
+        "a write without news"
     );
     // The heartbeat: the same condition again, a later lastHeartbeatTime, the same
     // lastTransitionTime.
     wait_until("heartbeat", || condition_patches(&r.api).len() > writes).await;
     let beat = condition_patches(&r.api)[writes].clone();
     assert_eq!(beat["status"], "True");
+    assert_eq!(
+        beat["message"], "2 of 2 peers in its topology group subnet:subnet-a answer on the fabric.",
+        "the heartbeat carries the latest message"
+    );
     assert_eq!(beat["lastTransitionTime"], verified["lastTransitionTime"]);
     assert!(
         beat["lastHeartbeatTime"].as_str() > verified["lastHeartbeatTime"].as_str(),
@@ -414,7 +421,7 @@ async fn the_condition_is_patched_on_each_transition_and_as_a_heartbeat() {
     let dropped = wait_condition(&r.api, "False", "SecurityGroup").await;
     assert_eq!(
         dropped["message"],
-        "2 of 3 peers in its topology group subnet:subnet-a answer over IP but not over the \
+        "2 of 4 peers in its topology group subnet:subnet-a answer over IP but not over the \
          fabric (security_group: 2); worst: gpu-3, gpu-4."
     );
     assert!(dropped["lastTransitionTime"].as_str() > verified["lastTransitionTime"].as_str());

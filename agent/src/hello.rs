@@ -33,11 +33,14 @@ pub struct NodeActionsReport {
     pub condition_status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub condition_reason: Option<String>,
-    /// Whether the condition on the Node is the one judged (false while a write is failing).
+    /// Whether the Node carries the status and reason judged (false while a write fails).
     pub condition_written: bool,
     /// The startup gate: `waiting`, `removed`, `absent` (the node did not carry the taint),
     /// `off`.
     pub startup_taint: String,
+    /// Why the gate waits (or that it removed the taint unverified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_taint_detail: Option<String>,
     /// Actions the API server refused with 403 (their RBAC is missing): `condition`,
     /// `events`, `taint`.
     pub forbidden: Vec<String>,

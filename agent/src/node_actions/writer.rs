@@ -27,6 +27,10 @@ use crate::verdict::diagnosis::Placement;
 
 /// Longest wait before a failed write is tried again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A condition whose status and reason stay, but whose message changed (peers counted
+/// differently, another worst peer), is written at most this often: peers coming and going
+/// during a rollout must not make every node write every period.
+pub const MESSAGE_REFRESH: Duration = Duration::from_secs(60);
 
 /// When a failing action may try again.
 #[derive(Debug)]
@@ -118,6 +122,8 @@ pub struct NodeActionWriter {
     failing: BTreeSet<NodeAction>,
     last_error: Option<String>,
     condition_now: Option<FabricCondition>,
+    /// Write the condition this round whatever changed (the gate just removed the taint).
+    condition_news: bool,
 }
 
 impl NodeActionWriter {
@@ -164,6 +170,7 @@ impl NodeActionWriter {
             failing: BTreeSet::new(),
             last_error: None,
             condition_now: None,
+            condition_news: false,
         }
     }
 
@@ -234,11 +241,19 @@ impl NodeActionWriter {
 
     async fn condition_step(&mut self, current: &FabricCondition) {
         let now = Instant::now();
+        let heartbeat = self.settings.condition_heartbeat;
         let due = match &self.written {
             None => true,
+            Some(_) if self.condition_news => true,
             Some(w) => {
-                w.condition != *current
-                    || now.duration_since(w.heartbeat) >= self.settings.condition_heartbeat
+                let since = now.duration_since(w.heartbeat);
+                if (w.condition.status, w.condition.reason) != (current.status, current.reason) {
+                    true
+                } else if w.condition.message != current.message {
+                    since >= MESSAGE_REFRESH.min(heartbeat)
+                } else {
+                    since >= heartbeat
+                }
             }
         };
         if !due || !self.condition_retry.ready(now) {
@@ -265,6 +280,7 @@ impl NodeActionWriter {
                     heartbeat: now,
                 });
                 self.condition_retry.succeeded();
+                self.condition_news = false;
                 self.succeeded(NodeAction::Condition);
             }
             Err(e) => {
@@ -373,6 +389,8 @@ impl NodeActionWriter {
                     },
                     TaintRemoval::Absent => Gate::Absent,
                 };
+                // Said in the condition at once, not at the next message refresh.
+                self.condition_news = true;
                 self.gate_retry.succeeded();
                 self.succeeded(NodeAction::Taint);
             }
@@ -416,10 +434,19 @@ impl NodeActionWriter {
             condition_status: c.map(|c| c.status.as_str().to_owned()),
             condition_reason: c.map(|c| c.reason.as_str().to_owned()),
             condition_written: match (c, &self.written) {
-                (Some(c), Some(w)) => w.condition == *c,
+                (Some(c), Some(w)) => {
+                    (w.condition.status, w.condition.reason) == (c.status, c.reason)
+                }
                 _ => false,
             },
             startup_taint: self.gate.word().to_owned(),
+            startup_taint_detail: match &self.gate {
+                Gate::Waiting(why) => Some(why.clone()),
+                Gate::Removed { verified: false } => {
+                    Some("removed with no peer to verify against".into())
+                }
+                _ => None,
+            },
             forbidden: self
                 .forbidden
                 .iter()
