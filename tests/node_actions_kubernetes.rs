@@ -369,7 +369,7 @@ async fn the_condition_is_patched_on_each_transition_and_as_a_heartbeat() {
     let mut s = settings();
     s.condition = true;
     // Over a second: Kubernetes times have whole seconds, and the heartbeat's must differ.
-    s.condition_heartbeat = Duration::from_millis(1200);
+    s.condition_heartbeat = Duration::from_millis(2000);
     let r = start(FakeApi::new(json!([])), s, Duration::from_secs(5));
 
     let c = wait_condition(&r.api, "Unknown", "NoPeers").await;
