@@ -727,8 +727,9 @@ async fn a_403_is_logged_once_shown_and_counted_and_the_state_keeps_updating() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(i > 50, "the test loop itself ran ({i} updates)");
+    // Generous for a loaded machine: a write holding the state would show as seconds.
     assert!(
-        longest_update < Duration::from_millis(50),
+        longest_update < Duration::from_millis(500),
         "{longest_update:?}"
     );
 
