@@ -11,7 +11,9 @@ For every object in every file:
   objects as a JSON list on stdin; scripts/validate-crs.mjs), since kubernetes-validate has no
   schema for custom resources and would only warn;
 - any other kind: an error (nothing would check it).
-Then what the agent and the rules rely on, in every rendering (see invariants()), and the Pod
+Then what the agent and the rules rely on, in every rendering (see invariants()): among it, that
+the cluster-wide RBAC grants exactly what the node actions turned on need, and that the base
+turns none on while the EFA and monitoring overlays turn them all on (node_action_rbac()); and the Pod
 Security Standard its namespace enforces, which the API server would otherwise apply to the
 pods only when it creates them (see pod_security()). Each
 PrometheusRule's spec is written to --rules-dir as a rule file, for `promtool check rules`.
@@ -84,18 +86,114 @@ def pod_security(pod, level):
     return problems
 
 
-def invariants(objs):
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+SERVICE_ACCOUNT = "efaprobe"
+
+# What each node action needs (agent/src/node_actions/api.rs), as (apiGroup, resource) -> verbs,
+# and the setting that turns it on (environment variable; the flag is the same name).
+NODE_ACTIONS = {
+    "condition": ("EFAPROBE_NODE_CONDITION", "--node-condition", {("", "nodes/status"): {"patch"}}),
+    "events": ("EFAPROBE_NODE_EVENTS", "--node-events", {("events.k8s.io", "events"): {"create", "patch"}}),
+    "startup-taint-gate": ("EFAPROBE_STARTUP_TAINT_GATE", "--startup-taint-gate", {("", "nodes"): {"get", "patch"}}),
+}
+# Which node actions each of check-manifests.sh's renderings must have on (by file stem).
+EXPECTED_NODE_ACTIONS = {
+    "base": set(),
+    "overlay-efa": {"condition", "events", "startup-taint-gate"},
+    "overlay-monitoring": {"condition", "events", "startup-taint-gate"},
+}
+TRUTHY = {"y", "yes", "t", "true", "on", "1"}  # clap's BoolishValueParser
+
+
+def node_actions_on(container):
+    """The node actions the agent container's settings turn on (a flag wins over its env)."""
+    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    args = container.get("args", [])
+    on = set()
+    for action, (var, flag, _) in NODE_ACTIONS.items():
+        value = env.get(var, "false").strip().lower() in TRUTHY
+        for a in args:
+            if a == flag:
+                value = True
+            elif a.startswith(flag + "="):
+                value = a.split("=", 1)[1].strip().lower() in TRUTHY
+        if value:
+            on.add(action)
+    return on
+
+
+def cluster_grants(by_kind):
+    """(apiGroup, resource) -> verbs the ClusterRoleBindings give the agent's service account,
+    with the errors found on the way (a rule the agent cannot need, a binding to nothing)."""
+    errs, grants = [], {}
+    roles = {r["metadata"]["name"]: r for r in by_kind.get("ClusterRole", [])}
+    bound = set()
+    for b in by_kind.get("ClusterRoleBinding", []):
+        name = b["metadata"]["name"]
+        subjects = b.get("subjects", [])
+        if subjects != [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]:
+            errs.append(f"ClusterRoleBinding/{name}: subjects {subjects}, want only the agent's service account")
+        ref = b.get("roleRef", {})
+        if ref.get("kind") != "ClusterRole" or ref.get("name") not in roles:
+            errs.append(f"ClusterRoleBinding/{name}: roleRef {ref} is no ClusterRole rendered here")
+            continue
+        bound.add(ref["name"])
+        for rule in roles[ref["name"]].get("rules", []):
+            if rule.get("resourceNames") or rule.get("nonResourceURLs"):
+                errs.append(f"ClusterRole/{ref['name']}: resourceNames/nonResourceURLs are not what the agent uses")
+            for group in rule.get("apiGroups", []):
+                for resource in rule.get("resources", []):
+                    verbs = set(rule.get("verbs", []))
+                    if "*" in (group, resource) or "*" in verbs:
+                        errs.append(f"ClusterRole/{ref['name']}: a wildcard in {rule}")
+                    grants.setdefault((group, resource), set()).update(verbs)
+    for name in roles:
+        if name not in bound:
+            errs.append(f"ClusterRole/{name}: bound by no ClusterRoleBinding")
+    return errs, grants
+
+
+def node_action_rbac(by_kind, on):
+    """The cluster-wide RBAC must be exactly what the node actions that are on need."""
+    errs, grants = cluster_grants(by_kind)
+    want = {}
+    for action in on:
+        for key, verbs in NODE_ACTIONS[action][2].items():
+            want.setdefault(key, set()).update(verbs)
+    if grants != want:
+        show = lambda g: {f"{k[0] or 'core'}/{k[1]}": sorted(v) for k, v in sorted(g.items())}
+        errs.append(f"cluster-wide RBAC {show(grants)}, but the node actions on ({sorted(on) or 'none'}) need exactly {show(want)}")
+    return errs
+
+
+def self_test():
+    """The RBAC check fails where it should (a check that cannot fail checks nothing)."""
+    container = {"name": "agent", "env": [{"name": "EFAPROBE_NODE_CONDITION", "value": "true"}]}
+    assert node_actions_on(container) == {"condition"}
+    assert node_actions_on({**container, "args": ["--node-condition=false", "--node-events"]}) == {"events"}
+    role = {"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}]}
+    binding = {"metadata": {"name": "b"}, "roleRef": {"kind": "ClusterRole", "name": "r"},
+               "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]}
+    rbac = {"ClusterRole": [role], "ClusterRoleBinding": [binding]}
+    assert node_action_rbac(rbac, {"condition"}) == []
+    assert node_action_rbac(rbac, set()), "RBAC where nothing is on"
+    assert node_action_rbac({}, {"condition"}), "no RBAC where the condition is on"
+    assert node_action_rbac(rbac, {"condition", "startup-taint-gate"}), "the gate's verbs missing"
+    wider = {"ClusterRole": [{**role, "rules": role["rules"] + [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]}],
+             "ClusterRoleBinding": [binding]}
+    assert node_action_rbac(wider, {"condition"}), "more than the condition needs"
+    assert node_action_rbac({"ClusterRole": [role]}, set()), "an unbound ClusterRole"
+
+
+def invariants(objs, stem=None):
     """What must hold in every rendering, whatever overlay or component made it."""
     errs = []
     by_kind = {}
     for o in objs:
         by_kind.setdefault(o["kind"], []).append(o)
         ns = o["metadata"].get("namespace")
-        if o["kind"] != "Namespace" and ns != NAMESPACE:
+        if o["kind"] not in CLUSTER_SCOPED and ns != NAMESPACE:
             errs.append(f"{o['kind']}/{o['metadata']['name']}: namespace {ns!r}, want {NAMESPACE!r}")
-    for kind in ("ClusterRole", "ClusterRoleBinding"):
-        if kind in by_kind:
-            errs.append(f"a {kind}: the agent needs nothing cluster-wide")
 
     for role in by_kind.get("Role", []):
         want = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
@@ -122,6 +220,10 @@ def invariants(objs):
     need(ds["spec"].get("updateStrategy", {}).get("type") == "RollingUpdate", "RollingUpdate")
     need(pod.get("terminationGracePeriodSeconds", 30) >= 15, "terminationGracePeriodSeconds >= 15 (the agent needs ~10 s)")
     (c,) = [c for c in pod["containers"] if c["name"] == "agent"]
+    on = node_actions_on(c)
+    errs += node_action_rbac(by_kind, on)
+    if stem in EXPECTED_NODE_ACTIONS and on != EXPECTED_NODE_ACTIONS[stem]:
+        errs.append(f"node actions on: {sorted(on)}, want {sorted(EXPECTED_NODE_ACTIONS[stem])} in {stem}")
     sc = c.get("securityContext", {})
     need(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
     need(sc.get("capabilities", {}).get("drop") == ["ALL"], "drops ALL capabilities")
@@ -176,6 +278,7 @@ def main():
     ap.add_argument("--rules-dir", type=Path, required=True)
     ap.add_argument("files", nargs="+", type=Path)
     args = ap.parse_args()
+    self_test()
 
     failures = 0
     for path in args.files:
@@ -199,7 +302,7 @@ def main():
             run = subprocess.run(args.crd_validator, shell=True, input=json.dumps(crs), text=True, capture_output=True)
             if run.returncode != 0:
                 errs.append(f"custom resources: {run.stdout.strip()} {run.stderr.strip()}")
-        errs += invariants(objs)
+        errs += invariants(objs, path.stem)
         for rule in (o for o in crs if o["kind"] == "PrometheusRule"):
             out = args.rules_dir / f"{path.stem}-{rule['metadata']['name']}.rules.yml"
             out.write_text(yaml.safe_dump(rule["spec"], sort_keys=False))

@@ -222,6 +222,7 @@ fn realistic_app() -> AppState {
             endpoints: vec![],
         },
         topology: None,
+        node_actions: None,
     };
     AppState {
         state,

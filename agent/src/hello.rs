@@ -21,6 +21,34 @@ pub struct Hello {
     /// Instance topology (zone, subnet, security groups, placement group), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<crate::topology::Topology>,
+    /// What this agent does to its own Node (condition, Events, startup taint), for people
+    /// and tools reading `/v1/hello`. Never taken from a peer: it is not parsed.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub node_actions: Option<NodeActionsReport>,
+}
+
+/// The node actions' latest outcome (README: Acting on what it sees).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NodeActionsReport {
+    /// `EFAFabricReady` as last judged (`True`, `False`, `Unknown`); absent while off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition_reason: Option<String>,
+    /// Whether the Node carries the status and reason judged (false while a write fails).
+    pub condition_written: bool,
+    /// The startup gate: `waiting`, `removed`, `absent` (the node did not carry the taint),
+    /// `off`.
+    pub startup_taint: String,
+    /// Why the gate waits (or that it removed the taint unverified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_taint_detail: Option<String>,
+    /// Actions the API server refused with 403 (their RBAC is missing): `condition`,
+    /// `events`, `taint`.
+    pub forbidden: Vec<String>,
+    /// The last failed write, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +193,7 @@ mod tests {
                 }],
             },
             topology: None,
+            node_actions: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod http;
 pub mod inventory;
 pub mod metrics;
 pub mod monitor;
+pub mod node_actions;
 pub mod probe;
 pub mod retry;
 pub mod shutdown;

@@ -156,6 +156,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             endpoints: pingers.iter().map(HelloEndpoint::of).collect(),
         },
         topology: None,
+        node_actions: None,
     };
     let hello = Arc::new(RwLock::new(hello));
     let app = AppState {
@@ -236,6 +237,18 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     )
     .with_large_probe_endpoint(large_pinger.clone());
 
+    let node_actions = crate::node_actions::start(
+        config.node_actions.clone(),
+        &config.node_name,
+        config.interval * config.policy.hysteresis,
+        state.clone(),
+        hello.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("starting node actions (a Kubernetes client from the service account)")?;
+
     let probing = {
         let stop = shutdown.clone();
         let (state, metrics) = (state.clone(), metrics.clone());
@@ -288,6 +301,9 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!("stopping");
     let _ = tokio::time::timeout(Duration::from_secs(10), probing).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Some(task) = node_actions {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     for p in pingers.iter().chain(&large_pinger) {
         p.shutdown();
     }

@@ -157,6 +157,7 @@ pub fn sim_hello(name: String, provider: &str, pinger: Option<&FabricPinger>) ->
             endpoints: pinger.iter().map(|p| HelloEndpoint::of(p)).collect(),
         },
         topology: None,
+        node_actions: None,
     }
 }
 

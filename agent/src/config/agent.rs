@@ -111,6 +111,8 @@ pub struct AgentArgs {
     pub per_peer_metrics: PerPeerMetrics,
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
+    #[command(flatten)]
+    pub node_actions: super::node_actions::NodeActionArgs,
 }
 
 fn node_name(text: &str) -> Result<String, String> {
@@ -167,6 +169,8 @@ pub struct AgentConfig {
     pub discovery: DiscoveryConfig,
     /// How long a newly eligible peer is `unknown` whatever its probes say.
     pub peer_grace: Duration,
+    /// The node condition, Events and startup gate (all off by default).
+    pub node_actions: crate::node_actions::NodeActionSettings,
 }
 
 impl AgentConfig {
@@ -284,6 +288,7 @@ impl AgentConfig {
             per_peer_metrics: a.per_peer_metrics,
             discovery,
             peer_grace,
+            node_actions: super::node_actions::node_action_settings(&a.node_actions),
         })
     }
 

@@ -21,6 +21,7 @@ pub mod agent;
 pub mod check;
 pub mod discovery;
 pub mod fabric_ping;
+pub mod node_actions;
 pub mod simulate;
 pub mod values;
 

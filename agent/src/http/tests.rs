@@ -34,6 +34,7 @@ fn app() -> AppState {
             endpoints: vec![],
         },
         topology: None,
+        node_actions: None,
     };
     AppState {
         state: Arc::new(AgentState::new("gpu-node-1", fabric.clone())),

@@ -31,6 +31,7 @@
 //! | `efa_probe_schedule_peers` | gauge | `role` (`watch`, `mesh`, `sample`, `learn`) |
 //! | `efa_probe_budget_peers` | gauge | (peers a round may probe: budget × interval) |
 //! | `efa_fabric_rtt_pairs_total` | counter | `result` (`measured`; `unsettled`: a side let a message wait unread, no RTT taken) |
+//! | `efa_node_action_errors_total` | counter | `action`, `reason` (see [`node_actions`]; only for actions that are on) |
 //!
 //! ¹ Per-peer: which peers have these series is the per-peer mode's choice
 //! ([`PerPeerMetrics`], `--per-peer-metrics`): every peer, only peers in a fault state, or
@@ -60,6 +61,7 @@ mod exposition;
 mod groups;
 mod hw_counters;
 mod labels;
+pub mod node_actions;
 mod per_peer;
 
 use std::collections::{HashMap, HashSet};
@@ -136,6 +138,7 @@ pub struct Metrics {
     schedule_peers: Family<RoleLabels, Gauge>,
     rtt_pairs: Family<PairResultLabels, Counter>,
     budget_peers: Gauge,
+    node_action_errors: node_actions::NodeActionErrors,
 
     /// The probe groups seen so far; its own lock, so probes never wait for an encode.
     probe_groups: Mutex<ProbeGroups>,
@@ -351,6 +354,7 @@ impl Metrics {
             None,
             Family::default(),
         );
+        let node_action_errors = node_actions::NodeActionErrors::register(&mut register);
 
         // A collector: encoded after every registered family, so registered last.
         let device_hw_counters = HwCounters::default();
@@ -407,6 +411,7 @@ impl Metrics {
             schedule_peers,
             rtt_pairs,
             budget_peers,
+            node_action_errors,
             probe_groups: Mutex::default(),
             series: Mutex::new(SeriesBook {
                 setting,
@@ -711,6 +716,11 @@ impl Metrics {
         book.peer_count = n;
         self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
         self.apply_per_peer_mode(&mut book);
+    }
+
+    /// Failed writes of the node actions (`efa_node_action_errors_total`).
+    pub fn node_action_errors(&self) -> &node_actions::NodeActionErrors {
+        &self.node_action_errors
     }
 
     /// A fabric ping pair's end: `measured` (its RTT taken) or not (unsettled).

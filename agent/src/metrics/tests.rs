@@ -595,9 +595,13 @@ fn every_registered_family_is_updated_by_a_setter() {
     m.set_per_peer_mode(PerPeerMetrics::Unhealthy);
     m.set_schedule(100, &[("watch", 1), ("mesh", 0)]);
     m.record_rtt_pair(false);
+    m.node_action_errors().record(
+        super::node_actions::NodeAction::Condition,
+        super::node_actions::NodeActionFailure::Forbidden,
+    );
     let after = m.encode();
 
-    assert_eq!(m.family_names().len(), 27);
+    assert_eq!(m.family_names().len(), 28);
     for family in m.family_names() {
         assert!(
             after.contains(&format!("\n# TYPE {family} ")),
