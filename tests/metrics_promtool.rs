@@ -22,7 +22,7 @@ use axum::http::{header, Request};
 use efaprobe::hello::{Hello, HelloFabric};
 use efaprobe::http::{router, AppState};
 use efaprobe::inventory::DeviceCounters;
-use efaprobe::metrics::{Metrics, ProbePath, ProbeResult};
+use efaprobe::metrics::{Metrics, ProbePath, ProbeResult, UNKNOWN_GROUP};
 use efaprobe::probe::http::http_get;
 use efaprobe::probe::nats::NatsServerInfo;
 use efaprobe::probe::tcp::connect_tcp;
@@ -76,7 +76,7 @@ fn path(reachable: bool, rtt_seconds: Option<f64>, failure: Option<(&str, &str)>
 fn realistic_app() -> AppState {
     let fabric = fabric();
     let state = Arc::new(AgentState::new("gpu-node-1.ec2.internal", fabric.clone()));
-    let metrics = Arc::new(Metrics::new("0.1.0", &fabric));
+    let metrics = Arc::new(Metrics::new("0.1.0", state.clone()));
 
     let healthy = PeerStatus {
         name: "gpu-node-2.ec2.internal".into(),
@@ -91,6 +91,7 @@ fn realistic_app() -> AppState {
         warnings: Vec::new(),
         since_unix: 1_700_000_000,
         rounds: 40,
+        probed: true,
     };
     let dropped = PeerStatus {
         name: "gpu-node-3.ec2.internal".into(),
@@ -109,24 +110,25 @@ fn realistic_app() -> AppState {
         warnings: Vec::new(),
         since_unix: 1_700_000_100,
         rounds: 40,
+        probed: true,
     };
     for peer in [&healthy, &dropped] {
         state.set_peer(&peer.address, peer.clone());
-        metrics.set_peer(peer);
     }
-    metrics.set_peer_count(2);
     for _ in 0..5 {
-        metrics.record_probe(
+        metrics.record_probe_in_group(
             ProbePath::Ip,
+            UNKNOWN_GROUP,
             ProbeResult::Ok,
             Some(Duration::from_micros(412)),
         );
-        metrics.record_probe(
+        metrics.record_probe_in_group(
             ProbePath::Fabric,
+            UNKNOWN_GROUP,
             ProbeResult::Ok,
             Some(Duration::from_micros(18)),
         );
-        metrics.record_probe(ProbePath::Fabric, ProbeResult::Timeout, None);
+        metrics.record_probe_in_group(ProbePath::Fabric, UNKNOWN_GROUP, ProbeResult::Timeout, None);
     }
     // Probes of a peer whose topology group is known.
     metrics.record_probe_in_group(

@@ -54,6 +54,19 @@ pub struct PeerStatus {
     /// When the state last changed (seconds since the epoch).
     pub since_unix: u64,
     pub rounds: u64,
+    /// Whether this node's verdict rests on its own probes now: false until the peer's first
+    /// probe, and again once the sample rotates it out. Only such peers have per-peer series
+    /// and count in `efa_peers_by_state` (see `metrics`).
+    pub probed: bool,
+}
+
+/// Which peers the current round probes, as it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeSchedule {
+    /// Peers a round may probe at most (the probe budget times the interval).
+    pub capacity: usize,
+    /// The peers it probes, by why (every role, 0 included).
+    pub by_role: Vec<(&'static str, usize)>,
 }
 
 /// This node's fabric.
@@ -83,6 +96,8 @@ pub struct AgentState {
     ready: AtomicBool,
     fabric: RwLock<FabricStatus>,
     peers: RwLock<BTreeMap<String, PeerStatus>>,
+    /// `None` until the first round starts.
+    schedule: RwLock<Option<ProbeSchedule>>,
     targets: RwLock<Vec<TargetReport>>,
 }
 
@@ -123,6 +138,36 @@ impl AgentState {
 
     pub fn remove_peer(&self, key: &str) -> Option<PeerStatus> {
         write(&self.peers).remove(key)
+    }
+
+    /// The peer's status, if it is known.
+    pub fn peer(&self, key: &str) -> Option<PeerStatus> {
+        read(&self.peers).get(key).cloned()
+    }
+
+    /// Changes the status of a known peer in place; false if there is none under `key`.
+    pub fn update_peer(&self, key: &str, change: impl FnOnce(&mut PeerStatus)) -> bool {
+        match write(&self.peers).get_mut(key) {
+            Some(status) => {
+                change(status);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads every peer under one lock, without copying them (what a scrape encodes).
+    pub fn read_peers<R>(&self, read_all: impl FnOnce(&BTreeMap<String, PeerStatus>) -> R) -> R {
+        read_all(&read(&self.peers))
+    }
+
+    /// The current round's schedule, once a round has started.
+    pub fn schedule(&self) -> Option<ProbeSchedule> {
+        read(&self.schedule).clone()
+    }
+
+    pub fn set_schedule(&self, schedule: ProbeSchedule) {
+        *write(&self.schedule) = Some(schedule);
     }
 
     pub fn targets(&self) -> Vec<TargetReport> {

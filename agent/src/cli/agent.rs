@@ -142,7 +142,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     };
 
     let state = Arc::new(AgentState::new(&config.node_name, fabric.clone()));
-    let metrics = Arc::new(Metrics::new(VERSION, &fabric));
+    let metrics = Arc::new(Metrics::new(VERSION, state.clone()));
     metrics.set_per_peer_mode(config.per_peer_metrics);
     let hello = Hello {
         node_name: config.node_name.clone(),

@@ -35,9 +35,10 @@ fn app() -> AppState {
         },
         topology: None,
     };
+    let state = Arc::new(AgentState::new("gpu-node-1", fabric));
     AppState {
-        state: Arc::new(AgentState::new("gpu-node-1", fabric.clone())),
-        metrics: Arc::new(Metrics::new("0.1.0", &fabric)),
+        metrics: Arc::new(Metrics::new("0.1.0", state.clone())),
+        state,
         hello: Arc::new(RwLock::new(hello)),
     }
 }
@@ -66,6 +67,7 @@ fn dropped_peer(name: &str) -> PeerStatus {
         warnings: Vec::new(),
         since_unix: 1,
         rounds: 4,
+        probed: true,
     }
 }
 
@@ -157,7 +159,8 @@ async fn hello_and_targets_as_json() {
 #[tokio::test]
 async fn metrics_in_the_format_asked_for() {
     let app = app();
-    app.metrics.set_peer(&dropped_peer("gpu-node-2"));
+    app.state
+        .set_peer("198.18.0.2:9464", dropped_peer("gpu-node-2"));
     let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
     let (status, content_type, body) = get(&app, "/metrics", Some(prometheus)).await;
     assert_eq!(status, StatusCode::OK);

@@ -20,7 +20,7 @@ use crate::fabric_ping::{FabricPinger, PeerHandle, ProbeOutcome};
 use crate::hello::{Hello, MAX_HELLO_BYTES};
 use crate::metrics::{Metrics, ProbePath, ProbeResult};
 use crate::probe::{http::http_get, tcp::connect_tcp, FailureReason, ProbeFailure};
-use crate::state::{unix_now, AgentState, PathStatus, PeerStatus};
+use crate::state::{unix_now, AgentState, PathStatus, PeerStatus, ProbeSchedule};
 use crate::verdict::diagnosis::{placement_warning, relate, Placement};
 use crate::verdict::{
     FabricObservation, IpObservation, PeerState, PeerVerdict, Round, VerdictPolicy,
@@ -283,7 +283,6 @@ impl PeerMonitor {
                 return true;
             }
             self.state.remove_peer(key);
-            self.metrics.remove_peer(&peer.status.name);
             peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
             tracing::info!(peer = %peer.status.name, "peer left");
             false
@@ -306,6 +305,7 @@ impl PeerMonitor {
                 warnings: Vec::new(),
                 since_unix: unix_now(),
                 rounds: 0,
+                probed: false,
             };
             // Listed at once; its series come with its first probe (on a large cluster it
             // may not be in this node's sample for a while).
@@ -327,7 +327,6 @@ impl PeerMonitor {
                 },
             );
         }
-        self.metrics.set_peer_count(self.peers.len());
     }
 
     /// Runs one round: the peers the schedule picks, each over both paths at once, started
@@ -344,10 +343,10 @@ impl PeerMonitor {
         // Series of the peers leaving go first: a scrape in between sees the last round's
         // roles with fewer series, never this round's with the last round's series.
         self.retire_unscheduled(&plan, round);
-        self.metrics.set_schedule(
-            plan.capacity,
-            &Role::ALL.map(|r| (r.as_str(), plan.count(r))),
-        );
+        self.state.set_schedule(ProbeSchedule {
+            capacity: plan.capacity,
+            by_role: Role::ALL.map(|r| (r.as_str(), plan.count(r))).to_vec(),
+        });
         let sizes = &self.settings.large_probe_sizes;
         // One larger size every other round, in turn: size-specific drops are configuration
         // (an MTU), found within a few rounds, and each large probe waits on its own for an
@@ -455,7 +454,7 @@ impl PeerMonitor {
             peer.verdict = PeerVerdict::new(self.settings.policy);
             peer.large_results.clear();
             peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
-            self.metrics.remove_peer(&peer.status.name);
+            peer.status.probed = false;
             peer.status.state = PeerState::Unknown;
             peer.status.reason = None;
             peer.status.ip = PathStatus::default();
@@ -515,7 +514,6 @@ impl PeerMonitor {
         let Some(peer) = self.peers.get_mut(&result.key) else {
             return; // left during the round
         };
-        let old_name = peer.status.name.clone();
         if let Ok((hello, _)) = result.hello.as_ref() {
             // Most rounds bring the same hello: keep the one allocation that this status and
             // its copy in the agent's state share.
@@ -733,11 +731,8 @@ impl PeerMonitor {
             }
         }
 
-        if old_name != peer.status.name {
-            self.metrics.rename_peer(&old_name, &peer.status.name);
-        }
+        peer.status.probed = true;
         self.state.set_peer(&result.key, peer.status.clone());
-        self.metrics.set_peer(&peer.status);
     }
 
     /// Closes every peer's fabric handle (shutdown).
@@ -873,71 +868,4 @@ async fn resolve(peer: &str, deadline: Instant) -> Result<SocketAddr, ProbeFailu
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::FabricStatus;
-
-    #[test]
-    fn confirmations_wait_four_recent_answer_times_within_bounds() {
-        let ms = Duration::from_millis;
-        let timeout = ms(500);
-        // Never answered: the full timeout.
-        assert_eq!(confirm_deadline(None, timeout), timeout);
-        // A fast peer: not below the floor, which an idle responder's poll needs.
-        assert_eq!(confirm_deadline(Some(ms(1)), timeout), MIN_CONFIRM_DEADLINE);
-        assert_eq!(confirm_deadline(Some(ms(40)), timeout), ms(160));
-        // A slow one: never beyond the timeout.
-        assert_eq!(confirm_deadline(Some(ms(300)), timeout), timeout);
-    }
-
-    #[test]
-    fn only_a_pairs_rtt_is_a_measurement() {
-        let pong = |warm| ProbeOutcome::Pong {
-            rtt: Duration::from_micros(20),
-            cold_rtt: Duration::from_millis(12),
-            dwell: Duration::from_micros(3),
-            responder_id: 1,
-            warm,
-        };
-        assert_eq!(rtt_of(&pong(true)), Some(Duration::from_micros(20)));
-        assert_eq!(rtt_of(&pong(false)), None);
-        // A single ping's answer reports the latest measured RTT, else its own.
-        let measured = Some(Duration::from_micros(25));
-        let (obs, status, _) = fabric_result(&pong(false), measured);
-        assert_eq!(obs, FabricObservation::Answered(Duration::from_micros(25)));
-        assert_eq!(status.rtt_seconds, Some(25e-6));
-        let (obs, _, _) = fabric_result(&pong(true), measured);
-        assert_eq!(obs, FabricObservation::Answered(Duration::from_micros(20)));
-    }
-
-    #[tokio::test]
-    async fn a_departed_peer_loses_its_state_and_every_series() {
-        let state = Arc::new(AgentState::new("me", FabricStatus::default()));
-        let metrics = Arc::new(Metrics::new("test", &FabricStatus::default()));
-        let settings =
-            PeerProbeSettings::new("me", Duration::from_millis(300), Duration::from_millis(200));
-        let mut monitor = PeerMonitor::new(settings, state.clone(), metrics.clone(), None);
-        // Nothing listens on these loopback ports: both peers end up down, with series.
-        let peers = vec!["127.0.0.1:9".to_owned(), "127.0.0.1:19".to_owned()];
-        let now = std::time::Instant::now();
-        monitor.set_peers(&crate::discovery::static_set(&peers, now), Duration::ZERO);
-        monitor.run_round().await;
-        monitor.run_round().await;
-        let text = metrics.encode();
-        assert!(text.contains(r#"peer="127.0.0.1:19""#), "{text}");
-        assert_eq!(state.peers().len(), 2);
-
-        monitor.set_peers(
-            &crate::discovery::static_set(&peers[..1], now),
-            Duration::ZERO,
-        );
-        let text = metrics.encode();
-        assert!(
-            !text.contains(r#"peer="127.0.0.1:19""#),
-            "stale series left: {text}"
-        );
-        assert!(text.contains(r#"peer="127.0.0.1:9""#));
-        assert_eq!(state.peers().len(), 1);
-        assert!(text.contains("efa_peers 1"), "{text}");
-    }
-}
+mod tests;
