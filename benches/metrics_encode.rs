@@ -24,7 +24,9 @@ use criterion::{
 
 use efaprobe::metrics::{ExpositionFormat, Metrics, PerPeerMetrics, ProbePath, ProbeResult};
 use efaprobe::probe::{AddressReport, CheckSuccess, TargetReport, TargetSpec};
-use efaprobe::state::{AgentState, FabricDevice, FabricStatus, PathStatus, PeerStatus};
+use efaprobe::state::{
+    AgentState, FabricDevice, FabricStatus, PathFailure, PathStatus, PeerStatus,
+};
 use efaprobe::verdict::{DiagnosisReason, PeerState};
 
 const PEERS: [usize; 3] = [1_000, 5_000, 10_000];
@@ -40,7 +42,7 @@ fn path(rtt: Option<f64>) -> PathStatus {
     PathStatus {
         reachable: Some(rtt.is_some()),
         rtt_seconds: rtt,
-        last_failure: rtt.is_none().then(|| "timeout".to_owned()),
+        last_failure: rtt.is_none().then_some(PathFailure::Timeout),
         last_error: rtt
             .is_none()
             .then(|| "no answer before the deadline (silently dropped)".to_owned()),

@@ -29,7 +29,9 @@ use efaprobe::probe::tcp::connect_tcp;
 use efaprobe::probe::{
     AddressReport, CheckSuccess, FailureReason, ProbeFailure, TargetReport, TargetSpec,
 };
-use efaprobe::state::{AgentState, FabricDevice, FabricStatus, PathStatus, PeerStatus};
+use efaprobe::state::{
+    AgentState, FabricDevice, FabricStatus, PathFailure, PathStatus, PeerStatus,
+};
 use efaprobe::topology::{NetworkInterface, Topology};
 use efaprobe::verdict::{DiagnosisReason, PeerState};
 use http_body_util::BodyExt;
@@ -62,11 +64,15 @@ fn fabric() -> FabricStatus {
     }
 }
 
-fn path(reachable: bool, rtt_seconds: Option<f64>, failure: Option<(&str, &str)>) -> PathStatus {
+fn path(
+    reachable: bool,
+    rtt_seconds: Option<f64>,
+    failure: Option<(PathFailure, &str)>,
+) -> PathStatus {
     PathStatus {
         reachable: Some(reachable),
         rtt_seconds,
-        last_failure: failure.map(|(reason, _)| reason.to_owned()),
+        last_failure: failure.map(|(reason, _)| reason),
         last_error: failure.map(|(_, message)| message.to_owned()),
     }
 }
@@ -103,7 +109,7 @@ fn realistic_app() -> AppState {
         fabric: path(
             false,
             None,
-            Some(("timeout", "no answer before the deadline")),
+            Some((PathFailure::Timeout, "no answer before the deadline")),
         ),
         fabric_loss: 1.0,
         hello: None,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::hello::Hello;
-use crate::probe::TargetReport;
+use crate::probe::{FailureReason, TargetReport};
 use crate::verdict::{DiagnosisReason, PeerState};
 
 /// One path's latest result for a peer.
@@ -20,9 +20,78 @@ pub struct PathStatus {
     /// Round-trip time of the last answer, seconds.
     pub rtt_seconds: Option<f64>,
     /// Bounded reason of the last failure (`timeout`, `refused`, `provider_error`, ...).
-    pub last_failure: Option<String>,
+    pub last_failure: Option<PathFailure>,
     /// The last failure in words (the provider's own text on the fabric path).
     pub last_error: Option<String>,
+}
+
+/// Why a path's last probe failed, or why the path was not probed: a bounded set, written
+/// as its word in `/v1/peers` and on the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathFailure {
+    /// The peer's address is a name that did not resolve (IP).
+    Dns,
+    /// No answer before the deadline (either path): silently dropped.
+    Timeout,
+    /// Nothing listens on the peer's agent port (IP).
+    Refused,
+    /// ICMP unreachable, no route (IP).
+    Unreachable,
+    /// The connection was reset (IP).
+    Reset,
+    /// Something answered, but not an efaprobe hello (IP).
+    Protocol,
+    /// The hello was answered with an error status (IP).
+    HttpStatus,
+    /// The provider reported the send failed (fabric).
+    ProviderError,
+    /// The ping never left (fabric): no transmit slot, engine stopped.
+    NotSent,
+    /// Not probed: the peer's agent has no usable fabric.
+    PeerNoFabric,
+    /// Not probed: the peer uses another provider.
+    ProviderMismatch,
+    /// Not probed: the provider refused the peer's fabric address.
+    BadAddress,
+    /// Small probes answer, larger ones are lost (fabric).
+    ProbeSize,
+}
+
+impl PathFailure {
+    /// The word, as serialised.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PathFailure::Dns => "dns",
+            PathFailure::Timeout => "timeout",
+            PathFailure::Refused => "refused",
+            PathFailure::Unreachable => "unreachable",
+            PathFailure::Reset => "reset",
+            PathFailure::Protocol => "protocol",
+            PathFailure::HttpStatus => "http_status",
+            PathFailure::ProviderError => "provider_error",
+            PathFailure::NotSent => "not_sent",
+            PathFailure::PeerNoFabric => "peer_no_fabric",
+            PathFailure::ProviderMismatch => "provider_mismatch",
+            PathFailure::BadAddress => "bad_address",
+            PathFailure::ProbeSize => "probe_size",
+        }
+    }
+}
+
+/// An IP probe's failure, in the probe's own words.
+impl From<FailureReason> for PathFailure {
+    fn from(reason: FailureReason) -> PathFailure {
+        match reason {
+            FailureReason::Dns => PathFailure::Dns,
+            FailureReason::Timeout => PathFailure::Timeout,
+            FailureReason::Refused => PathFailure::Refused,
+            FailureReason::Unreachable => PathFailure::Unreachable,
+            FailureReason::Reset => PathFailure::Reset,
+            FailureReason::Protocol => PathFailure::Protocol,
+            FailureReason::HttpStatus => PathFailure::HttpStatus,
+        }
+    }
 }
 
 impl PathStatus {

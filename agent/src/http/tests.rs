@@ -10,7 +10,7 @@ use tower::ServiceExt;
 use super::*;
 use crate::hello::{Hello, HelloFabric};
 use crate::probe::{AddressReport, FailureReason, ProbeFailure, TargetReport, TargetSpec};
-use crate::state::{FabricStatus, PathStatus, PeerStatus};
+use crate::state::{FabricStatus, PathFailure, PathStatus, PeerStatus};
 use crate::verdict::{DiagnosisReason, PeerState};
 
 const HOSTILE_NAME: &str = "<script>alert(1)</script>";
@@ -59,7 +59,7 @@ fn dropped_peer(name: &str) -> PeerStatus {
         fabric: PathStatus {
             reachable: Some(false),
             rtt_seconds: None,
-            last_failure: Some("provider_error".into()),
+            last_failure: Some(PathFailure::ProviderError),
             last_error: Some(HOSTILE_ERROR.into()),
         },
         fabric_loss: 1.0,

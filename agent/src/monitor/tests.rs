@@ -1,8 +1,12 @@
 //! Monitor tests: the pure parts directly, the loop against peer agents on loopback.
 
+use super::job::confirm_deadline;
+use super::observe::{fabric_result, rtt_of};
 use super::*;
+use crate::fabric_ping::ProbeOutcome;
 use crate::metrics::{PerPeerMetrics, PerPeerMode};
 use crate::state::FabricStatus;
+use crate::verdict::FabricObservation;
 
 #[test]
 fn confirmations_wait_four_recent_answer_times_within_bounds() {
