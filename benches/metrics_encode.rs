@@ -97,7 +97,7 @@ fn peer(i: usize) -> PeerStatus {
         name,
         state,
         reason,
-        summary: String::new(),
+        summary: "".into(),
         ip,
         fabric,
         fabric_loss: loss,

@@ -110,8 +110,9 @@ pub struct PeerStatus {
     pub state: PeerState,
     /// Why, while not healthy.
     pub reason: Option<DiagnosisReason>,
-    /// One sentence for a person: what is wrong and what to do.
-    pub summary: String,
+    /// One sentence for a person: what is wrong and what to do (shared by peers that say
+    /// the same: not probed yet, rotated out of the sample).
+    pub summary: Arc<str>,
     pub ip: PathStatus,
     pub fabric: PathStatus,
     /// Fabric loss ratio over the recent window.
@@ -158,13 +159,20 @@ pub struct FabricDevice {
     pub address: String,
 }
 
-/// The shared snapshot. Writers replace whole entries; readers clone what they need.
+/// Every known peer's status, by its key (the agent address it was configured or discovered
+/// with).
+pub type PeerTable = BTreeMap<String, Box<PeerStatus>>;
+
+/// The shared snapshot. Writers replace or change an entry under its lock; readers clone
+/// what they need, or read in place ([`AgentState::read_peers`]).
 #[derive(Debug, Default)]
 pub struct AgentState {
     node_name: String,
     ready: AtomicBool,
     fabric: RwLock<FabricStatus>,
-    peers: RwLock<BTreeMap<String, PeerStatus>>,
+    /// Boxed: a B-tree node holds eleven entries and is about half full after the ordered
+    /// inserts of a peer list; what its empty slots cost is the box's size, not a status's.
+    peers: RwLock<PeerTable>,
     /// `None` until the first round starts.
     schedule: RwLock<Option<ProbeSchedule>>,
     targets: RwLock<Vec<TargetReport>>,
@@ -198,20 +206,23 @@ impl AgentState {
 
     /// Peers by their key (the agent address they were configured or discovered with).
     pub fn peers(&self) -> Vec<PeerStatus> {
-        read(&self.peers).values().cloned().collect()
+        read(&self.peers)
+            .values()
+            .map(|p| PeerStatus::clone(p))
+            .collect()
     }
 
     pub fn set_peer(&self, key: &str, status: PeerStatus) {
-        write(&self.peers).insert(key.to_owned(), status);
+        write(&self.peers).insert(key.to_owned(), Box::new(status));
     }
 
     pub fn remove_peer(&self, key: &str) -> Option<PeerStatus> {
-        write(&self.peers).remove(key)
+        write(&self.peers).remove(key).map(|p| *p)
     }
 
     /// The peer's status, if it is known.
     pub fn peer(&self, key: &str) -> Option<PeerStatus> {
-        read(&self.peers).get(key).cloned()
+        read(&self.peers).get(key).map(|p| PeerStatus::clone(p))
     }
 
     /// Changes the status of a known peer in place; false if there is none under `key`.
@@ -226,7 +237,7 @@ impl AgentState {
     }
 
     /// Reads every peer under one lock, without copying them (what a scrape encodes).
-    pub fn read_peers<R>(&self, read_all: impl FnOnce(&BTreeMap<String, PeerStatus>) -> R) -> R {
+    pub fn read_peers<R>(&self, read_all: impl FnOnce(&PeerTable) -> R) -> R {
         read_all(&read(&self.peers))
     }
 

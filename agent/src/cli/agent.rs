@@ -121,6 +121,8 @@ fn no_fabric(provider: &str, error: String) -> FabricStatus {
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Shared, not copied: with a static list it holds every peer's address.
+    let config = Arc::new(config);
     let mut signals = ShutdownSignal::install().context("installing signal handlers")?;
     let (pingers, fabric) = open_fabric(&config, true);
     let pinger = pingers.first().cloned();
@@ -244,7 +246,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             peer_sets,
             placement: placement_rx,
             is_self: {
-                let config = config.clone();
+                let config = Arc::clone(&config);
                 Box::new(move |address| config.is_self(address))
             },
             peer_grace: config.peer_grace,

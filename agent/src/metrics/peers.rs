@@ -26,7 +26,7 @@ use super::labels::{
     DiagnosisLabel, ModeLabels, PeerName, ProbePath, RoleLabels, StateLabel, StateLabels,
 };
 use super::per_peer::{PeerSeries, PerPeerMetrics, PerPeerMode};
-use crate::state::{AgentState, PeerStatus, ProbeSchedule};
+use crate::state::{AgentState, PeerTable, ProbeSchedule};
 use crate::verdict::{DiagnosisReason, PeerState};
 
 /// The families this collector encodes, as named in `# TYPE`.
@@ -122,7 +122,7 @@ impl Collector for PeerCollector {
 
 /// What the series of each probed peer show, by name. Two peers claiming one name share
 /// one set of series (the first by address), as a name is all a series is keyed by.
-fn probed_by_name(peers: &BTreeMap<String, PeerStatus>) -> BTreeMap<&str, PeerSeries> {
+fn probed_by_name(peers: &PeerTable) -> BTreeMap<&str, PeerSeries> {
     let mut by_name = BTreeMap::new();
     for status in peers.values().filter(|p| p.probed) {
         by_name

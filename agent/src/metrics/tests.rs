@@ -140,7 +140,7 @@ fn peer(name: &str, state: PeerState, reason: Option<DiagnosisReason>) -> PeerSt
         address: "198.18.0.2:9464".into(),
         state,
         reason,
-        summary: String::new(),
+        summary: "".into(),
         ip: path(Some(true), Some(0.0004)),
         fabric: path(Some(true), Some(0.00002)),
         fabric_loss: 0.1,

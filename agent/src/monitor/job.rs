@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::observe::PeerRtts;
 use super::{PeerMonitor, MIN_CONFIRM_DEADLINE};
 use crate::fabric_ping::{FabricPinger, PeerHandle, ProbeOutcome};
 use crate::hello::Hello;
@@ -92,16 +93,22 @@ impl PeerMonitor {
     /// any) or a confirmation of it.
     pub(super) fn job(&self, key: &str, large: Option<usize>, confirmation: u32) -> Option<Job> {
         let peer = self.peers.get(key)?;
+        let probing = peer.probing.as_deref();
         let timeout = self.settings.timeout;
-        let fabric = match (&self.pinger, &peer.fabric) {
+        let fabric = match (&self.pinger, probing.and_then(|p| p.fabric.as_ref())) {
             (Some(p), Some((_, h))) => Some((p.clone(), *h)),
             _ => None,
         };
-        let large = match (&self.large_pinger, peer.large_handle, large) {
+        let large = match (
+            &self.large_pinger,
+            probing.and_then(|p| p.large_handle),
+            large,
+        ) {
             (Some(p), Some(h), Some(size)) if confirmation == 0 => Some((p.clone(), h, size)),
             _ => None,
         };
-        let rtts = &peer.rtts;
+        let never = PeerRtts::default();
+        let rtts = probing.map_or(&never, |p| &p.rtts);
         let slow = rtts
             .fabric_cold
             .is_some_and(|r| r > self.settings.policy.max_rtt);
@@ -135,11 +142,11 @@ impl PeerMonitor {
     /// confirmation of a result that disagrees with its state, up to the confirmations its
     /// hysteresis needs.
     pub(super) fn follow_up(&self, key: &str, done: &RoundResult) -> Option<Job> {
-        let peer = self.peers.get(key)?;
+        let probing = self.peers.get(key)?.probing.as_deref()?;
         let confirmations = self.settings.policy.hysteresis.max(1) - 1;
         let n = done.confirmation;
-        let learned = !done.fabric_attempted && peer.fabric.is_some();
-        let confirm = peer.verdict.is_changing() && n < confirmations;
+        let learned = !done.fabric_attempted && probing.fabric.is_some();
+        let confirm = probing.verdict.is_changing() && n < confirmations;
         if learned {
             self.job(key, None, n)
         } else if confirm {

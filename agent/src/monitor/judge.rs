@@ -1,6 +1,7 @@
 //! What is reported of a peer: its verdict, and the one place where it is overridden (a new
 //! peer in its grace period, a peer the sample rotated out, a peer not probed yet).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::summary::summarize;
@@ -13,7 +14,7 @@ use crate::verdict::{DiagnosisReason, PeerState, PeerVerdict};
 pub(super) struct Reported {
     pub state: PeerState,
     pub reason: Option<DiagnosisReason>,
-    pub summary: String,
+    pub summary: Arc<str>,
 }
 
 /// A peer this node probes: its verdict, unless it is still within its grace period
@@ -40,34 +41,54 @@ pub(super) fn judged(
             summary: format!(
                 "new peer, in its grace period for {}s more ({summary})",
                 left.as_secs() + 1
-            ),
+            )
+            .into(),
         },
         None => Reported {
             state: verdict.state(),
             reason: verdict.reason(),
-            summary,
+            summary: summary.into(),
         },
     }
 }
 
-/// A peer listed but not probed yet.
-pub(super) fn waiting() -> Reported {
-    Reported {
-        state: PeerState::Unknown,
-        reason: None,
-        summary: "waiting for the peer's first answer".into(),
-    }
+/// What peers whose verdict is overridden whatever their probes say report: one text each,
+/// shared by every such peer.
+#[derive(Debug, Clone)]
+pub(super) struct Overridden {
+    waiting: Arc<str>,
+    retired: Arc<str>,
 }
 
-/// A peer the sample rotated out: no longer observed from here, whatever it was.
-pub(super) fn retired(rotation: u64) -> Reported {
-    Reported {
-        state: PeerState::Unknown,
-        reason: None,
-        summary: format!(
-            "not probed from this node now: outside the peers its probe budget covers \
-             (--probe-budget); the selection rotates every {rotation} rounds"
-        ),
+impl Overridden {
+    /// `rotation`: rounds between two changes of the sample.
+    pub fn new(rotation: u64) -> Overridden {
+        Overridden {
+            waiting: "waiting for the peer's first answer".into(),
+            retired: format!(
+                "not probed from this node now: outside the peers its probe budget covers \
+                 (--probe-budget); the selection rotates every {rotation} rounds"
+            )
+            .into(),
+        }
+    }
+
+    /// A peer listed but not probed yet.
+    pub fn waiting(&self) -> Reported {
+        Reported {
+            state: PeerState::Unknown,
+            reason: None,
+            summary: self.waiting.clone(),
+        }
+    }
+
+    /// A peer the sample rotated out: no longer observed from here, whatever it was.
+    pub fn retired(&self) -> Reported {
+        Reported {
+            state: PeerState::Unknown,
+            reason: None,
+            summary: self.retired.clone(),
+        }
     }
 }
 
@@ -117,12 +138,21 @@ mod tests {
 
     #[test]
     fn retired_and_waiting_peers_are_unknown_without_a_reason() {
-        for reported in [retired(6), waiting()] {
+        let overridden = Overridden::new(6);
+        for reported in [overridden.retired(), overridden.waiting()] {
             assert_eq!(
                 (reported.state, reported.reason),
                 (PeerState::Unknown, None)
             );
         }
-        assert!(retired(6).summary.ends_with("rotates every 6 rounds"));
+        assert!(overridden
+            .retired()
+            .summary
+            .ends_with("rotates every 6 rounds"));
+        // One text, however many peers say it.
+        assert!(Arc::ptr_eq(
+            &overridden.retired().summary,
+            &overridden.retired().summary
+        ));
     }
 }

@@ -16,7 +16,7 @@ pub mod schedule;
 mod summary;
 pub mod targets;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,33 +92,36 @@ impl PeerProbeSettings {
 /// What the monitor keeps of one peer to probe and judge it (what is reported of it is in
 /// the agent's state).
 struct Peer {
-    verdict: PeerVerdict,
     /// Its latest hello, shared with its entry in the state.
     hello: Option<Arc<Hello>>,
+    /// Until then the peer is reported `unknown`, whatever its probes say.
+    grace_until: std::time::Instant,
+    /// The round that last probed this peer.
+    last_probed: Option<u64>,
+    /// What probing it takes, from its first probe on. On a large cluster most peers are
+    /// not in this node's sample, and cost no more than the fields above.
+    probing: Option<Box<Probing>>,
+}
+
+/// The verdict of a probed peer and what its next probes are made of.
+struct Probing {
+    verdict: PeerVerdict,
     /// The fabric address in use and its handle in the engine.
     fabric: Option<(Vec<u8>, PeerHandle)>,
     /// The same address's handle in the large-probe engine.
     large_handle: Option<PeerHandle>,
-    /// Until then the peer is reported `unknown`, whatever its probes say.
-    grace_until: std::time::Instant,
     /// The latest outcome of each larger probe size (true: answered).
     large_results: BTreeMap<usize, bool>,
     rtts: PeerRtts,
-    /// The round that last probed this peer.
-    last_probed: Option<u64>,
 }
 
 impl Peer {
-    fn new(policy: VerdictPolicy, grace_until: std::time::Instant) -> Peer {
+    fn new(grace_until: std::time::Instant) -> Peer {
         Peer {
-            verdict: PeerVerdict::new(policy),
             hello: None,
-            fabric: None,
-            large_handle: None,
             grace_until,
-            large_results: BTreeMap::new(),
-            rtts: PeerRtts::default(),
             last_probed: None,
+            probing: None,
         }
     }
 
@@ -143,21 +146,38 @@ impl Peer {
 
     /// Forgets its fabric handles (the engines drop their address-vector entries).
     fn release_fabric(&mut self, pinger: Option<&FabricPinger>, large: Option<&FabricPinger>) {
+        if let Some(probing) = self.probing.as_deref_mut() {
+            probing.release_fabric(pinger, large);
+        }
+    }
+
+    /// Kept in view whatever the sample: not healthy, or changing.
+    fn watched(&self) -> bool {
+        self.probing.as_deref().is_some_and(|p| {
+            p.verdict.is_changing()
+                || !matches!(p.verdict.state(), PeerState::Healthy | PeerState::Unknown)
+        })
+    }
+}
+
+impl Probing {
+    fn new(policy: VerdictPolicy) -> Probing {
+        Probing {
+            verdict: PeerVerdict::new(policy),
+            fabric: None,
+            large_handle: None,
+            large_results: BTreeMap::new(),
+            rtts: PeerRtts::default(),
+        }
+    }
+
+    fn release_fabric(&mut self, pinger: Option<&FabricPinger>, large: Option<&FabricPinger>) {
         if let (Some(pinger), Some((_, handle))) = (pinger, self.fabric.take()) {
             pinger.remove_peer(handle);
         }
         if let (Some(pinger), Some(handle)) = (large, self.large_handle.take()) {
             pinger.remove_peer(handle);
         }
-    }
-
-    /// Kept in view whatever the sample: not healthy, or changing.
-    fn watched(&self) -> bool {
-        self.verdict.is_changing()
-            || !matches!(
-                self.verdict.state(),
-                PeerState::Healthy | PeerState::Unknown
-            )
     }
 }
 
@@ -171,11 +191,14 @@ pub struct PeerMonitor {
     /// per peer (rxd does): a large message stuck on a path that drops large packets would
     /// hold up every small probe behind it on a shared endpoint, and read as a blackhole.
     large_pinger: Option<FabricPinger>,
-    peers: HashMap<String, Peer>,
+    /// By address. A B-tree: no growth to the next power of two, which a hash table of
+    /// thousands of peers pays for in memory.
+    peers: BTreeMap<String, Peer>,
     /// Rounds run: picks the larger probe size and the sample's rotation.
     round: u64,
     /// Seeds the jitter of this node's probe slots.
     jitter_seed: u64,
+    overridden: judge::Overridden,
 }
 
 impl PeerMonitor {
@@ -185,15 +208,17 @@ impl PeerMonitor {
         metrics: Arc<Metrics>,
         pinger: Option<FabricPinger>,
     ) -> Self {
+        let overridden = judge::Overridden::new(settings.schedule.rotation);
         PeerMonitor {
             settings,
             state,
             metrics,
             pinger,
             large_pinger: None,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             round: 0,
             jitter_seed: rand::random(),
+            overridden,
         }
     }
 
@@ -213,8 +238,13 @@ impl PeerMonitor {
     /// the state (and with it every series) and their address-vector entry at once, before
     /// they could look `down`.
     pub fn set_peers(&mut self, set: &PeerSet, grace: Duration) {
+        self.set_peers_where(set, grace, |_| true);
+    }
+
+    /// [`PeerMonitor::set_peers`] with the peers of `set` whose address `keep` accepts.
+    pub fn set_peers_where(&mut self, set: &PeerSet, grace: Duration, keep: impl Fn(&str) -> bool) {
         self.peers.retain(|key, peer| {
-            if set.contains_key(key) {
+            if set.contains_key(key) && keep(key) {
                 return true;
             }
             let name = self.state.remove_peer(key).map(|s| s.name);
@@ -222,12 +252,12 @@ impl PeerMonitor {
             tracing::info!(peer = %name.as_deref().unwrap_or(key), "peer left");
             false
         });
-        for (addr, candidate) in set {
+        for (addr, candidate) in set.iter().filter(|(addr, _)| keep(addr)) {
             if let Some(peer) = self.peers.get_mut(addr) {
                 peer.grace_until = candidate.eligible_since + grace;
                 continue;
             }
-            let waiting = judge::waiting();
+            let waiting = self.overridden.waiting();
             // Listed at once; its series come with its first probe (on a large cluster it
             // may not be in this node's sample for a while).
             self.state.set_peer(
@@ -248,10 +278,8 @@ impl PeerMonitor {
                     probed: false,
                 },
             );
-            self.peers.insert(
-                addr.clone(),
-                Peer::new(self.settings.policy, candidate.eligible_since + grace),
-            );
+            self.peers
+                .insert(addr.clone(), Peer::new(candidate.eligible_since + grace));
         }
     }
 
@@ -364,10 +392,12 @@ impl PeerMonitor {
                 continue;
             }
             peer.last_probed = None;
-            peer.verdict = PeerVerdict::new(self.settings.policy);
-            peer.large_results.clear();
-            peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
-            let retired = judge::retired(self.settings.schedule.rotation);
+            if let Some(probing) = peer.probing.as_deref_mut() {
+                probing.verdict = PeerVerdict::new(self.settings.policy);
+                probing.large_results.clear();
+                probing.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
+            }
+            let retired = self.overridden.retired();
             self.state.update_peer(key, |status| {
                 status.probed = false;
                 status.state = retired.state;
@@ -399,12 +429,16 @@ impl PeerMonitor {
         let group = placement.as_ref().map(Placement::group);
         let group = group.as_deref().unwrap_or(UNKNOWN_GROUP);
 
+        let policy = self.settings.policy;
+        let probing = peer
+            .probing
+            .get_or_insert_with(|| Box::new(Probing::new(policy)));
         let ip = observe::ip_path(&result.hello);
         if let Ok((_, rtt)) = &result.hello {
-            peer.rtts.ip = Some(*rtt);
+            probing.rtts.ip = Some(*rtt);
         }
         if let Some(outcome) = &result.fabric {
-            let measured = peer.rtts.learn_fabric(outcome, result.confirmation);
+            let measured = probing.rtts.learn_fabric(outcome, result.confirmation);
             if let (Some(measured), true) = (measured, result.pair) {
                 self.metrics.record_rtt_pair(measured);
             }
@@ -415,10 +449,10 @@ impl PeerMonitor {
                 local_fabric: self.pinger.is_some(),
                 provider: self.settings.provider.as_deref(),
                 hello: peer.hello.as_deref(),
-                measured: peer.rtts.fabric,
+                measured: probing.rtts.fabric,
             },
         );
-        let large = observe::large_probe(&mut peer.large_results, result.large.as_ref());
+        let large = observe::large_probe(&mut probing.large_results, result.large.as_ref());
         let counted = [
             (ProbePath::Ip, Some(ip.counted)),
             (ProbePath::Fabric, fabric.counted),
@@ -427,9 +461,9 @@ impl PeerMonitor {
         for (path, (probe, rtt)) in counted.into_iter().filter_map(|(path, c)| Some((path, c?))) {
             self.metrics.record_probe_in_group(path, group, probe, rtt);
         }
-        let lost_size = observe::lost_size(&peer.large_results, &fabric.observation);
+        let lost_size = observe::lost_size(&probing.large_results, &fabric.observation);
         let relation = relate(self.settings.placement.as_ref(), placement.as_ref());
-        let changed = peer.verdict.observe(&Round {
+        let changed = probing.verdict.observe(&Round {
             ip: ip.observation,
             fabric: fabric.observation,
             relation: relation.clone(),
@@ -444,7 +478,7 @@ impl PeerMonitor {
                 .into_iter()
                 .collect();
         let probe_size = self.settings.probe_size;
-        let (verdict, hello) = (&peer.verdict, &peer.hello);
+        let (verdict, hello) = (&probing.verdict, &peer.hello);
         self.state.update_peer(&result.key, |status| {
             status.ip = ip.status;
             if let Some(path) = fabric.status {
@@ -476,9 +510,9 @@ impl PeerMonitor {
         });
         if changed {
             tracing::info!(
-                peer = %peer.name(&result.key),
-                state = peer.verdict.state().as_str(),
-                reason = peer.verdict.reason().map(|r| r.as_str()),
+                peer = %hello.as_ref().map_or(result.key.as_str(), |h| h.node_name.as_str()),
+                state = verdict.state().as_str(),
+                reason = verdict.reason().map(|r| r.as_str()),
                 "peer state changed"
             );
         }
@@ -496,20 +530,22 @@ impl PeerMonitor {
             .as_ref()
             .filter(|h| h.fabric.available && Some(h.fabric.provider.as_str()) == provider)
             .and_then(|h| h.fabric_address(0));
-        let Some(address) = wanted else { return };
-        if peer.fabric.as_ref().map(|(a, _)| a.as_slice()) == Some(address.as_slice()) {
+        let (Some(address), Some(probing)) = (wanted, peer.probing.as_deref_mut()) else {
+            return;
+        };
+        if probing.fabric.as_ref().map(|(a, _)| a.as_slice()) == Some(address.as_slice()) {
             return;
         }
-        if peer.fabric.is_some() {
-            peer.verdict.fabric_path_changed();
+        if probing.fabric.is_some() {
+            probing.verdict.fabric_path_changed();
         }
-        peer.release_fabric(Some(pinger), self.large_pinger.as_ref());
-        peer.large_results.clear();
+        probing.release_fabric(Some(pinger), self.large_pinger.as_ref());
+        probing.large_results.clear();
         if let Some(lp) = &self.large_pinger {
-            peer.large_handle = lp.add_peer(&address).get().await.and_then(Result::ok);
+            probing.large_handle = lp.add_peer(&address).get().await.and_then(Result::ok);
         }
         match pinger.add_peer(&address).get().await {
-            Some(Ok(handle)) => peer.fabric = Some((address, handle)),
+            Some(Ok(handle)) => probing.fabric = Some((address, handle)),
             Some(Err(e)) => {
                 tracing::warn!(peer = %peer.name(key), error = %e, "peer's fabric address refused");
                 self.state.update_peer(key, |status| {

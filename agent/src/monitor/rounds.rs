@@ -70,11 +70,11 @@ pub async fn run(mut monitor: PeerMonitor, inputs: RoundInputs, mut stop: watch:
                 }
             }
         }
-        // The latest peer set, without this agent itself.
-        let mut set = peer_sets.borrow_and_update().clone();
-        set.retain(|address, _| !is_self(address));
-        monitor.set_peers(&set, peer_grace);
-        drop(set);
+        // The latest peer set, without this agent itself. Read in place: a copy of
+        // thousands of peers each round would be memory held for nothing.
+        monitor.set_peers_where(&peer_sets.borrow_and_update(), peer_grace, |address| {
+            !is_self(address)
+        });
         let round = async {
             let root = sysfs_root.clone();
             let counters = tokio::task::spawn_blocking(move || read_hw_counters(&root));
