@@ -15,6 +15,7 @@
 //! and `{mode}/text`, which benches/metrics_encode.sh reads back.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{
@@ -23,7 +24,9 @@ use criterion::{
 
 use efaprobe::metrics::{ExpositionFormat, Metrics, PerPeerMetrics, ProbePath, ProbeResult};
 use efaprobe::probe::{AddressReport, CheckSuccess, TargetReport, TargetSpec};
-use efaprobe::state::{FabricDevice, FabricStatus, PathStatus, PeerStatus};
+use efaprobe::state::{
+    AgentState, FabricDevice, FabricStatus, PathFailure, PathStatus, PeerStatus,
+};
 use efaprobe::verdict::{DiagnosisReason, PeerState};
 
 const PEERS: [usize; 3] = [1_000, 5_000, 10_000];
@@ -39,7 +42,7 @@ fn path(rtt: Option<f64>) -> PathStatus {
     PathStatus {
         reachable: Some(rtt.is_some()),
         rtt_seconds: rtt,
-        last_failure: rtt.is_none().then(|| "timeout".to_owned()),
+        last_failure: rtt.is_none().then_some(PathFailure::Timeout),
         last_error: rtt
             .is_none()
             .then(|| "no answer before the deadline (silently dropped)".to_owned()),
@@ -94,7 +97,7 @@ fn peer(i: usize) -> PeerStatus {
         name,
         state,
         reason,
-        summary: String::new(),
+        summary: "".into(),
         ip,
         fabric,
         fabric_loss: loss,
@@ -102,6 +105,7 @@ fn peer(i: usize) -> PeerStatus {
         warnings: Vec::new(),
         since_unix: 1_700_000_000,
         rounds: 100,
+        probed: true,
     }
 }
 
@@ -142,13 +146,14 @@ fn filled(n: usize, mode: PerPeerMetrics) -> Metrics {
             address: "fi_addr_efa://[fe80::4a:2bff:fe3c:1d2e]:0:0".into(),
         }],
     };
-    let metrics = Metrics::new("0.1.0", &fabric);
+    let state = Arc::new(AgentState::new("ip-10-0-0-1.ec2.internal", fabric.clone()));
+    let metrics = Metrics::new("0.1.0", state.clone());
     metrics.set_per_peer_mode(mode);
     metrics.set_fabric(&fabric);
     for i in 0..n {
         let status = peer(i);
         let group = format!("pg:cluster-{}", i % GROUPS);
-        metrics.set_peer(&status);
+        state.set_peer(&status.address, status.clone());
         for (probe_path, status) in [
             (ProbePath::Ip, &status.ip),
             (ProbePath::Fabric, &status.fabric),
@@ -161,7 +166,6 @@ fn filled(n: usize, mode: PerPeerMetrics) -> Metrics {
         }
     }
     metrics.set_targets(&targets());
-    metrics.set_peer_count(n);
     metrics.set_ready(true);
     metrics
 }

@@ -455,7 +455,7 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
     config.bind = Some("127.0.0.1".parse().unwrap());
     let pinger = fabric_ping::open_all(&config).unwrap().remove(0);
     let state = Arc::new(AgentState::new("observer", FabricStatus::default()));
-    let metrics = Arc::new(Metrics::new("test", &FabricStatus::default()));
+    let metrics = Arc::new(Metrics::new("test", state.clone()));
     // The interval only spreads a round's probes (over interval - timeout): rounds are run
     // here one after the other.
     let settings = PeerProbeSettings {

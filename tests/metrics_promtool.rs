@@ -22,14 +22,16 @@ use axum::http::{header, Request};
 use efaprobe::hello::{Hello, HelloFabric};
 use efaprobe::http::{router, AppState};
 use efaprobe::inventory::DeviceCounters;
-use efaprobe::metrics::{Metrics, ProbePath, ProbeResult};
+use efaprobe::metrics::{Metrics, ProbePath, ProbeResult, UNKNOWN_GROUP};
 use efaprobe::probe::http::http_get;
 use efaprobe::probe::nats::NatsServerInfo;
 use efaprobe::probe::tcp::connect_tcp;
 use efaprobe::probe::{
     AddressReport, CheckSuccess, FailureReason, ProbeFailure, TargetReport, TargetSpec,
 };
-use efaprobe::state::{AgentState, FabricDevice, FabricStatus, PathStatus, PeerStatus};
+use efaprobe::state::{
+    AgentState, FabricDevice, FabricStatus, PathFailure, PathStatus, PeerStatus,
+};
 use efaprobe::topology::{NetworkInterface, Topology};
 use efaprobe::verdict::{DiagnosisReason, PeerState};
 use http_body_util::BodyExt;
@@ -62,11 +64,15 @@ fn fabric() -> FabricStatus {
     }
 }
 
-fn path(reachable: bool, rtt_seconds: Option<f64>, failure: Option<(&str, &str)>) -> PathStatus {
+fn path(
+    reachable: bool,
+    rtt_seconds: Option<f64>,
+    failure: Option<(PathFailure, &str)>,
+) -> PathStatus {
     PathStatus {
         reachable: Some(reachable),
         rtt_seconds,
-        last_failure: failure.map(|(reason, _)| reason.to_owned()),
+        last_failure: failure.map(|(reason, _)| reason),
         last_error: failure.map(|(_, message)| message.to_owned()),
     }
 }
@@ -76,7 +82,7 @@ fn path(reachable: bool, rtt_seconds: Option<f64>, failure: Option<(&str, &str)>
 fn realistic_app() -> AppState {
     let fabric = fabric();
     let state = Arc::new(AgentState::new("gpu-node-1.ec2.internal", fabric.clone()));
-    let metrics = Arc::new(Metrics::new("0.1.0", &fabric));
+    let metrics = Arc::new(Metrics::new("0.1.0", state.clone()));
 
     let healthy = PeerStatus {
         name: "gpu-node-2.ec2.internal".into(),
@@ -91,6 +97,7 @@ fn realistic_app() -> AppState {
         warnings: Vec::new(),
         since_unix: 1_700_000_000,
         rounds: 40,
+        probed: true,
     };
     let dropped = PeerStatus {
         name: "gpu-node-3.ec2.internal".into(),
@@ -102,31 +109,32 @@ fn realistic_app() -> AppState {
         fabric: path(
             false,
             None,
-            Some(("timeout", "no answer before the deadline")),
+            Some((PathFailure::Timeout, "no answer before the deadline")),
         ),
         fabric_loss: 1.0,
         hello: None,
         warnings: Vec::new(),
         since_unix: 1_700_000_100,
         rounds: 40,
+        probed: true,
     };
     for peer in [&healthy, &dropped] {
         state.set_peer(&peer.address, peer.clone());
-        metrics.set_peer(peer);
     }
-    metrics.set_peer_count(2);
     for _ in 0..5 {
-        metrics.record_probe(
+        metrics.record_probe_in_group(
             ProbePath::Ip,
+            UNKNOWN_GROUP,
             ProbeResult::Ok,
             Some(Duration::from_micros(412)),
         );
-        metrics.record_probe(
+        metrics.record_probe_in_group(
             ProbePath::Fabric,
+            UNKNOWN_GROUP,
             ProbeResult::Ok,
             Some(Duration::from_micros(18)),
         );
-        metrics.record_probe(ProbePath::Fabric, ProbeResult::Timeout, None);
+        metrics.record_probe_in_group(ProbePath::Fabric, UNKNOWN_GROUP, ProbeResult::Timeout, None);
     }
     // Probes of a peer whose topology group is known.
     metrics.record_probe_in_group(

@@ -262,7 +262,7 @@ fn peer(name: &str, state: PeerState, reason: Option<DiagnosisReason>) -> PeerSt
         address: format!("{name}:9476"),
         state,
         reason,
-        summary: format!("{name} is {}", state.as_str()),
+        summary: format!("{name} is {}", state.as_str()).into(),
         ip: PathStatus::default(),
         fabric: PathStatus::default(),
         fabric_loss: 0.0,
@@ -270,6 +270,7 @@ fn peer(name: &str, state: PeerState, reason: Option<DiagnosisReason>) -> PeerSt
         warnings: vec![],
         since_unix: 1,
         rounds: 3,
+        probed: true,
     }
 }
 
@@ -307,7 +308,7 @@ fn start(api: FakeApi, settings: NodeActionSettings, request_timeout: Duration) 
     let state = Arc::new(AgentState::new(NODE, fabric.clone()));
     state.mark_ready();
     let hello = Arc::new(RwLock::new(hello(NODE)));
-    let metrics = Arc::new(Metrics::new("0.1.0", &fabric));
+    let metrics = Arc::new(Metrics::new("0.1.0", state.clone()));
     let writer = NodeActionWriter::new(
         settings,
         NodeApi::new(client, NODE).with_timeout(request_timeout),

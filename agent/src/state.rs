@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::hello::Hello;
-use crate::probe::TargetReport;
+use crate::probe::{FailureReason, TargetReport};
 use crate::verdict::{DiagnosisReason, PeerState};
 
 /// One path's latest result for a peer.
@@ -20,9 +20,78 @@ pub struct PathStatus {
     /// Round-trip time of the last answer, seconds.
     pub rtt_seconds: Option<f64>,
     /// Bounded reason of the last failure (`timeout`, `refused`, `provider_error`, ...).
-    pub last_failure: Option<String>,
+    pub last_failure: Option<PathFailure>,
     /// The last failure in words (the provider's own text on the fabric path).
     pub last_error: Option<String>,
+}
+
+/// Why a path's last probe failed, or why the path was not probed: a bounded set, written
+/// as its word in `/v1/peers` and on the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathFailure {
+    /// The peer's address is a name that did not resolve (IP).
+    Dns,
+    /// No answer before the deadline (either path): silently dropped.
+    Timeout,
+    /// Nothing listens on the peer's agent port (IP).
+    Refused,
+    /// ICMP unreachable, no route (IP).
+    Unreachable,
+    /// The connection was reset (IP).
+    Reset,
+    /// Something answered, but not an efaprobe hello (IP).
+    Protocol,
+    /// The hello was answered with an error status (IP).
+    HttpStatus,
+    /// The provider reported the send failed (fabric).
+    ProviderError,
+    /// The ping never left (fabric): no transmit slot, engine stopped.
+    NotSent,
+    /// Not probed: the peer's agent has no usable fabric.
+    PeerNoFabric,
+    /// Not probed: the peer uses another provider.
+    ProviderMismatch,
+    /// Not probed: the provider refused the peer's fabric address.
+    BadAddress,
+    /// Small probes answer, larger ones are lost (fabric).
+    ProbeSize,
+}
+
+impl PathFailure {
+    /// The word, as serialised.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PathFailure::Dns => "dns",
+            PathFailure::Timeout => "timeout",
+            PathFailure::Refused => "refused",
+            PathFailure::Unreachable => "unreachable",
+            PathFailure::Reset => "reset",
+            PathFailure::Protocol => "protocol",
+            PathFailure::HttpStatus => "http_status",
+            PathFailure::ProviderError => "provider_error",
+            PathFailure::NotSent => "not_sent",
+            PathFailure::PeerNoFabric => "peer_no_fabric",
+            PathFailure::ProviderMismatch => "provider_mismatch",
+            PathFailure::BadAddress => "bad_address",
+            PathFailure::ProbeSize => "probe_size",
+        }
+    }
+}
+
+/// An IP probe's failure, in the probe's own words.
+impl From<FailureReason> for PathFailure {
+    fn from(reason: FailureReason) -> PathFailure {
+        match reason {
+            FailureReason::Dns => PathFailure::Dns,
+            FailureReason::Timeout => PathFailure::Timeout,
+            FailureReason::Refused => PathFailure::Refused,
+            FailureReason::Unreachable => PathFailure::Unreachable,
+            FailureReason::Reset => PathFailure::Reset,
+            FailureReason::Protocol => PathFailure::Protocol,
+            FailureReason::HttpStatus => PathFailure::HttpStatus,
+        }
+    }
 }
 
 impl PathStatus {
@@ -41,8 +110,9 @@ pub struct PeerStatus {
     pub state: PeerState,
     /// Why, while not healthy.
     pub reason: Option<DiagnosisReason>,
-    /// One sentence for a person: what is wrong and what to do.
-    pub summary: String,
+    /// One sentence for a person: what is wrong and what to do (shared by peers that say
+    /// the same: not probed yet, rotated out of the sample).
+    pub summary: Arc<str>,
     pub ip: PathStatus,
     pub fabric: PathStatus,
     /// Fabric loss ratio over the recent window.
@@ -54,6 +124,19 @@ pub struct PeerStatus {
     /// When the state last changed (seconds since the epoch).
     pub since_unix: u64,
     pub rounds: u64,
+    /// Whether this node's verdict rests on its own probes now: false until the peer's first
+    /// probe, and again once the sample rotates it out. Only such peers have per-peer series
+    /// and count in `efa_peers_by_state` (see `metrics`).
+    pub probed: bool,
+}
+
+/// Which peers the current round probes, as it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeSchedule {
+    /// Peers a round may probe at most (the probe budget times the interval).
+    pub capacity: usize,
+    /// The peers it probes, by why (every role, 0 included).
+    pub by_role: Vec<(&'static str, usize)>,
 }
 
 /// This node's fabric.
@@ -76,13 +159,22 @@ pub struct FabricDevice {
     pub address: String,
 }
 
-/// The shared snapshot. Writers replace whole entries; readers clone what they need.
+/// Every known peer's status, by its key (the agent address it was configured or discovered
+/// with).
+pub type PeerTable = BTreeMap<String, Box<PeerStatus>>;
+
+/// The shared snapshot. Writers replace or change an entry under its lock; readers clone
+/// what they need, or read in place ([`AgentState::read_peers`]).
 #[derive(Debug, Default)]
 pub struct AgentState {
     node_name: String,
     ready: AtomicBool,
     fabric: RwLock<FabricStatus>,
-    peers: RwLock<BTreeMap<String, PeerStatus>>,
+    /// Boxed: a B-tree node holds eleven entries and is about half full after the ordered
+    /// inserts of a peer list; what its empty slots cost is the box's size, not a status's.
+    peers: RwLock<PeerTable>,
+    /// `None` until the first round starts.
+    schedule: RwLock<Option<ProbeSchedule>>,
     targets: RwLock<Vec<TargetReport>>,
 }
 
@@ -114,15 +206,48 @@ impl AgentState {
 
     /// Peers by their key (the agent address they were configured or discovered with).
     pub fn peers(&self) -> Vec<PeerStatus> {
-        read(&self.peers).values().cloned().collect()
+        read(&self.peers)
+            .values()
+            .map(|p| PeerStatus::clone(p))
+            .collect()
     }
 
     pub fn set_peer(&self, key: &str, status: PeerStatus) {
-        write(&self.peers).insert(key.to_owned(), status);
+        write(&self.peers).insert(key.to_owned(), Box::new(status));
     }
 
     pub fn remove_peer(&self, key: &str) -> Option<PeerStatus> {
-        write(&self.peers).remove(key)
+        write(&self.peers).remove(key).map(|p| *p)
+    }
+
+    /// The peer's status, if it is known.
+    pub fn peer(&self, key: &str) -> Option<PeerStatus> {
+        read(&self.peers).get(key).map(|p| PeerStatus::clone(p))
+    }
+
+    /// Changes the status of a known peer in place; false if there is none under `key`.
+    pub fn update_peer(&self, key: &str, change: impl FnOnce(&mut PeerStatus)) -> bool {
+        match write(&self.peers).get_mut(key) {
+            Some(status) => {
+                change(status);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads every peer under one lock, without copying them (what a scrape encodes).
+    pub fn read_peers<R>(&self, read_all: impl FnOnce(&PeerTable) -> R) -> R {
+        read_all(&read(&self.peers))
+    }
+
+    /// The current round's schedule, once a round has started.
+    pub fn schedule(&self) -> Option<ProbeSchedule> {
+        read(&self.schedule).clone()
+    }
+
+    pub fn set_schedule(&self, schedule: ProbeSchedule) {
+        *write(&self.schedule) = Some(schedule);
     }
 
     pub fn targets(&self) -> Vec<TargetReport> {

@@ -11,9 +11,8 @@ use crate::config::{AgentArgs, AgentConfig, ConfigError, ConfigErrors};
 use crate::fabric_ping::{self, FabricPinger, PingerConfig};
 use crate::hello::{Hello, HelloEndpoint, HelloFabric};
 use crate::http::{router, AppState};
-use crate::inventory::read_hw_counters;
 use crate::metrics::Metrics;
-use crate::monitor::{targets, PeerMonitor, PeerProbeSettings};
+use crate::monitor::{self, PeerMonitor, PeerProbeSettings, RoundInputs};
 use crate::retry;
 use crate::state::{AgentState, FabricDevice, FabricStatus};
 use crate::topology::fetch_topology_from;
@@ -123,6 +122,8 @@ fn no_fabric(provider: &str, error: String) -> FabricStatus {
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Shared, not copied: with a static list it holds every peer's address.
+    let config = Arc::new(config);
     let shutdown = crate::shutdown::cancelled_on_signal().context("installing signal handlers")?;
     let (pingers, fabric) = open_fabric(&config, true);
     let pinger = pingers.first().cloned();
@@ -143,7 +144,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     };
 
     let state = Arc::new(AgentState::new(&config.node_name, fabric.clone()));
-    let metrics = Arc::new(Metrics::new(VERSION, &fabric));
+    let metrics = Arc::new(Metrics::new(VERSION, state.clone()));
     metrics.set_per_peer_mode(config.per_peer_metrics);
     let hello = Hello {
         node_name: config.node_name.clone(),
@@ -214,11 +215,11 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     }
     let placement = placement_rx.borrow_and_update().clone();
 
-    let mut peer_sets =
+    let peer_sets =
         crate::discovery::start(config.discovery.clone(), config.interval, shutdown.clone())
             .await
             .context("starting peer discovery")?;
-    let mut monitor = PeerMonitor::new(
+    let monitor = PeerMonitor::new(
         PeerProbeSettings {
             node_name: config.node_name.clone(),
             interval: config.interval,
@@ -249,53 +250,25 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     .await
     .context("starting node actions (a Kubernetes client from the service account)")?;
 
-    let probing = {
-        let stop = shutdown.clone();
-        let (state, metrics) = (state.clone(), metrics.clone());
-        let (interval, timeout, targets_cfg) =
-            (config.interval, config.timeout, config.targets.clone());
-        let sysfs_root = config.sysfs_root.clone();
-        let (self_check, peer_grace) = (config.clone(), config.peer_grace);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    _ = stop.cancelled() => break,
-                }
-                if placement_rx.has_changed().unwrap_or(false) {
-                    monitor.set_placement(placement_rx.borrow_and_update().clone());
-                }
-                // The latest peer set, without this agent itself.
-                let mut set = peer_sets.borrow_and_update().clone();
-                set.retain(|address, _| !self_check.is_self(address));
-                monitor.set_peers(&set, peer_grace);
-                let round = async {
-                    let root = sysfs_root.clone();
-                    let counters = tokio::task::spawn_blocking(move || read_hw_counters(&root));
-                    tokio::join!(
-                        monitor.run_round(),
-                        targets::check_round(&targets_cfg, timeout, &state, &metrics)
-                    );
-                    if let Ok(devices) = counters.await {
-                        metrics.set_device_counters(&devices);
-                    }
-                };
-                tokio::select! {
-                    _ = round => {}
-                    _ = stop.cancelled() => break,
-                }
-                if !state.is_ready() {
-                    // Readiness is a latch: released once the first full round is done.
-                    state.mark_ready();
-                    metrics.set_ready(true);
-                    tracing::info!("first probe round done: ready");
-                }
-            }
-            monitor.release();
-        })
-    };
+    let probing = tokio::spawn(monitor::run(
+        monitor,
+        RoundInputs {
+            state: state.clone(),
+            metrics: metrics.clone(),
+            peer_sets,
+            placement: placement_rx,
+            is_self: {
+                let config = Arc::clone(&config);
+                Box::new(move |address| config.is_self(address))
+            },
+            peer_grace: config.peer_grace,
+            interval: config.interval,
+            targets: config.targets.clone(),
+            target_timeout: config.timeout,
+            sysfs_root: config.sysfs_root.clone(),
+        },
+        shutdown.clone(),
+    ));
 
     shutdown.cancelled().await;
     tracing::info!("stopping");

@@ -282,7 +282,7 @@ fn write_last_error(out: &mut String, path_name: &str, path: &PathStatus) -> fmt
     };
     write!(out, "<div{class}><b>{earlier}{path_name}</b>")?;
     if let Some(reason) = &path.last_failure {
-        write!(out, " <span class=\"mono\">{}</span>", Escaped(reason))?;
+        write!(out, " <span class=\"mono\">{}</span>", reason.as_str())?;
     }
     if let Some(error) = &path.last_error {
         write!(out, ": {}", Escaped(error))?;

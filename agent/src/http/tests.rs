@@ -10,7 +10,7 @@ use tower::ServiceExt;
 use super::*;
 use crate::hello::{Hello, HelloFabric};
 use crate::probe::{AddressReport, FailureReason, ProbeFailure, TargetReport, TargetSpec};
-use crate::state::{FabricStatus, PathStatus, PeerStatus};
+use crate::state::{FabricStatus, PathFailure, PathStatus, PeerStatus};
 use crate::verdict::{DiagnosisReason, PeerState};
 
 const HOSTILE_NAME: &str = "<script>alert(1)</script>";
@@ -36,9 +36,10 @@ fn app() -> AppState {
         topology: None,
         node_actions: None,
     };
+    let state = Arc::new(AgentState::new("gpu-node-1", fabric));
     AppState {
-        state: Arc::new(AgentState::new("gpu-node-1", fabric.clone())),
-        metrics: Arc::new(Metrics::new("0.1.0", &fabric)),
+        metrics: Arc::new(Metrics::new("0.1.0", state.clone())),
+        state,
         hello: Arc::new(RwLock::new(hello)),
     }
 }
@@ -59,7 +60,7 @@ fn dropped_peer(name: &str) -> PeerStatus {
         fabric: PathStatus {
             reachable: Some(false),
             rtt_seconds: None,
-            last_failure: Some("provider_error".into()),
+            last_failure: Some(PathFailure::ProviderError),
             last_error: Some(HOSTILE_ERROR.into()),
         },
         fabric_loss: 1.0,
@@ -67,6 +68,7 @@ fn dropped_peer(name: &str) -> PeerStatus {
         warnings: Vec::new(),
         since_unix: 1,
         rounds: 4,
+        probed: true,
     }
 }
 
@@ -158,7 +160,8 @@ async fn hello_and_targets_as_json() {
 #[tokio::test]
 async fn metrics_in_the_format_asked_for() {
     let app = app();
-    app.metrics.set_peer(&dropped_peer("gpu-node-2"));
+    app.state
+        .set_peer("198.18.0.2:9464", dropped_peer("gpu-node-2"));
     let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
     let (status, content_type, body) = get(&app, "/metrics", Some(prometheus)).await;
     assert_eq!(status, StatusCode::OK);

@@ -8,7 +8,7 @@ use super::labels::LabelText;
 
 /// Named groups kept as label values, first seen first kept; later ones are [`OTHER_GROUP`].
 pub const MAX_PROBE_GROUPS: usize = 32;
-/// The group of probes recorded without one ([`super::Metrics::record_probe`]).
+/// The group of probes of a peer whose topology is not known yet.
 pub const UNKNOWN_GROUP: &str = "unknown";
 /// Where probes of groups past [`MAX_PROBE_GROUPS`] are counted.
 pub const OTHER_GROUP: &str = "other";

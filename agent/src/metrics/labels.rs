@@ -8,7 +8,9 @@
 
 use std::fmt::{self, Write};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+};
 
 use super::per_peer::PerPeerMode;
 use crate::fabric_ping::engine::ProbeOutcome;
@@ -194,41 +196,40 @@ impl From<&str> for LabelText {
 
 impl EncodeLabelValue for LabelText {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
-        let mut rest = self.0.as_str();
-        while let Some(at) = rest.find(['\\', '"', '\n']) {
-            encoder.write_str(&rest[..at])?;
-            encoder.write_str(match rest.as_bytes()[at] {
-                b'\\' => "\\\\",
-                b'"' => "\\\"",
-                _ => "\\n",
-            })?;
-            rest = &rest[at + 1..];
-        }
-        encoder.write_str(rest)
+        write_escaped(encoder, &self.0)
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct PeerLabels {
-    pub peer: LabelText,
+/// Writes `text` with `\\`, `\"` and `\n` escaped.
+fn write_escaped(encoder: &mut LabelValueEncoder, text: &str) -> fmt::Result {
+    let mut rest = text;
+    while let Some(at) = rest.find(['\\', '"', '\n']) {
+        encoder.write_str(&rest[..at])?;
+        encoder.write_str(match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        })?;
+        rest = &rest[at + 1..];
+    }
+    encoder.write_str(rest)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct PeerStateLabels {
-    pub peer: LabelText,
-    pub state: StateLabel,
+/// `peer="NAME"`, the name borrowed from the state for one scrape (escaped like
+/// [`LabelText`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerName<'a>(pub &'a str);
+
+impl EncodeLabelValue for PeerName<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        write_escaped(encoder, self.0)
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct PeerDiagnosisLabels {
-    pub peer: LabelText,
-    pub reason: DiagnosisLabel,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct PeerPathLabels {
-    pub peer: LabelText,
-    pub path: ProbePath,
+impl EncodeLabelSet for PeerName<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        [("peer", *self)].encode(encoder)
+    }
 }
 
 /// `group`: the peer's topology group, bounded (see `groups`).
@@ -313,6 +314,11 @@ mod tests {
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::registry::Registry;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+    struct PeerLabels {
+        peer: LabelText,
+    }
 
     fn encoded(labels: PeerLabels) -> String {
         let mut registry = Registry::default();

@@ -1,6 +1,8 @@
-//! The agent's Prometheus metrics: every family is registered in [`Metrics::new`] and set
-//! from the shared snapshot types (`PeerStatus`, `TargetReport`, `FabricStatus`), so a
-//! metric says exactly what the API and the status page say.
+//! The agent's Prometheus metrics: every family is registered in [`Metrics::new`]. What is
+//! known of peers is read from the agent's state at each scrape (see [`peers`]: the
+//! per-peer series ¹ and the aggregates over peers), so a metric says exactly what the API
+//! and the status page say; the rest is set from the shared snapshot types
+//! (`TargetReport`, `FabricStatus`) or counted as events happen (probes, ping pairs).
 //!
 //! | family (as encoded) | type | labels |
 //! |---|---|---|
@@ -35,9 +37,9 @@
 //!
 //! ¹ Per-peer: which peers have these series is the per-peer mode's choice
 //! ([`PerPeerMetrics`], `--per-peer-metrics`): every peer, only peers in a fault state, or
-//! none. The mode's choice is kept exact at every moment: a peer that turns healthy in
-//! `unhealthy` loses its series in the same update, and a change of mode (`auto` crossing
-//! [`AUTO_ALL_MAX_PEERS`]) adds and removes series from what `Metrics` keeps of each peer.
+//! none. The mode is a filter applied at each scrape: a peer that turns healthy in
+//! `unhealthy` has no series in the next scrape, and a change of mode (`auto` crossing
+//! [`AUTO_ALL_MAX_PEERS`]) changes which peers are encoded, with nothing left behind.
 //!
 //! Series that describe something gone are removed, not left at their last value: a
 //! departed peer loses every series it had, a target address that no longer resolves
@@ -62,11 +64,12 @@ mod groups;
 mod hw_counters;
 mod labels;
 pub mod node_actions;
+mod peers;
 mod per_peer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -84,13 +87,12 @@ pub use per_peer::{PerPeerMetrics, PerPeerMode, AUTO_ALL_MAX_PEERS};
 
 use crate::inventory::DeviceCounters;
 use crate::probe::{FailureReason, TargetCheck, TargetReport};
-use crate::state::{FabricStatus, PeerStatus};
+use crate::state::{AgentState, FabricStatus};
 use crate::topology::Topology;
-use crate::verdict::{DiagnosisReason, PeerState};
 use groups::ProbeGroups;
 use hw_counters::HwCounters;
 use labels::*;
-use per_peer::PeerSeries;
+use peers::PeerCollector;
 
 /// Upper bounds of `efa_probe_rtt_seconds`: 1-2.5-5 steps from 10µs (a fabric round trip
 /// on one host) to 1s (well past any probe deadline worth having).
@@ -110,12 +112,8 @@ pub struct Metrics {
     /// Family names as they appear in `# TYPE` lines, in registration order.
     family_names: Vec<String>,
 
-    peer_reachable: Family<PeerLabels, Gauge>,
-    peer_ip_reachable: Family<PeerLabels, Gauge>,
-    peer_state: Family<PeerStateLabels, Gauge>,
-    peer_diagnosis: Family<PeerDiagnosisLabels, Gauge>,
-    peer_rtt: Family<PeerPathLabels, FloatGauge>,
-    peer_fabric_loss: Family<PeerLabels, FloatGauge>,
+    /// The per-peer series and the aggregates over peers, read from the state.
+    peers: PeerCollector,
     probes: Family<ProbeLabels, Counter>,
     probe_rtt: HistogramFamily<PathGroupLabels>,
 
@@ -130,21 +128,14 @@ pub struct Metrics {
     node_topology_info: Family<TopologyLabels, Gauge>,
     node_topology_available: Gauge,
     agent_ready: Gauge,
-    peers: Gauge,
-    unreachable_peers: Gauge,
-    peers_by_state: Family<StateLabels, Gauge>,
-    per_peer_mode: Family<ModeLabels, Gauge>,
-    peers_probed: Gauge,
-    schedule_peers: Family<RoleLabels, Gauge>,
     rtt_pairs: Family<PairResultLabels, Counter>,
-    budget_peers: Gauge,
     node_action_errors: node_actions::NodeActionErrors,
 
     /// The probe groups seen so far; its own lock, so probes never wait for an encode.
     probe_groups: Mutex<ProbeGroups>,
     /// Held by every setter that changes several series, for its whole update, and by
-    /// [`Metrics::encode`]: a scrape never sees half an update (two states at 1, a peer
-    /// with some of its series gone).
+    /// [`Metrics::encode`]: a scrape never sees half an update (a target with some of its
+    /// series gone).
     series: Mutex<SeriesBook>,
 }
 
@@ -159,19 +150,14 @@ struct SeriesBook {
     fabric_available: HashSet<ProviderLabels>,
     fabric_devices: HashSet<DeviceLabels>,
     node_topology: Option<TopologyLabels>,
-    /// Every peer `set_peer` was given and not removed since, by name, whatever the mode:
-    /// its series exist exactly while `mode.exports(state)`.
-    peers: HashMap<String, PeerSeries>,
-    setting: PerPeerMetrics,
-    mode: PerPeerMode,
-    /// The last `set_peer_count`.
-    peer_count: usize,
 }
 
 impl Metrics {
     /// Registers every family; sets build info, the fabric status and zeroed counters. The
-    /// per-peer mode is `auto` until [`Metrics::set_per_peer_mode`].
-    pub fn new(version: &str, fabric: &FabricStatus) -> Metrics {
+    /// per-peer series and the aggregates over peers are read from `state` at each encode.
+    /// The per-peer mode is `auto` until [`Metrics::set_per_peer_mode`].
+    pub fn new(version: &str, state: Arc<AgentState>) -> Metrics {
+        let fabric = &state.fabric();
         let mut registry = Registry::default();
         let mut family_names = Vec::new();
         let mut register = Register {
@@ -179,45 +165,6 @@ impl Metrics {
             names: &mut family_names,
         };
 
-        let peer_reachable = register.add(
-            "efa_peer_reachable",
-            "1 when the fabric (OS-bypass) path to the peer answers, 0 when it does not; \
-             absent while that path is not probed",
-            None,
-            Family::default(),
-        );
-        let peer_ip_reachable = register.add(
-            "efa_peer_ip_reachable",
-            "1 when the peer's agent answers over IP (HTTP hello), 0 when it does not",
-            None,
-            Family::default(),
-        );
-        let peer_state = register.add(
-            "efa_peer_state",
-            "Verdict per peer, one-hot: 1 for the current state of healthy, fabric_dropped, \
-             ip_blocked, down, degraded, unknown",
-            None,
-            Family::default(),
-        );
-        let peer_diagnosis = register.add(
-            "efa_peer_diagnosis",
-            "1 for the likely cause while a peer is not healthy; absent while healthy or \
-             while the cause is not known",
-            None,
-            Family::default(),
-        );
-        let peer_rtt = register.add(
-            "efa_peer_rtt",
-            "Round-trip time of the peer's last answered probe, per path",
-            Some(Unit::Seconds),
-            Family::default(),
-        );
-        let peer_fabric_loss = register.add(
-            "efa_peer_fabric_loss",
-            "Share of the peer's fabric probes lost over the recent window",
-            Some(Unit::Other("ratio".into())),
-            Family::default(),
-        );
         let probes = register.add(
             "efa_probes",
             "Peer probes by path, the peer's topology group (at most 32, then other) and result",
@@ -296,32 +243,6 @@ impl Metrics {
             None,
             Gauge::default(),
         );
-        let peers: Gauge = register.add(
-            "efa_peers",
-            "Peers this agent knows, configured or discovered",
-            None,
-            Gauge::default(),
-        );
-        let unreachable_peers: Gauge = register.add(
-            "efa_node_unreachable_peers",
-            "Peers this node cannot reach on some path (down, fabric_dropped, ip_blocked); \
-             compared with other nodes by the EFANodeIsolated rule",
-            None,
-            Gauge::default(),
-        );
-        let peers_probed: Gauge = register.add(
-            "efa_peers_probed",
-            "Peers the current round probes (on large clusters, a sample of efa_peers)",
-            None,
-            Gauge::default(),
-        );
-        let schedule_peers: Family<RoleLabels, Gauge> = register.add(
-            "efa_probe_schedule_peers",
-            "Peers the current round probes, by why: watch (not healthy), mesh (same \
-             topology group), sample (another group), learn (group not known yet)",
-            None,
-            Family::default(),
-        );
         let rtt_pairs: Family<PairResultLabels, Counter> = register.add(
             "efa_fabric_rtt_pairs",
             "Fabric ping pairs sent to measure RTT, by result: measured, or unsettled (the \
@@ -333,32 +254,13 @@ impl Metrics {
         for result in ["measured", "unsettled"] {
             let _ = rtt_pairs.get_or_create(&PairResultLabels { result });
         }
-        let budget_peers: Gauge = register.add(
-            "efa_probe_budget_peers",
-            "Peers a round may probe at most (--probe-budget times the interval)",
-            None,
-            Gauge::default(),
-        );
-        let peers_by_state: Family<StateLabels, Gauge> = register.add(
-            "efa_peers_by_state",
-            "Peers this agent has a verdict for, by state; every state, 0 included, in every \
-             per-peer mode",
-            None,
-            Family::default(),
-        );
-        let per_peer_mode: Family<ModeLabels, Gauge> = register.add(
-            "efa_per_peer_metrics_mode",
-            "Which peers have per-peer series, one-hot: all, unhealthy (degraded, ip_blocked, \
-             fabric_dropped, down) or none (--per-peer-metrics; auto shows as what it \
-             resolves to)",
-            None,
-            Family::default(),
-        );
         let node_action_errors = node_actions::NodeActionErrors::register(&mut register);
 
-        // A collector: encoded after every registered family, so registered last.
+        // Collectors: encoded after every registered family, so registered last.
+        let peers = PeerCollector::new(state);
+        register.add_collector(&peers::NAMES, peers.clone());
         let device_hw_counters = HwCounters::default();
-        register.add_collector(hw_counters::NAME, device_hw_counters.clone());
+        register.add_collector(&[hw_counters::NAME], device_hw_counters.clone());
 
         build_info
             .get_or_create(&BuildLabels {
@@ -366,31 +268,10 @@ impl Metrics {
                 provider: fabric.provider.as_str().into(),
             })
             .set(1);
-        for state in PeerState::ALL {
-            create_series(
-                &peers_by_state,
-                &StateLabels {
-                    state: StateLabel(state),
-                },
-            );
-        }
-        let setting = PerPeerMetrics::default();
-        let mode = setting.resolve(0);
-        for m in PerPeerMode::ALL {
-            per_peer_mode
-                .get_or_create(&ModeLabels { mode: m })
-                .set(i64::from(m == mode));
-        }
-
         let metrics = Metrics {
             registry,
             family_names,
-            peer_reachable,
-            peer_ip_reachable,
-            peer_state,
-            peer_diagnosis,
-            peer_rtt,
-            peer_fabric_loss,
+            peers,
             probes,
             probe_rtt,
             target_up,
@@ -403,21 +284,10 @@ impl Metrics {
             node_topology_info,
             node_topology_available,
             agent_ready,
-            peers,
-            unreachable_peers,
-            peers_by_state,
-            per_peer_mode,
-            peers_probed,
-            schedule_peers,
             rtt_pairs,
-            budget_peers,
             node_action_errors,
             probe_groups: Mutex::default(),
-            series: Mutex::new(SeriesBook {
-                setting,
-                mode,
-                ..SeriesBook::default()
-            }),
+            series: Mutex::default(),
         };
         metrics.set_fabric(fabric);
         // Zeroed, so the first probe without a group is an increase.
@@ -447,69 +317,14 @@ impl Metrics {
         &self.family_names
     }
 
-    /// Takes the peer's latest status: counts it in `efa_peers_by_state`, keeps what its
-    /// series show, and sets them if the per-peer mode exports a peer in its state (removing
-    /// those the status says are not known: a path not probed, an RTT not measured, a
-    /// diagnosis that changed), or removes them all if it does not.
-    pub fn set_peer(&self, peer: &PeerStatus) {
-        let mut book = self.book();
-        let new = PeerSeries::of(peer);
-        let old = book.peers.insert(peer.name.clone(), new.clone());
-        if old.as_ref().map(|o| o.state) != Some(new.state) {
-            if let Some(old) = &old {
-                self.count_state(old.state, -1);
-            }
-            self.count_state(new.state, 1);
-        }
-        let mode = book.mode;
-        let had_series = old.as_ref().is_some_and(|o| mode.exports(o.state));
-        let name = LabelText::from(peer.name.as_str());
-        if mode.exports(new.state) {
-            // Unchanged: its series already say so (most peers, most rounds).
-            if !had_series || old.as_ref() != Some(&new) {
-                self.export_peer(&name, &new);
-            }
-        } else if had_series {
-            self.unexport_peer(&name);
-        }
-        self.apply_per_peer_mode(&mut book);
-    }
-
-    /// Removes every series labelled with this peer, and forgets it.
-    pub fn remove_peer(&self, name: &str) {
-        let mut book = self.book();
-        if let Some(old) = book.peers.remove(name) {
-            self.count_state(old.state, -1);
-        }
-        self.unexport_peer(&LabelText::from(name));
-        self.apply_per_peer_mode(&mut book);
-    }
-
-    /// A peer known by its address until its first hello is now known by its node name:
-    /// its series under the old name go (the caller's `set_peer` adds the new ones).
-    pub fn rename_peer(&self, old: &str, new: &str) {
-        if old != new {
-            self.remove_peer(old);
-        }
-    }
-
-    /// Which peers get per-peer series (`--per-peer-metrics`). Series of peers already set
-    /// are added or removed at once to match.
+    /// Which peers get per-peer series (`--per-peer-metrics`): applied at the next encode.
     pub fn set_per_peer_mode(&self, setting: PerPeerMetrics) {
-        let mut book = self.book();
-        book.setting = setting;
-        self.apply_per_peer_mode(&mut book);
+        self.peers.set_per_peer(setting);
     }
 
-    /// The per-peer mode in force (`auto` resolved).
+    /// The per-peer mode in force (`auto` resolved against the state's peers).
     pub fn per_peer_mode(&self) -> PerPeerMode {
-        self.book().mode
-    }
-
-    /// Counts one peer probe of a peer whose topology group is not known (group `unknown`);
-    /// `rtt` (of an answered probe) goes into the histogram.
-    pub fn record_probe(&self, path: ProbePath, result: ProbeResult, rtt: Option<Duration>) {
-        self.record_probe_in_group(path, UNKNOWN_GROUP, result, rtt);
+        self.peers.mode()
     }
 
     /// Counts one peer probe under the peer's topology group (`pg:NAME`, `subnet:ID`,
@@ -710,14 +525,6 @@ impl Metrics {
         self.agent_ready.set(i64::from(ready));
     }
 
-    /// The number of peers this agent has; `auto` is re-evaluated against it.
-    pub fn set_peer_count(&self, n: usize) {
-        let mut book = self.book();
-        book.peer_count = n;
-        self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
-        self.apply_per_peer_mode(&mut book);
-    }
-
     /// Failed writes of the node actions (`efa_node_action_errors_total`).
     pub fn node_action_errors(&self) -> &node_actions::NodeActionErrors {
         &self.node_action_errors
@@ -729,140 +536,6 @@ impl Metrics {
         self.rtt_pairs
             .get_or_create(&PairResultLabels { result })
             .inc();
-    }
-
-    /// A round's plan, as it starts: its capacity and the peers it probes by role (every role
-    /// given, 0 included); `efa_peers_probed` is their sum.
-    pub fn set_schedule(&self, capacity: usize, by_role: &[(&'static str, usize)]) {
-        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.budget_peers.set(gauge(capacity));
-        for (role, n) in by_role {
-            self.schedule_peers
-                .get_or_create(&RoleLabels { role })
-                .set(gauge(*n));
-        }
-        self.peers_probed
-            .set(gauge(by_role.iter().map(|(_, n)| n).sum()));
-    }
-
-    /// Resolves the setting against the peer count; on a change of mode, adds or removes
-    /// each kept peer's series to match and flips `efa_per_peer_metrics_mode`.
-    fn apply_per_peer_mode(&self, book: &mut SeriesBook) {
-        // The larger of the two: the monitor sets the count after a new peer set's peers,
-        // so `auto` leaves `all` with the peer that crosses the threshold rather than after
-        // every newcomer's series were made (and removed again).
-        let peers = book.peer_count.max(book.peers.len());
-        let mode = book.setting.resolve(peers);
-        let was = book.mode;
-        if mode == was {
-            return;
-        }
-        for (name, series) in &book.peers {
-            match (was.exports(series.state), mode.exports(series.state)) {
-                (false, true) => self.export_peer(&LabelText::from(name.as_str()), series),
-                (true, false) => self.unexport_peer(&LabelText::from(name.as_str())),
-                _ => {}
-            }
-        }
-        for m in PerPeerMode::ALL {
-            self.per_peer_mode
-                .get_or_create(&ModeLabels { mode: m })
-                .set(i64::from(m == mode));
-        }
-        book.mode = mode;
-        tracing::info!(
-            setting = %book.setting,
-            peers,
-            mode = mode.as_str(),
-            "per-peer metrics mode"
-        );
-    }
-
-    /// Counts a peer in (or out of) `efa_peers_by_state`, and of `efa_node_unreachable_peers`
-    /// when its state is one of those.
-    fn count_state(&self, state: PeerState, by: i64) {
-        self.peers_by_state
-            .get_or_create(&StateLabels {
-                state: StateLabel(state),
-            })
-            .inc_by(by);
-        if state.is_unreachable() {
-            self.unreachable_peers.inc_by(by);
-        }
-    }
-
-    /// Sets every per-peer series of `name` from `peer`, removing those it says are not
-    /// known.
-    fn export_peer(&self, name: &LabelText, peer: &PeerSeries) {
-        let by_name = PeerLabels { peer: name.clone() };
-        set_or_remove(
-            &self.peer_reachable,
-            &by_name,
-            peer.fabric_reachable.map(i64::from),
-        );
-        set_or_remove(
-            &self.peer_ip_reachable,
-            &by_name,
-            peer.ip_reachable.map(i64::from),
-        );
-        for state in PeerState::ALL {
-            let labels = PeerStateLabels {
-                peer: name.clone(),
-                state: StateLabel(state),
-            };
-            self.peer_state
-                .get_or_create(&labels)
-                .set(i64::from(state == peer.state));
-        }
-        for reason in DiagnosisReason::ALL {
-            let labels = PeerDiagnosisLabels {
-                peer: name.clone(),
-                reason: DiagnosisLabel(reason),
-            };
-            set_or_remove(
-                &self.peer_diagnosis,
-                &labels,
-                (peer.diagnosis == Some(reason)).then_some(1),
-            );
-        }
-        for path in ProbePath::ALL {
-            let rtt = match path {
-                ProbePath::Ip => peer.ip_rtt,
-                ProbePath::Fabric => peer.fabric_rtt,
-            };
-            let labels = PeerPathLabels {
-                peer: name.clone(),
-                path,
-            };
-            set_or_remove(&self.peer_rtt, &labels, rtt);
-        }
-        set_or_remove(&self.peer_fabric_loss, &by_name, peer.fabric_loss);
-    }
-
-    /// Removes every per-peer series of `name`.
-    fn unexport_peer(&self, name: &LabelText) {
-        let by_name = PeerLabels { peer: name.clone() };
-        self.peer_reachable.remove(&by_name);
-        self.peer_ip_reachable.remove(&by_name);
-        self.peer_fabric_loss.remove(&by_name);
-        for state in PeerState::ALL {
-            self.peer_state.remove(&PeerStateLabels {
-                peer: name.clone(),
-                state: StateLabel(state),
-            });
-        }
-        for reason in DiagnosisReason::ALL {
-            self.peer_diagnosis.remove(&PeerDiagnosisLabels {
-                peer: name.clone(),
-                reason: DiagnosisLabel(reason),
-            });
-        }
-        for path in ProbePath::ALL {
-            self.peer_rtt.remove(&PeerPathLabels {
-                peer: name.clone(),
-                path,
-            });
-        }
     }
 
     /// The label value probes of `group` are counted under; a group seen for the first
@@ -945,26 +618,10 @@ impl Register<'_> {
         metric
     }
 
-    /// Registers a collector that encodes one family, named `name` in `# TYPE`.
-    fn add_collector(&mut self, name: &str, collector: impl Collector) {
+    /// Registers a collector that encodes these families, named so in `# TYPE`.
+    fn add_collector(&mut self, names: &[&str], collector: impl Collector) {
         self.registry.register_collector(Box::new(collector));
-        self.names.push(name.to_owned());
-    }
-}
-
-/// Sets the series to `value`, or removes it when the value is not known.
-fn set_or_remove<S, N, A>(family: &Family<S, Gauge<N, A>>, labels: &S, value: Option<N>)
-where
-    S: Clone + std::hash::Hash + Eq,
-    A: prometheus_client::metrics::gauge::Atomic<N> + Default,
-{
-    match value {
-        Some(value) => {
-            family.get_or_create(labels).set(value);
-        }
-        None => {
-            family.remove(labels);
-        }
+        self.names.extend(names.iter().map(|n| n.to_string()));
     }
 }
 

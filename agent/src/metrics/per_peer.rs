@@ -1,6 +1,5 @@
-//! Which peers get per-peer series (`--per-peer-metrics`), and what [`super::Metrics`] keeps of
-//! each peer so that a change of mode adds or removes series without the caller sending every
-//! peer again.
+//! Which peers get per-peer series (`--per-peer-metrics`), and what a peer's series show (read
+//! from its status in the agent's state at each scrape, see [`super::peers`]).
 //!
 //! Per-peer series grow with the cluster: 11 samples and about 760 bytes per peer per scrape,
 //! on every node (BENCHMARKS.md). Past a hundred peers most of that says "healthy" again and
@@ -121,7 +120,8 @@ impl PerPeerMode {
     }
 }
 
-/// What a peer's series show: the part of its `PeerStatus` the metrics read, kept per peer.
+/// What a peer's series show: the part of its `PeerStatus` the metrics read, taken at encode
+/// time.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct PeerSeries {
     pub state: PeerState,

@@ -1,14 +1,16 @@
 //! Metrics tests: encode after each setter and read the series back from the text.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::time::Duration;
 
 use super::*;
 use crate::inventory::DeviceCounters;
 use crate::probe::nats::NatsServerInfo;
 use crate::probe::{AddressReport, CheckSuccess, ProbeFailure, TargetSpec};
-use crate::state::{FabricDevice, PathStatus};
+use crate::state::{FabricDevice, PathStatus, PeerStatus, ProbeSchedule};
 use crate::topology::{NetworkInterface, Topology};
+use crate::verdict::{DiagnosisReason, PeerState};
 
 /// One sample line of the exposition.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,7 +140,7 @@ fn peer(name: &str, state: PeerState, reason: Option<DiagnosisReason>) -> PeerSt
         address: "198.18.0.2:9464".into(),
         state,
         reason,
-        summary: String::new(),
+        summary: "".into(),
         ip: path(Some(true), Some(0.0004)),
         fabric: path(Some(true), Some(0.00002)),
         fabric_loss: 0.1,
@@ -146,11 +148,94 @@ fn peer(name: &str, state: PeerState, reason: Option<DiagnosisReason>) -> PeerSt
         warnings: Vec::new(),
         since_unix: 0,
         rounds: 3,
+        probed: true,
     }
 }
 
-fn metrics() -> Metrics {
-    Metrics::new("0.1.0", &efa_fabric())
+/// Metrics and the state they read peers from. The tests set peers in the state as the
+/// monitor does (here keyed by name), and read them back from the encoded text.
+struct Fixture {
+    state: Arc<AgentState>,
+    metrics: Metrics,
+}
+
+impl Deref for Fixture {
+    type Target = Metrics;
+
+    fn deref(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// Keys of known peers not probed yet, which `set_peer_count` adds to make up a count.
+const UNPROBED: &str = "unprobed/";
+
+impl Fixture {
+    /// The peer's latest status, probed by this node.
+    fn set_peer(&self, peer: &PeerStatus) {
+        let mut peer = peer.clone();
+        peer.probed = true;
+        self.state.set_peer(&peer.name.clone(), peer);
+    }
+
+    /// The peer leaves.
+    fn remove_peer(&self, name: &str) {
+        self.state.remove_peer(name);
+    }
+
+    /// A peer known by its first name is now known by `new`: the monitor's next status
+    /// names it so (here: the entry under the old name goes; `set_peer` adds the new one).
+    fn rename_peer(&self, old: &str, new: &str) {
+        if old != new {
+            self.remove_peer(old);
+        }
+    }
+
+    /// The agent knows `n` peers: those set, and known ones not probed yet to make up `n`.
+    fn set_peer_count(&self, n: usize) {
+        let probed = self
+            .state
+            .read_peers(|peers| peers.keys().filter(|k| !k.starts_with(UNPROBED)).count());
+        for key in self.state.read_peers(|peers| {
+            peers
+                .keys()
+                .filter(|k| k.starts_with(UNPROBED))
+                .cloned()
+                .collect::<Vec<_>>()
+        }) {
+            self.state.remove_peer(&key);
+        }
+        for i in probed..n {
+            let mut unprobed = peer(&format!("{UNPROBED}{i}"), PeerState::Unknown, None);
+            unprobed.probed = false;
+            self.state.set_peer(&unprobed.name.clone(), unprobed);
+        }
+    }
+
+    /// A round starts with this schedule.
+    fn set_schedule(&self, capacity: usize, by_role: &[(&'static str, usize)]) {
+        self.state.set_schedule(ProbeSchedule {
+            capacity,
+            by_role: by_role.to_vec(),
+        });
+    }
+
+    /// One probe of a peer whose topology group is not known.
+    fn record_probe(&self, path: ProbePath, result: ProbeResult, rtt: Option<Duration>) {
+        self.record_probe_in_group(path, UNKNOWN_GROUP, result, rtt);
+    }
+}
+
+fn fixture(fabric: FabricStatus) -> Fixture {
+    let state = Arc::new(AgentState::new("gpu-0", fabric));
+    Fixture {
+        metrics: Metrics::new("0.1.0", state.clone()),
+        state,
+    }
+}
+
+fn metrics() -> Fixture {
+    fixture(efa_fabric())
 }
 
 fn target(spec: &str, addresses: Result<Vec<AddressReport>, ProbeFailure>) -> TargetReport {
@@ -441,7 +526,7 @@ fn ip_literal_targets_have_no_dns_series() {
 
 #[test]
 fn fabric_devices_are_replaced() {
-    let m = Metrics::new("0.1.0", &no_fabric());
+    let m = fixture(no_fabric());
     let text = m.encode();
     assert_eq!(
         value(&text, "efa_fabric_available", &[("provider", "efa")]),
@@ -568,7 +653,7 @@ fn family_lines(text: &str, family: &str) -> Vec<String> {
 /// constructor, for build info) ever changes it: a metric declared and forgotten.
 #[test]
 fn every_registered_family_is_updated_by_a_setter() {
-    let m = Metrics::new("0.1.0", &no_fabric());
+    let m = fixture(no_fabric());
     let before = m.encode();
     m.set_peer(&peer(
         "gpu-1",
@@ -841,7 +926,7 @@ fn mode_in_gauge(m: &Metrics) -> String {
 
 /// A Metrics built from scratch in `setting` with these peers: what a switched one must
 /// equal.
-fn fresh(setting: PerPeerMetrics, peers: &[PeerStatus]) -> Metrics {
+fn fresh(setting: PerPeerMetrics, peers: &[PeerStatus]) -> Fixture {
     let m = metrics();
     m.set_per_peer_mode(setting);
     for p in peers {
@@ -1262,7 +1347,7 @@ fn the_unreachable_count_follows_each_peers_state() {
 
 #[test]
 fn rtt_pairs_are_counted_by_result_from_zero() {
-    let m = Metrics::new("0.1.0", &no_fabric());
+    let m = fixture(no_fabric());
     let count = |m: &Metrics, result: &str| {
         let text = m.encode();
         let line = format!("efa_fabric_rtt_pairs_total{{result=\"{result}\"}} ");

@@ -1,12 +1,22 @@
 //! The probe loops: each round, the peers the schedule picks (see [`schedule`]) over both
 //! paths, spread over the interval, and each configured target.
+//!
+//! The parts: [`rounds`] runs the rounds until shutdown; [`job`] is where a probe is
+//! scheduled (which probe each picked peer gets, and what follows a result); [`observe`]
+//! turns a probe's results into observations, path by path (pure); [`judge`] is where the
+//! reported verdict is decided and overridden (grace, rotated out). The monitor keeps only
+//! what it needs to probe and judge each peer; what is reported of it lives in the agent's
+//! state ([`AgentState`]), the one table `/metrics`, `/v1/peers` and the status page read.
 
+mod job;
+mod judge;
+mod observe;
+mod rounds;
 pub mod schedule;
 mod summary;
 pub mod targets;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,15 +26,14 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::discovery::PeerSet;
-use crate::fabric_ping::{FabricPinger, PeerHandle, ProbeOutcome};
-use crate::hello::{Hello, MAX_HELLO_BYTES};
-use crate::metrics::{Metrics, ProbePath, ProbeResult};
-use crate::probe::{http::http_get, tcp::connect_tcp, FailureReason, ProbeFailure};
-use crate::state::{unix_now, AgentState, PathStatus, PeerStatus};
+use crate::fabric_ping::{FabricPinger, PeerHandle};
+use crate::hello::Hello;
+use crate::metrics::{Metrics, ProbePath};
+use crate::state::{unix_now, AgentState, PathFailure, PathStatus, PeerStatus, ProbeSchedule};
 use crate::verdict::diagnosis::{placement_warning, relate, Placement};
-use crate::verdict::{
-    FabricObservation, IpObservation, PeerState, PeerVerdict, Round, VerdictPolicy,
-};
+use crate::verdict::{PeerState, PeerVerdict, Round, VerdictPolicy};
+use observe::{FabricContext, PeerRtts};
+pub use rounds::{run, RoundInputs};
 use schedule::{Candidate, Plan, Role, ScheduleConfig};
 
 /// Peers probed at once, at most.
@@ -80,109 +89,42 @@ impl PeerProbeSettings {
     }
 }
 
-/// One peer probe to run: what it needs, owned, so that it runs while results are applied.
-struct Job {
-    key: String,
-    fabric: Option<(FabricPinger, PeerHandle)>,
-    /// The larger probe, on its own endpoint: (endpoint, handle, size).
-    large: Option<(FabricPinger, PeerHandle, usize)>,
-    /// Measure the RTT with a ping pair (else one ping proves the path).
-    pair: bool,
-    size: usize,
-    ip_deadline: Duration,
-    fabric_deadline: Duration,
-    /// 0 for the round's probe, then 1, 2, ... for confirmations.
-    confirmation: u32,
-}
-
-/// What one probe found for one peer, before it is applied.
-struct RoundResult {
-    key: String,
-    confirmation: u32,
-    /// The probe had a fabric address to ping (else the fabric was not probed).
-    fabric_attempted: bool,
-    /// The fabric probe was a ping pair (an RTT measurement), not a single ping.
-    pair: bool,
-    hello: Result<(Hello, Duration), ProbeFailure>,
-    fabric: Option<ProbeOutcome>,
-    /// A larger probe sent after the small one answered: (size, outcome).
-    large: Option<(usize, ProbeOutcome)>,
-}
-
-impl Job {
-    async fn run(self) -> RoundResult {
-        let Job {
-            key,
-            fabric,
-            large,
-            pair,
-            size,
-            ip_deadline,
-            fabric_deadline,
-            confirmation,
-        } = self;
-        let fabric_attempted = fabric.is_some();
-        let fabric = async {
-            let Some((pinger, handle)) = fabric else {
-                return (None, None);
-            };
-            let small = if pair {
-                pinger.probe(handle, size, fabric_deadline).get().await
-            } else {
-                pinger.reach(handle, size, fabric_deadline).get().await
-            };
-            // Larger sizes only where the small one answered: a path that drops everything
-            // says nothing about sizes.
-            let large = match (&small, large) {
-                (Some(ProbeOutcome::Pong { .. }), Some((lp, lh, big))) => lp
-                    .reach(lh, big, fabric_deadline)
-                    .get()
-                    .await
-                    .map(|o| (big, o)),
-                _ => None,
-            };
-            (small, large)
-        };
-        let (hello, (fabric, large)) = tokio::join!(fetch_hello(&key, ip_deadline), fabric);
-        RoundResult {
-            key,
-            confirmation,
-            fabric_attempted,
-            pair,
-            hello,
-            fabric,
-            large,
-        }
-    }
-}
-
-/// One monitored peer.
+/// What the monitor keeps of one peer to probe and judge it (what is reported of it is in
+/// the agent's state).
 struct Peer {
+    /// Its latest hello, shared with its entry in the state.
+    hello: Option<Arc<Hello>>,
+    /// Until then the peer is reported `unknown`, whatever its probes say.
+    grace_until: std::time::Instant,
+    /// The round that last probed this peer.
+    last_probed: Option<u64>,
+    /// What probing it takes, from its first probe on. On a large cluster most peers are
+    /// not in this node's sample, and cost no more than the fields above.
+    probing: Option<Box<Probing>>,
+}
+
+/// The verdict of a probed peer and what its next probes are made of.
+struct Probing {
     verdict: PeerVerdict,
-    /// What is reported, the peer's latest hello (`status.hello`) included.
-    status: PeerStatus,
     /// The fabric address in use and its handle in the engine.
     fabric: Option<(Vec<u8>, PeerHandle)>,
     /// The same address's handle in the large-probe engine.
     large_handle: Option<PeerHandle>,
-    /// Until then the peer is reported `unknown`, whatever its probes say.
-    grace_until: std::time::Instant,
     /// The latest outcome of each larger probe size (true: answered).
     large_results: BTreeMap<usize, bool>,
-    /// The latest RTT a ping pair measured on the fabric path.
-    fabric_rtt: Option<Duration>,
-    /// The latest answer time of a first (or single) ping, idle responder included: what a
-    /// confirming probe's deadline is based on.
-    fabric_cold_rtt: Option<Duration>,
-    /// Rounds since the fabric RTT was measured.
-    rounds_since_rtt: u32,
-    /// The latest hello's time.
-    ip_rtt: Option<Duration>,
-    /// The round that last probed this peer.
-    last_probed: Option<u64>,
+    rtts: PeerRtts,
 }
 
 impl Peer {
+    fn new(grace_until: std::time::Instant) -> Peer {
+        Peer {
+            hello: None,
+            grace_until,
+            last_probed: None,
+            probing: None,
+        }
+    }
+
     /// Its topology group (placement group, else subnet), once its hello said.
     fn group(&self) -> Option<String> {
         self.placement().map(|p| p.group())
@@ -190,15 +132,45 @@ impl Peer {
 
     /// Where it runs, from the topology in its hello.
     fn placement(&self) -> Option<Placement> {
-        self.status
-            .hello
+        self.hello
             .as_ref()?
             .topology
             .as_ref()
             .and_then(Placement::of)
     }
 
+    /// Its name for the log: its node name once it said, else its address.
+    fn name<'a>(&'a self, key: &'a str) -> &'a str {
+        self.hello.as_ref().map_or(key, |h| h.node_name.as_str())
+    }
+
     /// Forgets its fabric handles (the engines drop their address-vector entries).
+    fn release_fabric(&mut self, pinger: Option<&FabricPinger>, large: Option<&FabricPinger>) {
+        if let Some(probing) = self.probing.as_deref_mut() {
+            probing.release_fabric(pinger, large);
+        }
+    }
+
+    /// Kept in view whatever the sample: not healthy, or changing.
+    fn watched(&self) -> bool {
+        self.probing.as_deref().is_some_and(|p| {
+            p.verdict.is_changing()
+                || !matches!(p.verdict.state(), PeerState::Healthy | PeerState::Unknown)
+        })
+    }
+}
+
+impl Probing {
+    fn new(policy: VerdictPolicy) -> Probing {
+        Probing {
+            verdict: PeerVerdict::new(policy),
+            fabric: None,
+            large_handle: None,
+            large_results: BTreeMap::new(),
+            rtts: PeerRtts::default(),
+        }
+    }
+
     fn release_fabric(&mut self, pinger: Option<&FabricPinger>, large: Option<&FabricPinger>) {
         if let (Some(pinger), Some((_, handle))) = (pinger, self.fabric.take()) {
             pinger.remove_peer(handle);
@@ -206,15 +178,6 @@ impl Peer {
         if let (Some(pinger), Some(handle)) = (large, self.large_handle.take()) {
             pinger.remove_peer(handle);
         }
-    }
-
-    /// Kept in view whatever the sample: not healthy, or changing.
-    fn watched(&self) -> bool {
-        self.verdict.is_changing()
-            || !matches!(
-                self.verdict.state(),
-                PeerState::Healthy | PeerState::Unknown
-            )
     }
 }
 
@@ -228,13 +191,14 @@ pub struct PeerMonitor {
     /// per peer (rxd does): a large message stuck on a path that drops large packets would
     /// hold up every small probe behind it on a shared endpoint, and read as a blackhole.
     large_pinger: Option<FabricPinger>,
-    peers: HashMap<String, Peer>,
+    /// By address. A B-tree: no growth to the next power of two, which a hash table of
+    /// thousands of peers pays for in memory.
+    peers: BTreeMap<String, Peer>,
     /// Rounds run: picks the larger probe size and the sample's rotation.
     round: u64,
-    /// The latest round's plan.
-    plan: Plan,
     /// Seeds the jitter of this node's probe slots.
     jitter_seed: u64,
+    overridden: judge::Overridden,
 }
 
 impl PeerMonitor {
@@ -244,22 +208,18 @@ impl PeerMonitor {
         metrics: Arc<Metrics>,
         pinger: Option<FabricPinger>,
     ) -> Self {
+        let overridden = judge::Overridden::new(settings.schedule.rotation);
         PeerMonitor {
             settings,
             state,
             metrics,
             pinger,
             large_pinger: None,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             round: 0,
-            plan: Plan::default(),
             jitter_seed: rand::random(),
+            overridden,
         }
-    }
-
-    /// The latest round's plan: which peers it probed, and why.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
     }
 
     /// Where this node runs, when instance metadata answered after start-up.
@@ -274,60 +234,53 @@ impl PeerMonitor {
     }
 
     /// Makes `set` the peers: new ones start `unknown` and stay so for `grace` after they
-    /// became eligible (a pod that just rolled out is not an outage); departed ones lose
-    /// their state, their metric series and their address-vector entry at once, before they
-    /// could look `down`.
+    /// became eligible (a pod that just rolled out is not an outage); departed ones leave
+    /// the state (and with it every series) and their address-vector entry at once, before
+    /// they could look `down`.
     pub fn set_peers(&mut self, set: &PeerSet, grace: Duration) {
+        self.set_peers_where(set, grace, |_| true);
+    }
+
+    /// [`PeerMonitor::set_peers`] with the peers of `set` whose address `keep` accepts.
+    pub fn set_peers_where(&mut self, set: &PeerSet, grace: Duration, keep: impl Fn(&str) -> bool) {
         self.peers.retain(|key, peer| {
-            if set.contains_key(key) {
+            if set.contains_key(key) && keep(key) {
                 return true;
             }
-            self.state.remove_peer(key);
-            self.metrics.remove_peer(&peer.status.name);
+            let name = self.state.remove_peer(key).map(|s| s.name);
             peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
-            tracing::info!(peer = %peer.status.name, "peer left");
+            tracing::info!(peer = %name.as_deref().unwrap_or(key), "peer left");
             false
         });
-        for (addr, candidate) in set {
+        for (addr, candidate) in set.iter().filter(|(addr, _)| keep(addr)) {
             if let Some(peer) = self.peers.get_mut(addr) {
                 peer.grace_until = candidate.eligible_since + grace;
                 continue;
             }
-            let status = PeerStatus {
-                name: candidate.node_name.clone().unwrap_or_else(|| addr.clone()),
-                address: addr.clone(),
-                state: crate::verdict::PeerState::Unknown,
-                reason: None,
-                summary: "waiting for the peer's first answer".into(),
-                ip: PathStatus::default(),
-                fabric: PathStatus::default(),
-                fabric_loss: 0.0,
-                hello: None,
-                warnings: Vec::new(),
-                since_unix: unix_now(),
-                rounds: 0,
-            };
+            let waiting = self.overridden.waiting();
             // Listed at once; its series come with its first probe (on a large cluster it
             // may not be in this node's sample for a while).
-            self.state.set_peer(addr, status.clone());
-            self.peers.insert(
-                addr.clone(),
-                Peer {
-                    verdict: PeerVerdict::new(self.settings.policy),
-                    status,
-                    fabric: None,
-                    large_handle: None,
-                    grace_until: candidate.eligible_since + grace,
-                    large_results: Default::default(),
-                    fabric_rtt: None,
-                    fabric_cold_rtt: None,
-                    rounds_since_rtt: 0,
-                    ip_rtt: None,
-                    last_probed: None,
+            self.state.set_peer(
+                addr,
+                PeerStatus {
+                    name: candidate.node_name.clone().unwrap_or_else(|| addr.clone()),
+                    address: addr.clone(),
+                    state: waiting.state,
+                    reason: waiting.reason,
+                    summary: waiting.summary,
+                    ip: PathStatus::default(),
+                    fabric: PathStatus::default(),
+                    fabric_loss: 0.0,
+                    hello: None,
+                    warnings: Vec::new(),
+                    since_unix: unix_now(),
+                    rounds: 0,
+                    probed: false,
                 },
             );
+            self.peers
+                .insert(addr.clone(), Peer::new(candidate.eligible_since + grace));
         }
-        self.metrics.set_peer_count(self.peers.len());
     }
 
     /// Runs one round: the peers the schedule picks, each over both paths at once, started
@@ -344,10 +297,10 @@ impl PeerMonitor {
         // Series of the peers leaving go first: a scrape in between sees the last round's
         // roles with fewer series, never this round's with the last round's series.
         self.retire_unscheduled(&plan, round);
-        self.metrics.set_schedule(
-            plan.capacity,
-            &Role::ALL.map(|r| (r.as_str(), plan.count(r))),
-        );
+        self.state.set_schedule(ProbeSchedule {
+            capacity: plan.capacity,
+            by_role: Role::ALL.map(|r| (r.as_str(), plan.count(r))).to_vec(),
+        });
         let sizes = &self.settings.large_probe_sizes;
         // One larger size every other round, in turn: size-specific drops are configuration
         // (an MTU), found within a few rounds, and each large probe waits on its own for an
@@ -370,8 +323,6 @@ impl PeerMonitor {
             .zip(offsets)
             .map(|((key, _), offset)| (start + offset, key.clone()))
             .collect();
-        self.plan = plan;
-        let confirmations = self.settings.policy.hysteresis.max(1) - 1;
         let mut running = FuturesUnordered::new();
         loop {
             let now = Instant::now();
@@ -393,20 +344,10 @@ impl PeerMonitor {
                 .map(|p| p.0);
             tokio::select! {
                 Some(result) = running.next(), if !running.is_empty() => {
-                    let (key, n) = (result.key.clone(), result.confirmation);
-                    let fabric_probed = result.fabric_attempted;
-                    self.apply(result).await;
-                    let Some(peer) = self.peers.get(&key) else { continue };
-                    // A hello that just taught the peer's fabric address: probe the fabric
-                    // now rather than leave the peer `unknown` until the next round (a peer
-                    // newly in this node's sample would otherwise lose one).
-                    let learned = !fabric_probed && peer.fabric.is_some();
-                    let confirm = peer.verdict.is_changing() && n < confirmations;
-                    if learned || confirm {
-                        let next = if learned { n } else { n + 1 };
-                        if let Some(job) = self.job(&key, None, next) {
-                            running.push(job.run());
-                        }
+                    self.apply(&result);
+                    self.learn_fabric_address(&result.key).await;
+                    if let Some(job) = self.follow_up(&result.key, &result) {
+                        running.push(job.run());
                     }
                 }
                 _ = tokio::time::sleep_until(next_start.unwrap_or(now)), if next_start.is_some() => {}
@@ -445,82 +386,42 @@ impl PeerMonitor {
     fn retire_unscheduled(&mut self, plan: &Plan, round: u64) {
         let picked: std::collections::HashSet<&str> =
             plan.picks.iter().map(|(k, _)| k.as_str()).collect();
-        let rotation = self.settings.schedule.rotation;
         for (key, peer) in &mut self.peers {
             let was_probed = peer.last_probed.is_some_and(|r| r + 1 >= round);
             if !was_probed || picked.contains(key.as_str()) {
                 continue;
             }
             peer.last_probed = None;
-            peer.verdict = PeerVerdict::new(self.settings.policy);
-            peer.large_results.clear();
-            peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
-            self.metrics.remove_peer(&peer.status.name);
-            peer.status.state = PeerState::Unknown;
-            peer.status.reason = None;
-            peer.status.ip = PathStatus::default();
-            peer.status.fabric = PathStatus::default();
-            peer.status.fabric_loss = 0.0;
-            peer.status.since_unix = unix_now();
-            peer.status.summary = format!(
-                "not probed from this node now: outside the peers its probe budget covers \
-                 (--probe-budget); the selection rotates every {rotation} rounds"
-            );
-            self.state.set_peer(key, peer.status.clone());
+            if let Some(probing) = peer.probing.as_deref_mut() {
+                probing.verdict = PeerVerdict::new(self.settings.policy);
+                probing.large_results.clear();
+                probing.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
+            }
+            let retired = self.overridden.retired();
+            self.state.update_peer(key, |status| {
+                status.probed = false;
+                status.state = retired.state;
+                status.reason = retired.reason;
+                status.summary = retired.summary;
+                status.ip = PathStatus::default();
+                status.fabric = PathStatus::default();
+                status.fabric_loss = 0.0;
+                status.since_unix = unix_now();
+            });
         }
     }
 
-    /// The probe of `key` for this round (`confirmation` 0) or a confirmation of it.
-    fn job(&self, key: &str, large: Option<usize>, confirmation: u32) -> Option<Job> {
-        let peer = self.peers.get(key)?;
-        let timeout = self.settings.timeout;
-        let fabric = match (&self.pinger, &peer.fabric) {
-            (Some(p), Some((_, h))) => Some((p.clone(), *h)),
-            _ => None,
-        };
-        let large = match (&self.large_pinger, peer.large_handle, large) {
-            (Some(p), Some(h), Some(size)) if confirmation == 0 => Some((p.clone(), h, size)),
-            _ => None,
-        };
-        let slow = peer
-            .fabric_cold_rtt
-            .is_some_and(|r| r > self.settings.policy.max_rtt);
-        let pair = confirmation == 0
-            && (peer.fabric_rtt.is_none()
-                || slow
-                || peer.rounds_since_rtt + 1 >= self.settings.fabric_rtt_every);
-        let (ip_deadline, fabric_deadline) = if confirmation == 0 {
-            (timeout, timeout)
-        } else {
-            (
-                confirm_deadline(peer.ip_rtt, timeout),
-                confirm_deadline(peer.fabric_cold_rtt, timeout),
-            )
-        };
-        Some(Job {
-            key: key.to_owned(),
-            fabric,
-            large,
-            pair,
-            size: self.settings.probe_size,
-            ip_deadline,
-            fabric_deadline,
-            confirmation,
-        })
-    }
-
-    async fn apply(&mut self, result: RoundResult) {
-        let provider = self.settings.provider.clone();
-        let local_fabric = self.pinger.is_some();
+    /// Applies one probe's results: the observations of each path (counted as they are),
+    /// the verdict they lead to, and what the state reports of the peer.
+    fn apply(&mut self, result: &job::RoundResult) {
         let Some(peer) = self.peers.get_mut(&result.key) else {
             return; // left during the round
         };
-        let old_name = peer.status.name.clone();
-        if let Ok((hello, _)) = result.hello.as_ref() {
-            // Most rounds bring the same hello: keep the one allocation that this status and
-            // its copy in the agent's state share.
-            if peer.status.hello.as_deref() != Some(hello) {
-                peer.status.hello = Some(Arc::new(hello.clone()));
+        if let Ok((hello, _)) = &result.hello {
+            // Most rounds bring the same hello: keep the one allocation the monitor and the
+            // state share.
+            if peer.hello.as_deref() != Some(hello) {
+                peer.hello = Some(Arc::new(hello.clone()));
             }
         }
         // Where it runs, from the hello just fetched if there is one.
@@ -528,216 +429,131 @@ impl PeerMonitor {
         let group = placement.as_ref().map(Placement::group);
         let group = group.as_deref().unwrap_or(UNKNOWN_GROUP);
 
-        // The IP path.
-        let ip = match &result.hello {
-            Ok((_, rtt)) => {
-                peer.status.ip = PathStatus {
-                    reachable: Some(true),
-                    rtt_seconds: Some(rtt.as_secs_f64()),
-                    last_failure: None,
-                    last_error: None,
-                };
-                self.metrics.record_probe_in_group(
-                    ProbePath::Ip,
-                    group,
-                    ProbeResult::Ok,
-                    Some(*rtt),
-                );
-                peer.ip_rtt = Some(*rtt);
-                IpObservation::Answered(*rtt)
-            }
-            Err(failure) => {
-                peer.status.ip = PathStatus {
-                    reachable: Some(false),
-                    rtt_seconds: None,
-                    last_failure: Some(failure.reason.as_str().to_owned()),
-                    last_error: Some(failure.message.clone()),
-                };
-                self.metrics.record_probe_in_group(
-                    ProbePath::Ip,
-                    group,
-                    ProbeResult::from_failure(failure.reason),
-                    None,
-                );
-                match failure.reason {
-                    FailureReason::Timeout => IpObservation::Timeout,
-                    FailureReason::Refused => IpObservation::Refused,
-                    FailureReason::Protocol | FailureReason::HttpStatus => IpObservation::Protocol,
-                    _ => IpObservation::OtherError,
-                }
-            }
-        };
-
-        // The fabric path: what was probed this round, or why nothing was.
-        let fabric = match (&result.fabric, &peer.status.hello) {
-            _ if !local_fabric => FabricObservation::LocalNoFabric,
-            (Some(outcome), _) => {
-                if let ProbeOutcome::Pong {
-                    rtt,
-                    cold_rtt,
-                    warm,
-                    ..
-                } = outcome
-                {
-                    peer.fabric_cold_rtt = Some(*cold_rtt);
-                    if result.pair {
-                        self.metrics.record_rtt_pair(*warm);
-                    }
-                    if *warm {
-                        peer.fabric_rtt = Some(*rtt);
-                        peer.rounds_since_rtt = 0;
-                    } else if result.confirmation == 0 {
-                        peer.rounds_since_rtt += 1;
-                    }
-                }
-                let (obs, status, counted) = fabric_result(outcome, peer.fabric_rtt);
-                peer.status.fabric = status;
-                self.metrics.record_probe_in_group(
-                    ProbePath::Fabric,
-                    group,
-                    counted,
-                    rtt_of(outcome),
-                );
-                obs
-            }
-            (None, Some(hello)) if !hello.fabric.available => {
-                let why = hello
-                    .fabric
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "no fabric".into());
-                peer.status.fabric = not_probed("peer_no_fabric", why);
-                FabricObservation::PeerNoFabric
-            }
-            (None, Some(hello)) if Some(&hello.fabric.provider) != provider.as_ref() => {
-                peer.status.fabric = not_probed(
-                    "provider_mismatch",
-                    format!(
-                        "the peer uses {:?}, this node {:?}",
-                        hello.fabric.provider,
-                        provider.as_deref().unwrap_or("none")
-                    ),
-                );
-                FabricObservation::ProviderMismatch
-            }
-            (None, _) => FabricObservation::NotLearned,
-        };
-
-        // Larger probes: the latest outcome per size, and the smallest size now lost.
-        if let Some((size, outcome)) = &result.large {
-            match outcome {
-                ProbeOutcome::Pong { .. } => {
-                    peer.large_results.insert(*size, true);
-                }
-                ProbeOutcome::Timeout | ProbeOutcome::SendFailed { .. } => {
-                    peer.large_results.insert(*size, false);
-                }
-                ProbeOutcome::NotSent { .. } => {}
-            }
-            let (_, _, counted) = fabric_result(outcome, None);
-            self.metrics
-                .record_probe_in_group(ProbePath::Fabric, group, counted, rtt_of(outcome));
+        let policy = self.settings.policy;
+        let probing = peer
+            .probing
+            .get_or_insert_with(|| Box::new(Probing::new(policy)));
+        let ip = observe::ip_path(&result.hello);
+        if let Ok((_, rtt)) = &result.hello {
+            probing.rtts.ip = Some(*rtt);
         }
-        let lost_size = match fabric {
-            FabricObservation::Answered(_) => peer
-                .large_results
-                .iter()
-                .find(|(_, ok)| !**ok)
-                .map(|(size, _)| *size),
-            _ => None,
-        };
-        if let Some(size) = lost_size {
-            peer.status.fabric.last_failure = Some("probe_size".into());
-            peer.status.fabric.last_error = Some(format!(
-                "{size}-byte probes get no answer while {}-byte probes do",
-                self.settings.probe_size
-            ));
+        if let Some(outcome) = &result.fabric {
+            let measured = probing.rtts.learn_fabric(outcome, result.confirmation);
+            if let (Some(measured), true) = (measured, result.pair) {
+                self.metrics.record_rtt_pair(measured);
+            }
         }
+        let fabric = observe::fabric_path(
+            result.fabric.as_ref(),
+            FabricContext {
+                local_fabric: self.pinger.is_some(),
+                provider: self.settings.provider.as_deref(),
+                hello: peer.hello.as_deref(),
+                measured: probing.rtts.fabric,
+            },
+        );
+        let large = observe::large_probe(&mut probing.large_results, result.large.as_ref());
+        let counted = [
+            (ProbePath::Ip, Some(ip.counted)),
+            (ProbePath::Fabric, fabric.counted),
+            (ProbePath::Fabric, large),
+        ];
+        for (path, (probe, rtt)) in counted.into_iter().filter_map(|(path, c)| Some((path, c?))) {
+            self.metrics.record_probe_in_group(path, group, probe, rtt);
+        }
+        let lost_size = observe::lost_size(&probing.large_results, &fabric.observation);
         let relation = relate(self.settings.placement.as_ref(), placement.as_ref());
-        let changed = peer.verdict.observe(&Round {
-            ip,
-            fabric,
+        let changed = probing.verdict.observe(&Round {
+            ip: ip.observation,
+            fabric: fabric.observation,
             relation: relation.clone(),
             lost_size,
         });
-        if changed {
-            peer.status.since_unix = unix_now();
-            tracing::info!(
-                peer = %peer.status.name,
-                state = peer.verdict.state().as_str(),
-                reason = peer.verdict.reason().map(|r| r.as_str()),
-                "peer state changed"
-            );
-        }
-        peer.status.state = peer.verdict.state();
-        peer.status.reason = peer.verdict.reason();
-        let in_grace = std::time::Instant::now() < peer.grace_until;
-        peer.status.fabric_loss = peer.verdict.fabric_loss();
-        peer.status.rounds += 1;
-        if let Some(hello) = &peer.status.hello {
-            peer.status.name = hello.node_name.clone();
-        }
-        peer.status.summary = summary::summarize(
-            peer.status.state,
-            peer.status.reason,
-            &peer.status.ip,
-            &peer.status.fabric,
-            peer.status.fabric_loss,
-            &relation,
-        );
-        if in_grace {
-            // A new peer: its verdict is formed, but not reported (nor alerted on) yet.
-            let left = peer
-                .grace_until
-                .saturating_duration_since(std::time::Instant::now());
-            peer.status.state = crate::verdict::PeerState::Unknown;
-            peer.status.reason = None;
-            peer.status.summary = format!(
-                "new peer, in its grace period for {}s more ({})",
-                left.as_secs() + 1,
-                peer.status.summary
-            );
-        }
-        peer.status.warnings =
+        let grace_left = peer
+            .grace_until
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|left| !left.is_zero());
+        let warnings: Vec<String> =
             placement_warning(self.settings.placement.as_ref(), placement.as_ref())
                 .into_iter()
                 .collect();
-
-        // Learn or update the peer's fabric address from its hello. It is kept when the IP
-        // path later fails, so the fabric probe goes on.
-        let wanted = peer
-            .status
-            .hello
-            .as_ref()
-            .filter(|h| h.fabric.available && Some(&h.fabric.provider) == provider.as_ref())
-            .and_then(|h| h.fabric_address(0));
-        let current = peer.fabric.as_ref().map(|(a, _)| a.as_slice());
-        if let (Some(pinger), Some(address)) = (&self.pinger, wanted) {
-            if Some(address.as_slice()) != current {
-                if peer.fabric.is_some() {
-                    peer.verdict.fabric_path_changed();
+        let probe_size = self.settings.probe_size;
+        let (verdict, hello) = (&probing.verdict, &peer.hello);
+        self.state.update_peer(&result.key, |status| {
+            status.ip = ip.status;
+            if let Some(path) = fabric.status {
+                status.fabric = path;
+            }
+            if let Some(size) = lost_size {
+                observe::size_lost(&mut status.fabric, size, probe_size);
+            }
+            if let Some(hello) = hello {
+                if !status.hello.as_ref().is_some_and(|h| Arc::ptr_eq(h, hello)) {
+                    status.hello = Some(hello.clone());
                 }
-                peer.release_fabric(Some(pinger), self.large_pinger.as_ref());
-                peer.large_results.clear();
-                if let Some(lp) = &self.large_pinger {
-                    peer.large_handle = lp.add_peer(&address).get().await.and_then(Result::ok);
-                }
-                match pinger.add_peer(&address).get().await {
-                    Some(Ok(handle)) => peer.fabric = Some((address, handle)),
-                    Some(Err(e)) => {
-                        tracing::warn!(peer = %peer.status.name, error = %e, "peer's fabric address refused");
-                        peer.status.fabric = not_probed("bad_address", e);
-                    }
-                    None => {}
+                if status.name != hello.node_name {
+                    status.name.clone_from(&hello.node_name);
                 }
             }
+            status.fabric_loss = verdict.fabric_loss();
+            status.rounds += 1;
+            if changed {
+                status.since_unix = unix_now();
+            }
+            let reported =
+                judge::judged(verdict, grace_left, &status.ip, &status.fabric, &relation);
+            status.state = reported.state;
+            status.reason = reported.reason;
+            status.summary = reported.summary;
+            status.warnings = warnings;
+            status.probed = true;
+        });
+        if changed {
+            tracing::info!(
+                peer = %hello.as_ref().map_or(result.key.as_str(), |h| h.node_name.as_str()),
+                state = verdict.state().as_str(),
+                reason = verdict.reason().map(|r| r.as_str()),
+                "peer state changed"
+            );
         }
+    }
 
-        if old_name != peer.status.name {
-            self.metrics.rename_peer(&old_name, &peer.status.name);
+    /// Learns or updates the peer's fabric address from its latest hello. It is kept when
+    /// the IP path later fails, so the fabric probe goes on.
+    async fn learn_fabric_address(&mut self, key: &str) {
+        let provider = self.settings.provider.as_deref();
+        let (Some(pinger), Some(peer)) = (&self.pinger, self.peers.get_mut(key)) else {
+            return;
+        };
+        let wanted = peer
+            .hello
+            .as_ref()
+            .filter(|h| h.fabric.available && Some(h.fabric.provider.as_str()) == provider)
+            .and_then(|h| h.fabric_address(0));
+        let (Some(address), Some(probing)) = (wanted, peer.probing.as_deref_mut()) else {
+            return;
+        };
+        if probing.fabric.as_ref().map(|(a, _)| a.as_slice()) == Some(address.as_slice()) {
+            return;
         }
-        self.state.set_peer(&result.key, peer.status.clone());
-        self.metrics.set_peer(&peer.status);
+        if probing.fabric.is_some() {
+            probing.verdict.fabric_path_changed();
+        }
+        probing.release_fabric(Some(pinger), self.large_pinger.as_ref());
+        probing.large_results.clear();
+        if let Some(lp) = &self.large_pinger {
+            probing.large_handle = lp.add_peer(&address).get().await.and_then(Result::ok);
+        }
+        match pinger.add_peer(&address).get().await {
+            Some(Ok(handle)) => probing.fabric = Some((address, handle)),
+            Some(Err(e)) => {
+                tracing::warn!(peer = %peer.name(key), error = %e, "peer's fabric address refused");
+                self.state.update_peer(key, |status| {
+                    status.fabric = observe::not_probed(PathFailure::BadAddress, e.to_string());
+                });
+            }
+            None => {}
+        }
     }
 
     /// Closes every peer's fabric handle (shutdown).
@@ -748,196 +564,5 @@ impl PeerMonitor {
     }
 }
 
-fn not_probed(failure: &str, why: String) -> PathStatus {
-    PathStatus {
-        reachable: None,
-        rtt_seconds: None,
-        last_failure: Some(failure.to_owned()),
-        last_error: Some(why),
-    }
-}
-
-/// The RTT an outcome measured: a pair's second ping's only (a single ping's includes the
-/// responder's polling).
-fn rtt_of(outcome: &ProbeOutcome) -> Option<Duration> {
-    match outcome {
-        ProbeOutcome::Pong {
-            rtt, warm: true, ..
-        } => Some(*rtt),
-        _ => None,
-    }
-}
-
-/// A confirming probe's deadline: four times the peer's recent answer time, at least
-/// [`MIN_CONFIRM_DEADLINE`], at most the probe timeout (which a peer never heard from gets).
-fn confirm_deadline(recent: Option<Duration>, timeout: Duration) -> Duration {
-    recent
-        .map_or(timeout, |r| (r * 4).max(MIN_CONFIRM_DEADLINE))
-        .min(timeout)
-}
-
-/// What a fabric outcome means; `measured` is the peer's latest measured RTT, reported for
-/// a path a single ping proved.
-fn fabric_result(
-    outcome: &ProbeOutcome,
-    measured: Option<Duration>,
-) -> (FabricObservation, PathStatus, ProbeResult) {
-    match outcome {
-        ProbeOutcome::Pong { rtt, warm, .. } => {
-            let rtt = if *warm {
-                *rtt
-            } else {
-                measured.unwrap_or(*rtt)
-            };
-            (
-                FabricObservation::Answered(rtt),
-                PathStatus {
-                    reachable: Some(true),
-                    rtt_seconds: Some(rtt.as_secs_f64()),
-                    last_failure: None,
-                    last_error: None,
-                },
-                ProbeResult::Ok,
-            )
-        }
-        ProbeOutcome::Timeout => (
-            FabricObservation::Timeout,
-            PathStatus {
-                reachable: Some(false),
-                rtt_seconds: None,
-                last_failure: Some("timeout".into()),
-                last_error: Some("no answer before the deadline (silently dropped)".into()),
-            },
-            ProbeResult::Timeout,
-        ),
-        ProbeOutcome::SendFailed { error } => (
-            FabricObservation::Failed,
-            PathStatus {
-                reachable: Some(false),
-                rtt_seconds: None,
-                last_failure: Some("provider_error".into()),
-                last_error: Some(error.to_string()),
-            },
-            ProbeResult::ProviderError,
-        ),
-        ProbeOutcome::NotSent { reason } => (
-            FabricObservation::Failed,
-            PathStatus {
-                reachable: Some(false),
-                rtt_seconds: None,
-                last_failure: Some("not_sent".into()),
-                last_error: Some(reason.clone()),
-            },
-            ProbeResult::Error,
-        ),
-    }
-}
-
-/// GET the peer agent's `/v1/hello` within `timeout`.
-async fn fetch_hello(peer: &str, timeout: Duration) -> Result<(Hello, Duration), ProbeFailure> {
-    let deadline = Instant::now() + timeout;
-    let addr = resolve(peer, deadline).await?;
-    let started = Instant::now();
-    let conn = connect_tcp(addr, deadline).await?;
-    let response = http_get(conn.stream, peer, "/v1/hello", MAX_HELLO_BYTES, deadline).await?;
-    let rtt = started.elapsed();
-    if response.status != 200 {
-        return Err(ProbeFailure::new(
-            FailureReason::HttpStatus,
-            format!("{peer} answered /v1/hello with HTTP {}", response.status),
-        ));
-    }
-    let hello = Hello::parse(&response.body)
-        .map_err(|e| ProbeFailure::new(FailureReason::Protocol, format!("{peer}: {e}")))?;
-    Ok((hello, rtt))
-}
-
-async fn resolve(peer: &str, deadline: Instant) -> Result<SocketAddr, ProbeFailure> {
-    if let Ok(addr) = peer.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let lookup = tokio::time::timeout_at(deadline, tokio::net::lookup_host(peer.to_owned()));
-    match lookup.await {
-        Err(_) => Err(ProbeFailure::new(
-            FailureReason::Dns,
-            format!("resolving {peer} timed out"),
-        )),
-        Ok(Err(e)) => Err(ProbeFailure::new(
-            FailureReason::Dns,
-            format!("resolving {peer}: {e}"),
-        )),
-        Ok(Ok(mut addrs)) => addrs
-            .next()
-            .ok_or_else(|| ProbeFailure::new(FailureReason::Dns, format!("{peer} has no address"))),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::FabricStatus;
-
-    #[test]
-    fn confirmations_wait_four_recent_answer_times_within_bounds() {
-        let ms = Duration::from_millis;
-        let timeout = ms(500);
-        // Never answered: the full timeout.
-        assert_eq!(confirm_deadline(None, timeout), timeout);
-        // A fast peer: not below the floor, which an idle responder's poll needs.
-        assert_eq!(confirm_deadline(Some(ms(1)), timeout), MIN_CONFIRM_DEADLINE);
-        assert_eq!(confirm_deadline(Some(ms(40)), timeout), ms(160));
-        // A slow one: never beyond the timeout.
-        assert_eq!(confirm_deadline(Some(ms(300)), timeout), timeout);
-    }
-
-    #[test]
-    fn only_a_pairs_rtt_is_a_measurement() {
-        let pong = |warm| ProbeOutcome::Pong {
-            rtt: Duration::from_micros(20),
-            cold_rtt: Duration::from_millis(12),
-            dwell: Duration::from_micros(3),
-            responder_id: 1,
-            warm,
-        };
-        assert_eq!(rtt_of(&pong(true)), Some(Duration::from_micros(20)));
-        assert_eq!(rtt_of(&pong(false)), None);
-        // A single ping's answer reports the latest measured RTT, else its own.
-        let measured = Some(Duration::from_micros(25));
-        let (obs, status, _) = fabric_result(&pong(false), measured);
-        assert_eq!(obs, FabricObservation::Answered(Duration::from_micros(25)));
-        assert_eq!(status.rtt_seconds, Some(25e-6));
-        let (obs, _, _) = fabric_result(&pong(true), measured);
-        assert_eq!(obs, FabricObservation::Answered(Duration::from_micros(20)));
-    }
-
-    #[tokio::test]
-    async fn a_departed_peer_loses_its_state_and_every_series() {
-        let state = Arc::new(AgentState::new("me", FabricStatus::default()));
-        let metrics = Arc::new(Metrics::new("test", &FabricStatus::default()));
-        let settings =
-            PeerProbeSettings::new("me", Duration::from_millis(300), Duration::from_millis(200));
-        let mut monitor = PeerMonitor::new(settings, state.clone(), metrics.clone(), None);
-        // Nothing listens on these loopback ports: both peers end up down, with series.
-        let peers = vec!["127.0.0.1:9".to_owned(), "127.0.0.1:19".to_owned()];
-        let now = std::time::Instant::now();
-        monitor.set_peers(&crate::discovery::static_set(&peers, now), Duration::ZERO);
-        monitor.run_round().await;
-        monitor.run_round().await;
-        let text = metrics.encode();
-        assert!(text.contains(r#"peer="127.0.0.1:19""#), "{text}");
-        assert_eq!(state.peers().len(), 2);
-
-        monitor.set_peers(
-            &crate::discovery::static_set(&peers[..1], now),
-            Duration::ZERO,
-        );
-        let text = metrics.encode();
-        assert!(
-            !text.contains(r#"peer="127.0.0.1:19""#),
-            "stale series left: {text}"
-        );
-        assert!(text.contains(r#"peer="127.0.0.1:9""#));
-        assert_eq!(state.peers().len(), 1);
-        assert!(text.contains("efa_peers 1"), "{text}");
-    }
-}
+mod tests;

@@ -1,6 +1,6 @@
 //! One sentence per verdict, for the status page and `/v1/peers`: what is wrong and what to do.
 
-use crate::state::PathStatus;
+use crate::state::{PathFailure, PathStatus};
 use crate::verdict::diagnosis::{explain, Relation};
 use crate::verdict::{DiagnosisReason as R, PeerState};
 
@@ -18,7 +18,7 @@ pub fn summarize(
         (PeerState::Healthy, _) => "fabric and IP paths both answer".into(),
         (PeerState::FabricDropped, Some(R::CrossAz | R::CrossSubnet | R::SecurityGroup)) => {
             let mut text = explain(relation).unwrap_or_default();
-            if fabric.last_failure.as_deref() == Some("provider_error") {
+            if fabric.last_failure == Some(PathFailure::ProviderError) {
                 text.push_str(&format!(" The provider said: {fabric_err}"));
             }
             text

@@ -139,7 +139,8 @@ pub fn peer_group(peer: &PeerStatus) -> Option<String> {
     Placement::of(topology).map(|p| p.group())
 }
 
-/// Counts the peers of `own_group` (every peer when it is `None`).
+/// Counts the peers of `own_group` (every peer when it is `None`) that this node probes now:
+/// a peer the sample rotated out keeps its last verdict, which says nothing about now.
 pub fn tally(own_group: Option<&str>, peers: &[PeerStatus]) -> GroupTally {
     let mut t = GroupTally {
         group: own_group.map(str::to_owned),
@@ -148,7 +149,7 @@ pub fn tally(own_group: Option<&str>, peers: &[PeerStatus]) -> GroupTally {
         dropped: Vec::new(),
     };
     for p in peers {
-        if own_group.is_some() && peer_group(p).as_deref() != own_group {
+        if !p.probed || (own_group.is_some() && peer_group(p).as_deref() != own_group) {
             continue;
         }
         t.members += 1;

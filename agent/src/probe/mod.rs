@@ -5,12 +5,14 @@
 //! - [`target`]: one check of one target, every address on its own ([`check_target`]).
 //! - [`tcp`], [`nats`], [`http`]: the connect and the protocol exchanges, each bounded by a
 //!   deadline; [`http::http_get`] also serves the agent's hello requests to its peers.
+//! - [`hello`]: the IP probe of a peer agent ([`hello::fetch_hello`]).
 //! - [`reason`]: the bounded failure reasons that label metrics.
 //! - [`resolve`]: name resolution with a deadline, for every caller in the agent.
 //!
 //! Nothing here panics or waits without a deadline: the agent runs these checks forever,
 //! against servers that may be broken or hostile.
 
+pub mod hello;
 pub mod http;
 pub mod nats;
 pub mod reason;

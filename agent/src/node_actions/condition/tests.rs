@@ -38,7 +38,7 @@ pub(crate) fn peer(
         address: format!("{name}:9476"),
         state,
         reason,
-        summary: String::new(),
+        summary: "".into(),
         ip: PathStatus::default(),
         fabric: PathStatus::default(),
         fabric_loss: 0.0,
@@ -58,6 +58,7 @@ pub(crate) fn peer(
         warnings: vec![],
         since_unix: 1_000,
         rounds: 10,
+        probed: true,
     }
 }
 
@@ -292,5 +293,27 @@ fn the_gate_note_is_added() {
         c.message.ends_with(" Startup taint removed."),
         "{}",
         c.message
+    );
+}
+
+#[test]
+fn peers_this_node_does_not_probe_now_are_not_judged() {
+    // Two drops, but one is a verdict of a peer the sample rotated out: it says nothing about
+    // the fabric now, so one drop in two probed peers stays True.
+    let mut rotated_out = dropped("gpu-4", DiagnosisReason::SecurityGroup);
+    rotated_out.probed = false;
+    let c = condition(&[
+        healthy("gpu-2"),
+        dropped("gpu-3", DiagnosisReason::SecurityGroup),
+        rotated_out,
+    ]);
+    assert_eq!(c.status, ConditionStatus::True, "{}", c.message);
+    assert_eq!(
+        tally(
+            Some(GROUP),
+            &[dropped("gpu-5", DiagnosisReason::SecurityGroup)]
+        )
+        .members,
+        1
     );
 }

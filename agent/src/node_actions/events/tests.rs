@@ -63,7 +63,7 @@ fn moves_into_and_out_of_unhealthy_states() {
 #[test]
 fn long_summaries_are_cut_to_what_the_api_takes() {
     let mut p = dropped("gpu-2");
-    p.summary = "é".repeat(2000);
+    p.summary = "é".repeat(2000).into();
     let moves = PeerTransitions::default().observe(&[p]);
     assert!(moves[0].note.len() <= MAX_NOTE_BYTES);
     assert!(moves[0].note.len() > MAX_NOTE_BYTES - 2);

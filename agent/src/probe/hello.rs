@@ -1,0 +1,66 @@
+//! The IP probe of a peer: GET its agent's `/v1/hello`, which also says who the peer is,
+//! where it runs and its fabric addresses.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::http::http_get;
+use super::tcp::connect_tcp;
+use super::{FailureReason, ProbeFailure};
+use crate::hello::{Hello, MAX_HELLO_BYTES};
+
+/// GET the peer agent's `/v1/hello` at `peer` (`HOST:PORT`) within `timeout`: its hello and
+/// the time the exchange took (connect to answer, the name's resolution aside).
+pub async fn fetch_hello(peer: &str, timeout: Duration) -> Result<(Hello, Duration), ProbeFailure> {
+    let deadline = Instant::now() + timeout;
+    let addr = resolve(peer, deadline).await?;
+    let started = Instant::now();
+    let conn = connect_tcp(addr, deadline).await?;
+    let response = http_get(conn.stream, peer, "/v1/hello", MAX_HELLO_BYTES, deadline).await?;
+    let rtt = started.elapsed();
+    if response.status != 200 {
+        return Err(ProbeFailure::new(
+            FailureReason::HttpStatus,
+            format!("{peer} answered /v1/hello with HTTP {}", response.status),
+        ));
+    }
+    let hello = Hello::parse(&response.body)
+        .map_err(|e| ProbeFailure::new(FailureReason::Protocol, format!("{peer}: {e}")))?;
+    Ok((hello, rtt))
+}
+
+/// `HOST:PORT` to its first address, before `deadline`.
+async fn resolve(peer: &str, deadline: Instant) -> Result<SocketAddr, ProbeFailure> {
+    if let Ok(addr) = peer.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let lookup = tokio::time::timeout_at(deadline, tokio::net::lookup_host(peer.to_owned()));
+    match lookup.await {
+        Err(_) => Err(ProbeFailure::new(
+            FailureReason::Dns,
+            format!("resolving {peer} timed out"),
+        )),
+        Ok(Err(e)) => Err(ProbeFailure::new(
+            FailureReason::Dns,
+            format!("resolving {peer}: {e}"),
+        )),
+        Ok(Ok(mut addrs)) => addrs
+            .next()
+            .ok_or_else(|| ProbeFailure::new(FailureReason::Dns, format!("{peer} has no address"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_nobody_listens_on_is_refused() {
+        let refused = fetch_hello("127.0.0.1:9", Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.reason, FailureReason::Refused, "{refused:?}");
+    }
+}
