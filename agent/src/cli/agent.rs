@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use crate::config::{AgentArgs, AgentConfig};
 use crate::fabric_ping::{self, FabricPinger, PingerConfig};
 use crate::hello::{Hello, HelloEndpoint, HelloFabric};
-use crate::http::{router, AppState};
+use crate::http::{router, AppState, ServeLimits};
 use crate::inventory::read_hw_counters;
 use crate::metrics::Metrics;
 use crate::monitor::{targets, PeerMonitor, PeerProbeSettings};
@@ -170,13 +170,12 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = {
         let mut stop = stop_rx.clone();
+        let limits = ServeLimits::after_raising_open_files_limit();
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            axum::serve(listener, router(app))
-                .with_graceful_shutdown(shutdown)
-                .await
+            crate::http::serve(listener, router(app), limits, shutdown).await
         })
     };
 

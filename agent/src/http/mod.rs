@@ -13,6 +13,7 @@
 //!
 //! Handlers only read the shared snapshot; nothing here waits on a probe.
 
+mod serve;
 mod status_page;
 
 use std::sync::{Arc, RwLock};
@@ -24,6 +25,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+pub use serve::{serve, ServeLimits};
 pub use status_page::{escape_html, render_status_page, StatusSnapshot};
 
 use crate::hello::Hello;
