@@ -17,4 +17,5 @@ pub mod probe;
 pub mod shutdown;
 pub mod state;
 pub mod topology;
+pub mod untrusted_text;
 pub mod verdict;
