@@ -86,6 +86,57 @@ fn silent(s: TcpStream) {
     drop(s);
 }
 
+/// Answers one request with `hello` as a peer agent would.
+fn serve_hello(mut s: TcpStream, hello: &str) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.ends_with(b"\r\n\r\n") && request.len() < 64 * 1024 {
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    let _ = write!(
+        s,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{hello}",
+        hello.len()
+    );
+}
+
+/// NUL, ESC (a terminal escape), a newline, a C1 control and a bidirectional override, as
+/// JSON escapes.
+const DIRTY: &str = r"x\u0000y\u001b[2Jz\n\u009b\u202e";
+
+/// A peer whose hello carries [`DIRTY`] in every free-text field.
+fn dirty_hello(s: TcpStream) {
+    let hello = format!(
+        r#"{{"node_name":"dirty-peer","agent_version":"{DIRTY}","instance_id":1,
+        "fabric":{{"provider":"{DIRTY}","available":false,"error":"{DIRTY}",
+        "endpoints":[{{"domain":"{DIRTY}","address":"fe80","display":"{DIRTY}"}}]}}}}"#
+    );
+    serve_hello(s, &hello);
+}
+
+/// A peer whose hello is refused for its node name, which carries [`DIRTY`].
+fn dirty_name(s: TcpStream) {
+    let hello = format!(
+        r#"{{"node_name":"{DIRTY}","agent_version":"1","instance_id":1,
+        "fabric":{{"provider":"efa","available":false,"endpoints":[]}}}}"#
+    );
+    serve_hello(s, &hello);
+}
+
+/// Every string in a JSON value.
+fn json_strings(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| json_strings(v, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|v| json_strings(v, out)),
+        _ => {}
+    }
+}
+
 fn peer_json(port: u16) -> Vec<serde_json::Value> {
     get(port, "/v1/peers")
         .and_then(|(_, body)| serde_json::from_str::<Vec<serde_json::Value>>(&body).ok())
@@ -458,4 +509,70 @@ fn device_counters_from_sysfs_are_exported_each_round() {
             .then_some(())
     });
     assert_eq!(agent.stop(), Some(0));
+}
+
+#[test]
+fn control_characters_in_a_peers_hello_are_not_shown() {
+    let (dirty_port, name_port) = (fake_peer(dirty_hello), fake_peer(dirty_name));
+    let a_port = 27_843;
+    let a = start_agent(&[
+        "--node-name",
+        "node-a",
+        "--listen",
+        &format!("127.0.0.1:{a_port}"),
+        "--fabric-provider",
+        "none",
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+        "--peers",
+        &format!("127.0.0.1:{dirty_port},127.0.0.1:{name_port}"),
+    ]);
+    let peers = wait_for("both peers judged", Duration::from_secs(15), || {
+        let peers = peer_json(a_port);
+        let judged = |p: &serde_json::Value| p["rounds"].as_u64().unwrap_or(0) >= 2;
+        (peers.len() == 2 && peers.iter().all(judged)).then_some(peers)
+    });
+    let mut shown = Vec::new();
+    json_strings(&serde_json::Value::Array(peers.clone()), &mut shown);
+    assert!(
+        shown.iter().all(|s| !s.chars().any(char::is_control)),
+        "control characters in /v1/peers: {shown:?}"
+    );
+    assert!(
+        !shown.iter().any(|s| s.contains('\u{202e}')),
+        "a bidirectional override in /v1/peers: {shown:?}"
+    );
+    // The accepted hello is shown, its fields replaced rather than dropped.
+    let clean = "x\u{FFFD}y\u{FFFD}[2Jz\u{FFFD}\u{FFFD}\u{FFFD}";
+    let accepted = peers
+        .iter()
+        .find(|p| p["name"] == "dirty-peer")
+        .expect("{peers:?}");
+    assert_eq!(accepted["hello"]["agent_version"], clean, "{accepted}");
+    assert_eq!(accepted["hello"]["fabric"]["error"], clean, "{accepted}");
+    assert_eq!(
+        accepted["hello"]["fabric"]["endpoints"][0]["display"],
+        clean
+    );
+    // The refused one says why, printably.
+    let refused = peers
+        .iter()
+        .find(|p| p["address"] == format!("127.0.0.1:{name_port}"))
+        .unwrap();
+    assert_eq!(refused["ip"]["last_failure"], "protocol", "{refused}");
+
+    let (status, page) = get(a_port, "/").unwrap();
+    assert_eq!(status, 200);
+    let unprintable: Vec<char> = page
+        .chars()
+        .filter(|c| (c.is_control() && *c != '\n') || *c == '\u{202e}')
+        .collect();
+    assert!(
+        unprintable.is_empty(),
+        "{unprintable:?} on the status page:\n{page}"
+    );
+    assert!(page.contains("dirty-peer"), "{page}");
+    assert_eq!(a.stop(), Some(0));
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dns_name::{is_dns_name, NameRules};
+use crate::untrusted_text::{make_printable, printable};
 
 /// Largest hello body accepted from a peer.
 pub const MAX_HELLO_BYTES: usize = 64 * 1024;
@@ -95,6 +96,19 @@ pub enum HelloError {
     Invalid { field: &'static str, detail: String },
 }
 
+impl HelloError {
+    /// The same error with its peer-supplied text made printable.
+    fn into_printable(self) -> HelloError {
+        match self {
+            HelloError::Malformed(detail) => HelloError::Malformed(printable(&detail).into_owned()),
+            HelloError::Invalid { field, detail } => HelloError::Invalid {
+                field,
+                detail: printable(&detail).into_owned(),
+            },
+        }
+    }
+}
+
 impl Hello {
     /// Parses and validates a peer's hello. Everything in it is untrusted.
     pub fn parse(body: &[u8]) -> Result<Hello, HelloError> {
@@ -104,10 +118,26 @@ impl Hello {
                 body.len()
             )));
         }
-        let hello: Hello =
-            serde_json::from_slice(body).map_err(|e| HelloError::Malformed(e.to_string()))?;
-        hello.validate()?;
+        let mut hello: Hello = serde_json::from_slice(body)
+            .map_err(|e| HelloError::Malformed(printable(&e.to_string()).into_owned()))?;
+        hello.validate().map_err(HelloError::into_printable)?;
+        hello.make_printable();
         Ok(hello)
+    }
+
+    /// Replaces control characters in every free-text field: a peer's strings are shown on
+    /// the status page and in `/v1/peers`, and logged. (The node name and the topology are
+    /// validated to plain characters instead.)
+    fn make_printable(&mut self) {
+        make_printable(&mut self.agent_version);
+        make_printable(&mut self.fabric.provider);
+        if let Some(error) = &mut self.fabric.error {
+            make_printable(error);
+        }
+        for ep in &mut self.fabric.endpoints {
+            make_printable(&mut ep.domain);
+            make_printable(&mut ep.display);
+        }
     }
 
     fn validate(&self) -> Result<(), HelloError> {
@@ -224,6 +254,51 @@ mod tests {
         let mut h = hello();
         h.fabric.endpoints = vec![h.fabric.endpoints[0].clone(); MAX_ENDPOINTS + 1];
         assert!(Hello::parse(&serde_json::to_vec(&h).unwrap()).is_err());
+    }
+
+    /// Every string a person or a log sees, in a hello serialised back.
+    fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn control_characters_from_a_peer_are_replaced() {
+        let dirty = r"x\u0000y\u001b[2Jz\n\u009b\u202e";
+        let body = format!(
+            r#"{{"node_name":"gpu-node-1","agent_version":"{dirty}","instance_id":1,
+            "fabric":{{"provider":"{dirty}","available":false,"error":"{dirty}",
+            "endpoints":[{{"domain":"{dirty}","address":"fe80","display":"{dirty}"}}]}}}}"#
+        );
+        let hello = Hello::parse(body.as_bytes()).unwrap();
+        let mut seen = Vec::new();
+        strings(&serde_json::to_value(&hello).unwrap(), &mut seen);
+        let clean = "x\u{FFFD}y\u{FFFD}[2Jz\u{FFFD}\u{FFFD}\u{FFFD}";
+        assert_eq!(seen.iter().filter(|s| *s == clean).count(), 5, "{seen:?}");
+        assert!(
+            seen.iter().all(|s| !s.chars().any(char::is_control)),
+            "{seen:?}"
+        );
+
+        // Where the hello is refused instead, the error quotes the peer printably.
+        for body in [
+            format!(
+                r#"{{"node_name":"a{dirty}","agent_version":"1","instance_id":1,"fabric":{{"provider":"efa","available":false,"endpoints":[]}}}}"#
+            ),
+            format!(
+                r#"{{"node_name":"a","agent_version":"1","instance_id":1,"fabric":{{"provider":"efa","available":false,"endpoints":[]}},
+               "topology":{{"instance_id":"i-1","instance_type":"t","availability_zone":"z","placement_group":"{dirty}","primary_mac":"0e:00:00:00:00:01","interfaces":[]}}}}"#
+            ),
+            format!(r#"{{"node_name":"a","agent_version":"1","instance_id":"{dirty}"}}"#),
+            format!(r#"{{"{dirty}":1}}"#),
+        ] {
+            let error = Hello::parse(body.as_bytes()).unwrap_err().to_string();
+            assert!(!error.chars().any(char::is_control), "{error:?}");
+        }
     }
 
     #[test]

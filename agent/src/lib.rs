@@ -21,4 +21,5 @@ pub mod shutdown;
 pub mod state;
 pub mod topology;
 pub mod units;
+pub mod untrusted_text;
 pub mod verdict;

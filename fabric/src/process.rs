@@ -130,6 +130,58 @@ fn set_default(signum: c_int) -> bool {
     }
 }
 
+/// The open-files limit (`RLIMIT_NOFILE`) before and after [`raise_open_files_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFilesLimit {
+    /// The soft limit the process started with.
+    pub was: u64,
+    /// The soft limit now (the hard limit, when raising it worked).
+    pub now: u64,
+    /// The hard limit, which an unprivileged process cannot raise.
+    pub hard: u64,
+}
+
+/// Raises the soft open-files limit to the hard one and returns both.
+///
+/// Container runtimes often start processes at a soft limit of 1024 with a far higher hard
+/// limit; a server that holds connections and also opens sockets and endpoints for probing
+/// wants the headroom. It lives here, with the crate's other process-wide calls, because this
+/// is the crate that holds the project's `unsafe`. Infinite limits read as `u64::MAX`.
+pub fn raise_open_files_limit() -> std::io::Result<OpenFilesLimit> {
+    let mut limit = read_open_files_limit()?;
+    let was = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads one valid, initialised rlimit struct; the soft value is
+        // the hard one, which every process may set.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(OpenFilesLimit {
+        was,
+        now: limit.rlim_cur,
+        hard: limit.rlim_max,
+    })
+}
+
+/// The soft open-files limit in force now.
+pub fn open_files_limit() -> std::io::Result<u64> {
+    Ok(read_open_files_limit()?.rlim_cur)
+}
+
+fn read_open_files_limit() -> std::io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct into `limit`, which is valid and ours.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +215,13 @@ mod tests {
             owner.as_deref().is_some_and(|o| o.contains("libc")),
             "{owner:?}"
         );
+    }
+
+    #[test]
+    fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+        let limit = raise_open_files_limit().unwrap();
+        assert!(limit.was <= limit.now, "{limit:?}");
+        assert_eq!(limit.now, limit.hard, "{limit:?}");
+        assert_eq!(open_files_limit().unwrap(), limit.hard);
     }
 }

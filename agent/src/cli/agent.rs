@@ -10,7 +10,7 @@ use crate::config::discovery::ListenArgs;
 use crate::config::{AgentArgs, AgentConfig, ConfigError, ConfigErrors};
 use crate::fabric_ping::{self, FabricPinger, PingerConfig};
 use crate::hello::{Hello, HelloEndpoint, HelloFabric};
-use crate::http::{router, AppState};
+use crate::http::{router, AppState, ServeLimits};
 use crate::metrics::Metrics;
 use crate::monitor::{self, PeerMonitor, PeerProbeSettings, RoundInputs};
 use crate::retry;
@@ -172,10 +172,9 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(listen = %config.listen, node = %config.node_name, "serving");
     let server = {
         let stop = shutdown.clone();
+        let limits = ServeLimits::after_raising_open_files_limit();
         tokio::spawn(async move {
-            axum::serve(listener, router(app))
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+            crate::http::serve(listener, router(app), limits, stop.cancelled_owned()).await
         })
     };
 

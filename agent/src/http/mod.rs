@@ -4,7 +4,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /` | the status page (HTML, no scripts, no external assets) |
-//! | `GET /metrics` | OpenMetrics when asked for, else Prometheus text 0.0.4 (see [`crate::metrics::ExpositionFormat`]) |
+//! | `GET /metrics` | OpenMetrics when asked for, else Prometheus text 0.0.4 (see [`crate::metrics::ExpositionFormat`]); scrapes close together share one encoding ([`ScrapeCache`]) |
 //! | `GET /healthz` | 200 `ok` while the process serves |
 //! | `GET /readyz` | 200 once the first full probe round has finished, else 503 |
 //! | `GET /v1/hello` | this agent's [`Hello`] (peers fetch it as their IP probe) |
@@ -13,17 +13,21 @@
 //!
 //! Handlers only read the shared snapshot; nothing here waits on a probe.
 
+mod scrape_cache;
+mod serve;
 mod status_page;
 
 use std::sync::{Arc, RwLock};
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, VARY};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+pub use scrape_cache::{ScrapeCache, ScrapeError};
+pub use serve::{serve, ServeLimits};
 pub use status_page::{escape_html, render_status_page, StatusSnapshot};
 
 use crate::hello::Hello;
@@ -38,8 +42,27 @@ pub struct AppState {
     pub hello: Arc<RwLock<Hello>>,
 }
 
+/// What the router holds: the handlers' [`AppState`], and the `/metrics` encodings that
+/// concurrent scrapes share.
+#[derive(Clone)]
+struct Served {
+    app: AppState,
+    scrapes: Arc<ScrapeCache>,
+}
+
+impl FromRef<Served> for AppState {
+    fn from_ref(served: &Served) -> AppState {
+        served.app.clone()
+    }
+}
+
 /// The agent's routes; unknown paths answer 404.
 pub fn router(app: AppState) -> Router {
+    router_sharing(app, Arc::default())
+}
+
+/// [`router`], with the `/metrics` encodings shared through `scrapes` (which tests read).
+pub fn router_sharing(app: AppState, scrapes: Arc<ScrapeCache>) -> Router {
     Router::new()
         .route("/", get(status))
         .route("/metrics", get(metrics))
@@ -49,18 +72,21 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/targets", get(targets))
         .fallback(not_found)
-        .with_state(app)
+        .with_state(Served { app, scrapes })
 }
 
-async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+async fn metrics(State(served): State<Served>, headers: HeaderMap) -> Response {
     let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
     let format = ExpositionFormat::negotiate(accept);
-    (
-        // The body depends on Accept: a cache must not hand one client's format to another.
-        [(CONTENT_TYPE, format.content_type()), (VARY, "Accept")],
-        app.metrics.encode_as(format),
-    )
-        .into_response()
+    match served.scrapes.body(&served.app.metrics, format).await {
+        Ok(body) => (
+            // The body depends on Accept: a cache must not hand one client's format to another.
+            [(CONTENT_TYPE, format.content_type()), (VARY, "Accept")],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {

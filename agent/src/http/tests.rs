@@ -220,3 +220,83 @@ async fn unknown_paths_are_not_found() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
     }
 }
+
+/// One `/metrics` scrape through `router`, with the exposition format `accept` asks for.
+async fn scrape(router: &Router, accept: Option<&str>) -> String {
+    let mut request = Request::get("/metrics");
+    if let Some(accept) = accept {
+        request = request.header(header::ACCEPT, accept);
+    }
+    let response = router
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_flood_shares_one_encoding_per_format_and_later_scrapes_see_fresh_data() {
+    const OPENMETRICS: &str = "application/openmetrics-text;version=1.0.0";
+    let app = app();
+    app.state
+        .set_peer("198.18.0.2:9464", dropped_peer("gpu-node-2"));
+    let scrapes = Arc::new(ScrapeCache::default());
+    let router = router_sharing(app.clone(), scrapes.clone());
+
+    // 64 scrapers at once, half of each format.
+    let flood: Vec<_> = (0..64)
+        .map(|i| {
+            let router = router.clone();
+            tokio::spawn(async move {
+                let accept = (i % 2 == 0).then_some(OPENMETRICS);
+                (accept.is_some(), scrape(&router, accept).await)
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut bodies = Vec::new();
+    for scraper in flood {
+        bodies.push(scraper.await.unwrap());
+    }
+    let took = started.elapsed();
+    let encodes = scrapes.encodes();
+    // One per format, unless the flood outlasted a reuse window (a loaded machine).
+    let windows = 1 + (took.as_millis() / scrape_cache::MIN_REUSE.as_millis()) as u64;
+    assert!(
+        (2..=2 * windows).contains(&encodes),
+        "{encodes} encodes for 64 scrapes in {took:?}"
+    );
+    for (openmetrics, body) in &bodies {
+        assert!(body.contains("efa_peer_state{peer=\"gpu-node-2\",state=\"fabric_dropped\"} 1\n"));
+        assert_eq!(
+            body.ends_with("# EOF\n"),
+            *openmetrics,
+            "each format its own body"
+        );
+    }
+
+    // After the window, a scrape encodes again and sees what changed since.
+    let mut healed = dropped_peer("gpu-node-2");
+    healed.state = PeerState::Healthy;
+    healed.reason = None;
+    app.state.set_peer("198.18.0.2:9464", healed);
+    let window = scrapes
+        .reuse_window(crate::metrics::ExpositionFormat::PrometheusText)
+        .await
+        .unwrap();
+    tokio::time::sleep(window + std::time::Duration::from_millis(20)).await;
+    let before = scrapes.encodes();
+    let body = scrape(&router, None).await;
+    assert_eq!(scrapes.encodes(), before + 1);
+    assert!(
+        body.contains("efa_peer_state{peer=\"gpu-node-2\",state=\"healthy\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("efa_peer_state{peer=\"gpu-node-2\",state=\"fabric_dropped\"} 0\n"),
+        "{body}"
+    );
+}

@@ -85,7 +85,7 @@ pub async fn nats_handshake(
     }
 
     for _ in 0..MAX_LINES_BEFORE_PONG {
-        let line = read_line(&mut reader, deadline, "PONG").await?;
+        let line = read_line(&mut reader, deadline, "the PONG").await?;
         match NatsLine::classify(&line) {
             NatsLine::Pong => {
                 return Ok(NatsServerInfo {
@@ -178,7 +178,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(
             Err(_elapsed) => {
                 return Err(ProbeFailure::new(
                     FailureReason::Timeout,
-                    format!("connected, but no {expecting} before the deadline"),
+                    format!("connected, but timed out waiting for {expecting}"),
                 ))
             }
             Ok(Err(e)) => return Err(ProbeFailure::from_io(&format!("read {expecting}"), &e)),
@@ -213,11 +213,12 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
-/// Server-supplied text cut to a length fit for a report.
+/// Server-supplied text cut to a length fit for a report, its control characters replaced.
 fn bounded(text: &str) -> String {
+    let text = crate::untrusted_text::printable(text);
     match text.char_indices().nth(MAX_REPORTED_TEXT) {
         Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_owned(),
+        None => text.into_owned(),
     }
 }
 
@@ -307,6 +308,32 @@ mod tests {
             .unwrap_err();
         assert_eq!(failure.reason, FailureReason::Protocol);
         assert!(failure.message.contains("longer than"), "{failure}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_a_timeout_in_words() {
+        // A server that accepts and never speaks.
+        let (_server, client) = tokio::io::duplex(64);
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let failure = read_line(
+            &mut BufReader::new(client),
+            deadline,
+            "the server's INFO line",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(failure.reason, FailureReason::Timeout);
+        assert_eq!(
+            failure.message,
+            "connected, but timed out waiting for the server's INFO line"
+        );
+    }
+
+    #[test]
+    fn server_text_in_a_report_is_printable() {
+        assert_eq!(bounded("n1\u{1b}[2J\0"), "n1\u{FFFD}[2J\u{FFFD}");
+        let info = parse_info("INFO {\"server_id\":\"N\\u0000\"}").unwrap();
+        assert_eq!(bounded(&info.server_id), "N\u{FFFD}");
     }
 
     #[test]

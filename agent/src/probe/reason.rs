@@ -90,11 +90,12 @@ pub struct ProbeFailure {
 }
 
 impl ProbeFailure {
+    /// `message` often quotes what the other side sent (a peer's hello, a server's answer):
+    /// its control characters are replaced (see [`crate::untrusted_text`]).
     pub fn new(reason: FailureReason, message: impl Into<String>) -> ProbeFailure {
-        ProbeFailure {
-            reason,
-            message: message.into(),
-        }
+        let mut message = message.into();
+        crate::untrusted_text::make_printable(&mut message);
+        ProbeFailure { reason, message }
     }
 
     /// A failure from an OS error, classified by [`FailureReason::from_io_error`]; `context`
