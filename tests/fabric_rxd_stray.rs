@@ -25,6 +25,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use support::agent::Agent;
 use support::process::{busy, wait_until, Process};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
@@ -193,10 +194,8 @@ fn a_crafted_rxd_header_ends_fabric_ping_by_sigsegv_not_exit_1() {
 #[test]
 fn the_agent_outlives_malformed_datagrams_and_a_crafted_header_ends_it_by_sigsegv() {
     let _machine = busy();
-    let child = Command::new(BIN)
-        .arg("agent")
-        .args(["--imds-endpoint", "none", "--node-name", "stray-target"])
-        .args(["--listen", &format!("127.0.0.1:{AGENT_PORT}")])
+    let mut agent = Agent::new("stray-target")
+        .listen(format!("127.0.0.1:{AGENT_PORT}"))
         .args([
             "--fabric-provider",
             "udp;ofi_rxd",
@@ -204,12 +203,8 @@ fn the_agent_outlives_malformed_datagrams_and_a_crafted_header_ends_it_by_sigseg
             "127.0.0.1",
         ])
         .args(["--interval", "1s", "--timeout", "500ms"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut agent = Process(child);
+        .stderr_piped()
+        .spawn();
     // The agent publishes its endpoint in its hello: a raw sockaddr_in, whose bytes 2..4 are
     // the UDP port in network order.
     let mut port = None;

@@ -5,6 +5,8 @@
 //! outgoing connection elsewhere on the machine may hold any port inside it.
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod imds;
 pub mod metrics;
 pub mod netns;
 pub mod process;

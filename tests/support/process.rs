@@ -63,42 +63,6 @@ pub fn wait_until(
     }
 }
 
-/// `efaprobe simulate-peers`: `count` peers named PREFIX-00001... from `ip_base` on, each on
-/// `port`, with udp;ofi_rxd responders on 127.0.0.1; returns it and the peer list it wrote
-/// (HOST:PORT, comma-separated) once every peer listens.
-pub fn simulate_peers(
-    dir: &std::path::Path,
-    prefix: &str,
-    count: usize,
-    (ip_base, port): (&str, u16),
-    extra: &[&str],
-) -> (Process, String) {
-    let peers_file = dir.join(format!("{prefix}-peers"));
-    let sim = Process::spawn(
-        Command::new(env!("CARGO_BIN_EXE_efaprobe"))
-            .args(["simulate-peers", "--count", &count.to_string()])
-            .args(["--ip-base", ip_base, "--port", &port.to_string()])
-            .args([
-                "--fabric-provider",
-                "udp;ofi_rxd",
-                "--fabric-bind",
-                "127.0.0.1",
-            ])
-            .args(["--name-prefix", prefix])
-            .args(extra)
-            .arg("--peers-file")
-            .arg(&peers_file),
-    );
-    wait_until("simulated peers listen", Duration::from_secs(20), || {
-        peers_file
-            .exists()
-            .then_some(())
-            .ok_or_else(|| "no peer list yet".to_owned())
-    });
-    let listed = std::fs::read_to_string(&peers_file).unwrap();
-    (sim, listed.trim().to_owned())
-}
-
 /// Held shared by the tests of a binary that keep the CPU busy ([`busy`]), and alone by
 /// [`alone_in_a_child`] while its child runs.
 static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
