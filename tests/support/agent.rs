@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::netns::{http_get, local_http_get, Netns};
 use super::process::{wait_until, Process};
@@ -68,11 +68,6 @@ impl<'ns> Agent<'ns> {
     /// instead of none.
     pub fn imds(mut self, endpoint: &str) -> Self {
         self.imds = Some(endpoint.to_owned());
-        self
-    }
-
-    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
-        self.args.push(arg.into());
         self
     }
 
@@ -168,9 +163,20 @@ impl RunningAgent<'_> {
         self
     }
 
-    /// SIGTERM, then its exit code (see [`Process::stop`]).
-    pub fn stop(self) -> Option<i32> {
-        self.process.stop()
+    /// SIGTERM, then up to 10 s for it to exit: its exit code, or `None` if it had to be
+    /// killed (or died of a signal).
+    pub fn stop(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.process.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.process.0.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 }
 

@@ -2,7 +2,7 @@
 //! the fabric's UDP dropped by nftables while TCP still passes (the EFA failure this product
 //! exists for), the responder killed mid-run, and recovery. Needs root; see support::netns.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! or `timeout` and leave the agent unaffected; a missing provider means IP-only, said in a
 //! metric; bad settings exit 64; SIGTERM exits 0.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

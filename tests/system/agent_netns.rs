@@ -3,7 +3,7 @@
 //! `fabric_dropped` on both sides within 3 intervals; an agent stopped is `down` on the
 //! others; everything restored is healthy again. Assertions read the scraped `/metrics` text.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -61,6 +61,7 @@ fn expect(samples: &[Sample], node: usize, peer: &str, state: &str) -> Result<()
 
 #[test]
 fn three_agents_tell_fabric_drops_from_outages() {
+    let _heavy = crate::one_heavy_at_a_time();
     if !can_run("three_agents_tell_fabric_drops_from_outages") {
         return;
     }

@@ -8,7 +8,7 @@
 //! real name is ever resolved: names used here end in `.invalid` and are looked up only
 //! inside a namespace whose resolver is its own (silent) loopback.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::net::SocketAddr;

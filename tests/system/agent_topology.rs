@@ -3,7 +3,7 @@
 //! dropped, nodes in different subnets are diagnosed `cross_subnet` and nodes in one subnet
 //! `security_group`, on both sides. A slow IMDS does not delay start-up beyond its timeout.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

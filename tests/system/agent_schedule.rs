@@ -4,7 +4,7 @@
 //! `efaprobe simulate-peers` (hellos over HTTP and fabric responders on loopback), plus one
 //! address where nothing listens.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -23,11 +23,9 @@ const PROVIDER: &str = "udp;ofi_rxd";
 const ENGINES: &[&str] = &["--fabric-engines", "4"];
 const DEAD: &str = "127.1.7.200:27811";
 
-/// Each test runs a simulator with 4 responders and an agent: on two cores, one at a time.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock().unwrap_or_else(|e| e.into_inner())
-}
+// Each test runs a simulator with 4 responders and an agent: on two cores, one at a time
+// (with the other heavy tests).
+use crate::one_heavy_at_a_time as one_at_a_time;
 
 fn scrape(port: u16) -> Option<String> {
     local_http_get(&format!("127.0.0.1:{port}"), "/metrics")

@@ -4,7 +4,7 @@
 //! address, which no test may use (the default endpoint is not used anywhere below).
 //! Needs `python3`.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! only where series exist, and the alerts must say it once in each mode: EFAPeerDown from
 //! the nodes that name their peers, EFANodePeersUnhealthy from the node that only counts them.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -186,6 +186,7 @@ fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
 
 #[test]
 fn every_mode_shows_the_dead_peer_in_the_dashboard_and_alerts_once() {
+    let _heavy = crate::one_heavy_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (_sim, listed) =
         simulate_peers(dir.path(), "dashpeer", PEERS, ("127.1.9.1", SIM_PORT), &[]);

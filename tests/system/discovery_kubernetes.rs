@@ -8,7 +8,7 @@
 //! the re-list picks up what changed meanwhile without resetting known peers' ages. Every
 //! request is a GET on pods in the agent's own namespace with its selector.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

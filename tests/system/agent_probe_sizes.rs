@@ -3,7 +3,7 @@
 //! into datagrams near the link MTU) do not. The agent says `degraded`, reason `probe_size`,
 //! keeps the fabric reachable, and is healthy again once the rule goes.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

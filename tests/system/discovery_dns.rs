@@ -8,7 +8,7 @@
 //! set follows; an unresolvable name with `--once` -> exit 1 and a message naming it. Nothing
 //! leaves the namespace: it has only a loopback interface.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
