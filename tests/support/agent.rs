@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::netns::{http_get, local_http_get, Netns};
 use super::process::{wait_until, Process};
 
+/// The efaprobe binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 
 /// How long an agent may take to answer `/readyz` (its first round done) on a loaded machine.

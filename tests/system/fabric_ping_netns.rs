@@ -7,10 +7,10 @@ use crate::support;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::agent::BIN;
 use support::netns::{can_run, Pair};
 use support::process::Process;
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PROVIDER: &str = "udp;ofi_rxd";
 const PORT: &str = "27810";
 

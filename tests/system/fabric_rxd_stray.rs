@@ -25,10 +25,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::agent::Agent;
+use support::agent::{Agent, BIN};
 use support::process::{wait_until, Process};
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 /// The `efaprobe agent` test's HTTP port, and the fabric-ping tests' exchange ports.
 const AGENT_PORT: u16 = 27_951;
 const GUARDED_EXCHANGE_PORT: u16 = 27_952;

@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::agent::BIN;
 use support::metrics::{parse, value, Sample};
 use support::netns::can_run;
 use support::process::wait_until;
 use support::prometheus::{alerts_of, dashboard_queries, urlencode, Alert};
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const INTERVAL: Duration = Duration::from_secs(1);
 const SYS: &str = "198.18.100.10";
 
