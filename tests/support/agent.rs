@@ -68,6 +68,10 @@ impl<'ns> Agent<'ns> {
     /// `--imds-endpoint`: the test's fake instance-metadata server (`http://127.0.0.1:PORT`)
     /// instead of none.
     pub fn imds(mut self, endpoint: &str) -> Self {
+        assert!(
+            endpoint.starts_with("http://127."),
+            "a test's IMDS is a fake on loopback, not {endpoint}"
+        );
         self.imds = Some(endpoint.to_owned());
         self
     }
