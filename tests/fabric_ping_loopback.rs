@@ -1,14 +1,20 @@
 //! Fabric ping over loopback on the real providers: the `fabric-ping` command end to end, and
 //! the engine against hostile input and peer churn.
 
-mod support;
+// Only what this binary uses (the rest of support is tests/system's), so none of it is dead.
+#[path = "support"]
+mod support {
+    pub mod machine;
+    pub mod process;
+}
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use efaprobe::fabric_ping::{self, FabricPinger, PeerHandle, PingerConfig, ProbeOutcome};
 use fabric::{Domain, Endpoint, EndpointConfig, InfoList, Query};
-use support::process::{alone_in_a_child, busy, Process};
+use support::machine::{alone_in_a_child, busy};
+use support::process::{wait_until, Process};
 
 const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 
@@ -24,14 +30,15 @@ fn start_responder(provider: &str, port: u16) -> Process {
 }
 
 fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "responder on {port} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        &format!("responder on {port} listens"),
+        Duration::from_secs(10),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    );
 }
 
 fn prober(provider: &str, port: u16, extra: &[&str]) -> (i32, serde_json::Value, Duration) {

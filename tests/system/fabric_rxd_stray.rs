@@ -16,7 +16,7 @@
 //!
 //! Loopback only: the datagrams go to 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, UdpSocket};
@@ -25,9 +25,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::process::{busy, wait_until, Process};
+use support::agent::{Agent, BIN};
+use support::process::{wait_until, Process};
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 /// The `efaprobe agent` test's HTTP port, and the fabric-ping tests' exchange ports.
 const AGENT_PORT: u16 = 27_951;
 const GUARDED_EXCHANGE_PORT: u16 = 27_952;
@@ -154,7 +154,6 @@ fn start_responder(exchange_port: u16) -> (Process, u16) {
 
 #[test]
 fn malformed_datagrams_never_reach_rxd_and_the_responder_still_answers() {
-    let _machine = busy();
     let (mut responder, port) = start_responder(GUARDED_EXCHANGE_PORT);
     send_datagrams(port, &malformed_datagrams());
     assert_eq!(
@@ -184,7 +183,6 @@ fn malformed_datagrams_never_reach_rxd_and_the_responder_still_answers() {
 
 #[test]
 fn a_crafted_rxd_header_ends_fabric_ping_by_sigsegv_not_exit_1() {
-    let _machine = busy();
     let (mut responder, port) = start_responder(CRASHED_EXCHANGE_PORT);
     let status = crash_by_crafted_header(&mut responder.0, port);
     assert_died_of_sigsegv(&mut responder, status);
@@ -192,11 +190,8 @@ fn a_crafted_rxd_header_ends_fabric_ping_by_sigsegv_not_exit_1() {
 
 #[test]
 fn the_agent_outlives_malformed_datagrams_and_a_crafted_header_ends_it_by_sigsegv() {
-    let _machine = busy();
-    let child = Command::new(BIN)
-        .arg("agent")
-        .args(["--imds-endpoint", "none", "--node-name", "stray-target"])
-        .args(["--listen", &format!("127.0.0.1:{AGENT_PORT}")])
+    let mut agent = Agent::new("stray-target")
+        .listen(format!("127.0.0.1:{AGENT_PORT}"))
         .args([
             "--fabric-provider",
             "udp;ofi_rxd",
@@ -204,12 +199,8 @@ fn the_agent_outlives_malformed_datagrams_and_a_crafted_header_ends_it_by_sigseg
             "127.0.0.1",
         ])
         .args(["--interval", "1s", "--timeout", "500ms"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut agent = Process(child);
+        .stderr_piped()
+        .spawn();
     // The agent publishes its endpoint in its hello: a raw sockaddr_in, whose bytes 2..4 are
     // the UDP port in network order.
     let mut port = None;

@@ -3,37 +3,31 @@
 //! `fabric_dropped` on both sides within 3 intervals; an agent stopped is `down` on the
 //! others; everything restored is healthy again. Assertions read the scraped `/metrics` text.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use support::agent::{Agent, RunningAgent};
 use support::metrics::{parse, value, Sample};
 use support::netns::{can_run, http_get, Lan, Netns};
 use support::process::{wait_until, Process};
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PORT: u16 = 9476;
 const INTERVAL: Duration = Duration::from_secs(1);
 
-fn start_agent(ns: &Netns, index: usize, ips: &[String], nats: &str) -> Process {
+fn start_agent<'ns>(ns: &'ns Netns, index: usize, ips: &[String], nats: &str) -> RunningAgent<'ns> {
     let peers: Vec<String> = ips.iter().map(|ip| format!("{ip}:{PORT}")).collect();
-    let child = ns
-        .command(BIN)
-        .args(["agent", "--node-name", &format!("node-{index}")])
-        .args(["--imds-endpoint", "none"])
-        .args(["--listen", &format!("{}:{PORT}", ips[index - 1])])
+    Agent::new(&format!("node-{index}"))
+        .ns(ns)
+        .listen(format!("{}:{PORT}", ips[index - 1]))
         .args(["--pod-ip", &ips[index - 1]])
-        .args(["--peers", &peers.join(",")])
+        .peers(&peers.join(","))
         .args(["--target", &format!("nats={nats}:4222")])
         .args(["--fabric-provider", "udp;ofi_rxd"])
         .args(["--interval", "1s", "--timeout", "400ms"])
         .env("EFAPROBE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
-        .expect("start agent");
-    Process(child)
 }
 
 fn scrape(lan: &Lan, index: usize) -> Vec<Sample> {
@@ -67,6 +61,7 @@ fn expect(samples: &[Sample], node: usize, peer: &str, state: &str) -> Result<()
 
 #[test]
 fn three_agents_tell_fabric_drops_from_outages() {
+    let _heavy = crate::one_heavy_at_a_time();
     if !can_run("three_agents_tell_fabric_drops_from_outages") {
         return;
     }
@@ -90,7 +85,7 @@ fn three_agents_tell_fabric_drops_from_outages() {
             .expect("nats-server"),
     );
     let ips = lan.ips[..3].to_vec();
-    let mut agents: Vec<Option<Process>> = (1..=3)
+    let mut agents: Vec<Option<RunningAgent>> = (1..=3)
         .map(|i| Some(start_agent(&lan.hosts[i - 1], i, &ips, &nats_ip)))
         .collect();
 

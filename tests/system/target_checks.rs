@@ -8,7 +8,7 @@
 //! real name is ever resolved: names used here end in `.invalid` and are looked up only
 //! inside a namespace whose resolver is its own (silent) loopback.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -21,11 +21,10 @@ use efaprobe::probe::http::http_get;
 use efaprobe::probe::tcp::connect_tcp;
 use efaprobe::probe::{check_target, AddressReport, FailureReason, TargetReport, TargetSpec};
 use serde_json::Value;
+use support::agent::BIN;
 use support::netns::{can_run, Netns, Pair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 
 /// How long a real server may take to start listening (Prometheus is the slow one).
 const STARTUP_LIMIT: Duration = Duration::from_secs(60);

@@ -2,7 +2,7 @@
 //! open-files limit (`prlimit --nofile=1024`): idle connections and slow-header clients
 //! ("slowloris") neither starve it of descriptors nor change its peers' verdicts.
 
-mod support;
+use crate::support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use support::process::{wait_until, Process};
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
+use support::agent::{terminate, BIN};
 
 /// The attack, as the issue measured it: idle connections beyond the container's soft
 /// limit of 1024, and slow-header clients on top.
@@ -205,6 +205,9 @@ fn attack(port: u16, running: &AtomicBool) -> AttackReport {
 
 #[test]
 fn idle_and_slow_clients_neither_starve_the_agent_nor_change_verdicts() {
+    // 1400 client sockets and two agents: its timings must not share the cores with another
+    // heavy test.
+    let _heavy = crate::one_heavy_at_a_time();
     let Ok(prlimit) = Command::new("prlimit").arg("--version").output() else {
         panic!("prlimit (util-linux) is needed to run the agent under a soft limit of 1024");
     };
@@ -319,8 +322,8 @@ fn idle_and_slow_clients_neither_starve_the_agent_nor_change_verdicts() {
         "a slow-header connection lived too long: {report:?}"
     );
 
-    assert_eq!(a.stop(), Some(0), "exit 0 on SIGTERM");
-    assert_eq!(b.stop(), Some(0));
+    assert_eq!(terminate(a), Some(0), "exit 0 on SIGTERM");
+    assert_eq!(terminate(b), Some(0));
     let log = std::fs::read_to_string(&a_log).unwrap();
     assert!(
         !log.contains("out of file descriptors") && !log.contains("Too many open files"),

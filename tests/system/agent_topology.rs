@@ -3,76 +3,75 @@
 //! dropped, nodes in different subnets are diagnosed `cross_subnet` and nodes in one subnet
 //! `security_group`, on both sides. A slow IMDS does not delay start-up beyond its timeout.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::agent::{Agent, RunningAgent};
+use support::imds::FakeImds;
 use support::metrics::{parse, value, Sample};
 use support::netns::{can_run, http_get, local_http_get, Netns, Pair};
-use support::process::{wait_until, Process};
+use support::process::wait_until;
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
-const FAKE_IMDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fake-imds.py");
 const PORT: u16 = 9476;
 const IMDS: &str = "127.0.0.1:8169";
 
-fn fake_imds(ns: &Netns, instance: &str, subnet: &str, extra: &[&str]) -> Process {
-    let mut cmd = ns.command("python3");
-    cmd.args([FAKE_IMDS, "--listen", IMDS, "--instance-id", instance])
-        .args([
-            "--instance-type",
-            "p5.48xlarge",
-            "--az",
-            "us-east-1a",
-            "--subnet",
-            subnet,
-        ])
-        .args(["--vpc", "vpc-0test", "--security-groups", "sg-0efa"])
-        .args([
-            "--mac",
-            "0a:00:00:00:00:01",
-            "--placement-group",
-            "pg-train",
-        ])
-        .args(extra);
-    Process::spawn(&mut cmd)
+fn fake_imds(ns: &Netns, instance: &str, subnet: &str, extra: &[&str]) -> FakeImds {
+    let mut args = vec!["--instance-id", instance];
+    args.extend([
+        "--instance-type",
+        "p5.48xlarge",
+        "--az",
+        "us-east-1a",
+        "--subnet",
+        subnet,
+    ]);
+    args.extend(["--vpc", "vpc-0test", "--security-groups", "sg-0efa"]);
+    args.extend([
+        "--mac",
+        "0a:00:00:00:00:01",
+        "--placement-group",
+        "pg-train",
+    ]);
+    args.extend(extra);
+    FakeImds::start_in(ns, IMDS, &args)
 }
 
-fn agent(ns: &Netns, name: &str, ip: &str, peer_ip: &str) -> Process {
-    let mut cmd = ns.command(BIN);
-    cmd.args(["agent", "--node-name", name])
-        .args(["--listen", &format!("{ip}:{PORT}"), "--pod-ip", ip])
-        .args(["--peers", &format!("{peer_ip}:{PORT}")])
+fn agent<'ns>(ns: &'ns Netns, name: &str, ip: &str, peer_ip: &str) -> RunningAgent<'ns> {
+    Agent::new(name)
+        .ns(ns)
+        .listen(format!("{ip}:{PORT}"))
+        .args(["--pod-ip", ip])
+        .peers(&format!("{peer_ip}:{PORT}"))
         .args(["--fabric-provider", "udp;ofi_rxd"])
-        .args([
-            "--imds-endpoint",
-            &format!("http://{IMDS}"),
-            "--imds-timeout",
-            "2s",
-        ])
-        .args(["--interval", "1s", "--timeout", "400ms"]);
-    Process::spawn(&mut cmd)
+        .imds(&format!("http://{IMDS}"))
+        .args(["--imds-timeout", "2s"])
+        .args(["--interval", "1s", "--timeout", "400ms"])
+        .spawn()
 }
 
 /// An agent on loopback without a fabric nor peers, reading instance metadata from
 /// 127.0.0.1:`imds_port`.
-fn ip_only_agent(name: &str, port: u16, imds_port: u16, imds_timeout: &str) -> Process {
-    Process::spawn(
-        Command::new(BIN)
-            .args(["agent", "--node-name", name])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args([
-                "--fabric-provider",
-                "none",
-                "--interval",
-                "1s",
-                "--timeout",
-                "500ms",
-            ])
-            .args(["--imds-endpoint", &format!("http://127.0.0.1:{imds_port}")])
-            .args(["--imds-timeout", imds_timeout]),
-    )
+fn ip_only_agent(
+    name: &str,
+    port: u16,
+    imds_port: u16,
+    imds_timeout: &str,
+) -> RunningAgent<'static> {
+    Agent::new(name)
+        .listen(format!("127.0.0.1:{port}"))
+        .args([
+            "--fabric-provider",
+            "none",
+            "--interval",
+            "1s",
+            "--timeout",
+            "500ms",
+        ])
+        .imds(&format!("http://127.0.0.1:{imds_port}"))
+        .args(["--imds-timeout", imds_timeout])
+        .spawn()
 }
 
 fn scrape(ns: &Netns, ip: &str) -> Vec<Sample> {
@@ -89,7 +88,6 @@ const DROP_FABRIC: &str = "table inet efp_sg {
 fn diagnose(pair: &Pair, subnet_a: &str, subnet_b: &str, reason: &str, sentence: &str) {
     let _imds_a = fake_imds(&pair.a, "i-0aaaa", subnet_a, &[]);
     let _imds_b = fake_imds(&pair.b, "i-0bbbb", subnet_b, &[]);
-    std::thread::sleep(Duration::from_millis(500)); // the fake servers bind
     let _a = agent(&pair.a, "node-a", &pair.a_ip, &pair.b_ip);
     let _b = agent(&pair.b, "node-b", &pair.b_ip, &pair.a_ip);
     let sides = [
@@ -167,19 +165,8 @@ fn fabric_drops_are_explained_by_placement() {
 #[test]
 fn a_slow_imds_does_not_delay_start_up_beyond_its_timeout() {
     // Loopback only: the fake answers every request after 10 s.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let imds_port = listener.local_addr().unwrap().port();
-    drop(listener);
-    let mut cmd = Command::new("python3");
-    cmd.args([
-        FAKE_IMDS,
-        "--listen",
-        &format!("127.0.0.1:{imds_port}"),
-        "--delay",
-        "10",
-    ]);
-    let _imds = Process::spawn(&mut cmd);
-    std::thread::sleep(Duration::from_millis(500));
+    let imds = FakeImds::start(&["--delay", "10"]);
+    let imds_port = imds.addr.port();
 
     let port = 27_781;
     let started = Instant::now();
@@ -217,15 +204,10 @@ fn topology_that_arrives_late_is_still_read() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Now instance metadata comes up: the agent's retries find it.
-    let mut imds = Command::new("python3");
-    imds.args([
-        FAKE_IMDS,
-        "--listen",
+    let _imds = FakeImds::start_on(
         &format!("127.0.0.1:{imds_port}"),
-        "--subnet",
-        "subnet-0late",
-    ]);
-    let _imds = Process::spawn(&mut imds);
+        &["--subnet", "subnet-0late"],
+    );
     let started = Instant::now();
     while metric("efa_node_topology_available") != Some(1.0) {
         assert!(

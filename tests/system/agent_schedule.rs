@@ -4,17 +4,17 @@
 //! `efaprobe simulate-peers` (hellos over HTTP and fabric responders on loopback), plus one
 //! address where nothing listens.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::agent::{simulate_peers, Agent, RunningAgent, BIN};
+use support::imds::FakeImds;
 use support::metrics::{parse, value};
 use support::netns::local_http_get;
-use support::process::{simulate_peers, Process};
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const SIM_PORT: u16 = 27_811;
 const AGENT_PORT: u16 = 27_812;
 const PEERS: usize = 24;
@@ -23,11 +23,9 @@ const PROVIDER: &str = "udp;ofi_rxd";
 const ENGINES: &[&str] = &["--fabric-engines", "4"];
 const DEAD: &str = "127.1.7.200:27811";
 
-/// Each test runs a simulator with 4 responders and an agent: on two cores, one at a time.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock().unwrap_or_else(|e| e.into_inner())
-}
+// Each test runs a simulator with 4 responders and an agent: on two cores, one at a time
+// (with the other heavy tests).
+use crate::one_heavy_at_a_time as one_at_a_time;
 
 fn scrape(port: u16) -> Option<String> {
     local_http_get(&format!("127.0.0.1:{port}"), "/metrics")
@@ -42,19 +40,27 @@ fn peers_with_series(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// An agent on loopback probing `peers` every second, a new sample window every round.
-fn agent(name: &str, port: u16, imds: &str, extra: &[&str], peers: &str) -> Process {
-    Process::spawn(
-        Command::new(BIN)
-            .args(["agent", "--node-name", name])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--pod-ip", "127.0.0.1", "--imds-endpoint", imds])
-            .args(["--fabric-provider", PROVIDER, "--fabric-bind", "127.0.0.1"])
-            .args(["--interval", "1s", "--sample-rotation", "1"])
-            .args(["--per-peer-metrics", "all"])
-            .args(extra)
-            .args(["--peers", peers]),
-    )
+/// An agent on loopback probing `peers` every second, a new sample window every round;
+/// `imds`, if any, its fake instance-metadata server.
+fn agent(
+    name: &str,
+    port: u16,
+    imds: Option<&FakeImds>,
+    extra: &[&str],
+    peers: &str,
+) -> RunningAgent<'static> {
+    let mut agent = Agent::new(name)
+        .listen(format!("127.0.0.1:{port}"))
+        .args(["--pod-ip", "127.0.0.1"])
+        .args(["--fabric-provider", PROVIDER, "--fabric-bind", "127.0.0.1"])
+        .args(["--interval", "1s", "--sample-rotation", "1"])
+        .args(["--per-peer-metrics", "all"])
+        .args(extra)
+        .peers(peers);
+    if let Some(imds) = imds {
+        agent = agent.imds(&imds.endpoint());
+    }
+    agent.spawn()
 }
 
 #[test]
@@ -68,7 +74,7 @@ fn a_small_budget_rotates_through_every_peer_and_watches_the_unreachable_one() {
     let _agent = agent(
         "sched-observer",
         AGENT_PORT,
-        "none",
+        None,
         &["--timeout", "300ms", "--probe-budget", "5"],
         &peers,
     );
@@ -144,7 +150,6 @@ fn the_own_placement_group_is_meshed_and_the_others_sampled() {
     let _one_at_a_time = one_at_a_time();
     const SIM_PORT: u16 = 27_821;
     const AGENT_PORT: u16 = 27_822;
-    const IMDS: &str = "127.0.0.1:27823";
     let dir = tempfile::tempdir().unwrap();
     // Peer i (0-based) is in placement group mesh-pg-(i mod 3); this node is in mesh-pg-0.
     let (_sim, peers) = simulate_peers(
@@ -158,23 +163,29 @@ fn the_own_placement_group_is_meshed_and_the_others_sampled() {
         let index: usize = name.trim_start_matches("mesh-").parse().unwrap();
         (index - 1) % 3 == 0
     };
-    let _imds = Process::spawn(
-        Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../scripts/fake-imds.py"
-            ))
-            .args(["--listen", IMDS, "--instance-id", "i-0mesh"])
-            .args(["--instance-type", "p5.48xlarge", "--az", "sim-zone-a"])
-            .args(["--subnet", "subnet-mesh", "--vpc", "vpc-sim"])
-            .args(["--security-groups", "sg-sim", "--mac", "0a:00:00:00:ff:01"])
-            .args(["--placement-group", "mesh-pg-0"]),
-    );
+    let imds = FakeImds::start(&[
+        "--instance-id",
+        "i-0mesh",
+        "--instance-type",
+        "p5.48xlarge",
+        "--az",
+        "sim-zone-a",
+        "--subnet",
+        "subnet-mesh",
+        "--vpc",
+        "vpc-sim",
+        "--security-groups",
+        "sg-sim",
+        "--mac",
+        "0a:00:00:00:ff:01",
+        "--placement-group",
+        "mesh-pg-0",
+    ]);
     // 12 peers a round out of 24: the 8 of its own group, 3 of the 16 others, 1 to spare.
     let _agent = agent(
         "mesh-observer",
         AGENT_PORT,
-        &format!("http://{IMDS}"),
+        Some(&imds),
         &[
             "--timeout",
             "500ms",

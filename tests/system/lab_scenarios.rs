@@ -7,19 +7,19 @@
 //! The dashboard's queries run against the same Prometheus: each must parse everywhere and
 //! return data in at least one scenario.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::agent::BIN;
 use support::metrics::{parse, value, Sample};
 use support::netns::can_run;
 use support::process::wait_until;
 use support::prometheus::{alerts_of, dashboard_queries, urlencode, Alert};
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const INTERVAL: Duration = Duration::from_secs(1);
 const SYS: &str = "198.18.100.10";
 
@@ -453,6 +453,7 @@ fn assert_lab_tools() {
 
 #[test]
 fn every_scenario_is_detected_alerted_and_healed() {
+    let _heavy = crate::one_heavy_at_a_time();
     if !can_run("every_scenario_is_detected_alerted_and_healed") {
         return;
     }
@@ -544,6 +545,7 @@ fn every_scenario_is_detected_alerted_and_healed() {
 /// must let through, still end it, which is what the README says remains.
 #[test]
 fn a_stray_datagram_from_outside_the_agents_is_dropped_and_one_from_an_agent_is_not() {
+    let _heavy = crate::one_heavy_at_a_time();
     let test = "a_stray_datagram_from_outside_the_agents_is_dropped_and_one_from_an_agent_is_not";
     if !can_run(test) {
         return;

@@ -4,10 +4,9 @@
 //! address, which no test may use (the default endpoint is not used anywhere below).
 //! Needs `python3`.
 
-use std::io::{BufRead, BufReader};
+use crate::support;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use efaprobe::probe::http::http_request;
@@ -15,67 +14,10 @@ use efaprobe::probe::tcp::connect_tcp;
 use efaprobe::topology::{fetch_topology, NetworkInterface, Topology, TopologyError};
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, StatusCode};
+use support::imds::FakeImds;
 
-/// How long the fake may take to start listening.
-const START_LIMIT: Duration = Duration::from_secs(10);
 /// Time allowed beyond a fetch's own timeout, for scheduling noise.
 const MARGIN: Duration = Duration::from_millis(300);
-
-/// A running `scripts/fake-imds.py`, killed and reaped when dropped.
-struct FakeImds {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl FakeImds {
-    /// Starts the fake on 127.0.0.1 with a port the kernel picks, and waits until it
-    /// listens (it prints `listening on IP:PORT`).
-    fn start(args: &[&str]) -> FakeImds {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fake-imds.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
-        let stdout = child.stdout.take().unwrap();
-        // Read the first line on a thread, so a fake that never prints cannot hang the test.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let mut fake = FakeImds {
-            child,
-            addr: ([127, 0, 0, 1], 0).into(),
-        };
-        let line = rx
-            .recv_timeout(START_LIMIT)
-            .unwrap_or_else(|_| panic!("fake IMDS did not start within {START_LIMIT:?}"));
-        fake.addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("fake IMDS said {line:?}, not `listening on IP:PORT`"));
-        assert!(fake.addr.ip().is_loopback());
-        fake
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for FakeImds {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const PRIMARY_MAC: &str = "0e:4a:00:00:00:01";
 const EXTRA_MAC: &str = "0e:4a:00:00:00:02";

@@ -6,7 +6,7 @@
 //! node-action ClusterRole (there is no API server on these machines); the agent finds it
 //! through KUBECONFIG, as kube's client does outside a cluster.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,7 +17,7 @@ use std::time::Duration;
 use support::metrics::{parse, value};
 use support::process::{wait_until, Process};
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
+use support::agent::{terminate, BIN};
 
 /// Answers every request with 403, as an API server does outside the RBAC; records
 /// `METHOD PATH` of each.
@@ -219,8 +219,8 @@ fn refused_node_actions_leave_probing_alone_and_are_logged_once() {
         "only its own node: {requests:?}"
     );
 
-    assert_eq!(a.stop(), Some(0), "exit 0 on SIGTERM");
-    let _ = b.stop();
+    assert_eq!(terminate(a), Some(0), "exit 0 on SIGTERM");
+    let _ = terminate(b);
     let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
     for action in ["\"condition\"", "\"events\"", "\"taint\""] {
         let lines = log

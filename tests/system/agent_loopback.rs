@@ -3,27 +3,19 @@
 //! metric; bad settings exit 64, all reported at once; a taken port is said plainly; SIGTERM
 //! exits 0.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::agent::{Agent, RunningAgent, BIN};
 use support::metrics::{parse, value};
-use support::process::Process;
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
-
-/// An agent on loopback. Never the real instance-metadata address: tests name their IMDS, or
-/// none.
-fn start_agent(args: &[&str]) -> Process {
-    Process::spawn(
-        Command::new(BIN)
-            .arg("agent")
-            .args(["--imds-endpoint", "none"])
-            .args(args),
-    )
+/// An agent on loopback, its node name among `args`.
+fn start_agent(args: &[&str]) -> RunningAgent<'static> {
+    Agent::unnamed().args(args).spawn()
 }
 
 /// A plain HTTP GET on loopback, bounded.
@@ -329,10 +321,9 @@ fn bad_settings_exit_64_naming_the_setting() {
         ),
         (vec!["--node-name", "n", "--target", "nats=:4222"], "target"),
     ] {
-        let out = Command::new(BIN)
-            .arg("agent")
-            .args(["--imds-endpoint", "none"])
+        let out = Agent::unnamed()
             .args(&args)
+            .command()
             .env_remove("NODE_NAME")
             .output()
             .unwrap();
@@ -341,9 +332,8 @@ fn bad_settings_exit_64_naming_the_setting() {
         assert!(err.contains(setting), "{args:?}: {err}");
     }
     // Read from the environment too, as a DaemonSet passes it.
-    let out = Command::new(BIN)
-        .arg("agent")
-        .args(["--imds-endpoint", "none"])
+    let out = Agent::unnamed()
+        .command()
         .env("NODE_NAME", "Bad_Name")
         .output()
         .unwrap();

@@ -6,17 +6,14 @@
 //! only where series exist, and the alerts must say it once in each mode: EFAPeerDown from
 //! the nodes that name their peers, EFANodePeersUnhealthy from the node that only counts them.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::netns::local_http_get;
-use support::process::{simulate_peers, Process};
+use support::agent::{simulate_peers, Agent, RunningAgent};
 use support::prometheus::{dashboard_panels, LocalPrometheus};
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const SIM_PORT: u16 = 27_831;
 const PROMETHEUS_PORT: u16 = 27_835;
 const PEERS: usize = 6;
@@ -189,42 +186,35 @@ fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
 
 #[test]
 fn every_mode_shows_the_dead_peer_in_the_dashboard_and_alerts_once() {
+    let _heavy = crate::one_heavy_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (_sim, listed) =
         simulate_peers(dir.path(), "dashpeer", PEERS, ("127.1.9.1", SIM_PORT), &[]);
     let peers = format!("{listed},{DEAD}");
-    let _agents: Vec<Process> = MODES
+    let mut agents: Vec<RunningAgent> = MODES
         .iter()
         .map(|(mode, port)| {
-            Process::spawn(
-                Command::new(BIN)
-                    .args(["agent", "--node-name", &node(mode)])
-                    .args(["--listen", &format!("127.0.0.1:{port}")])
-                    .args(["--pod-ip", "127.0.0.1", "--imds-endpoint", "none"])
-                    .args([
-                        "--fabric-provider",
-                        "udp;ofi_rxd",
-                        "--fabric-bind",
-                        "127.0.0.1",
-                    ])
-                    .args(["--interval", "1s", "--timeout", "300ms"])
-                    .args(["--per-peer-metrics", mode, "--peers", &peers]),
-            )
+            Agent::new(&node(mode))
+                .listen(format!("127.0.0.1:{port}"))
+                .args(["--pod-ip", "127.0.0.1"])
+                .args([
+                    "--fabric-provider",
+                    "udp;ofi_rxd",
+                    "--fabric-bind",
+                    "127.0.0.1",
+                ])
+                .args(["--interval", "1s", "--timeout", "300ms"])
+                .args(["--per-peer-metrics", mode])
+                .peers(&peers)
+                .spawn()
         })
         .collect();
     let targets: Vec<(String, String)> = MODES
         .iter()
         .map(|(mode, port)| (node(mode), format!("127.0.0.1:{port}")))
         .collect();
-    for (_, address) in &targets {
-        let started = Instant::now();
-        while local_http_get(address, "/healthz").is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "agent {address} never listened"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    for agent in &mut agents {
+        agent.wait_ready();
     }
     let scraped: Vec<(&str, String)> = targets
         .iter()

@@ -8,7 +8,7 @@
 //! the re-list picks up what changed meanwhile without resetting known peers' ages. Every
 //! request is a GET on pods in the agent's own namespace with its selector.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use efaprobe::discovery::kubernetes::watch_pods;
 use efaprobe::discovery::PeerSet;
-use support::process::Process;
+use support::agent::{Agent, RunningAgent};
 
 const NAMESPACE: &str = "efa-disc";
 const SELECTOR: &str = "app.kubernetes.io/name=efaprobe";
@@ -416,14 +416,13 @@ async fn an_unreachable_api_keeps_the_watch_alive_and_the_set_empty() {
 }
 
 /// An agent process on a loopback address of its own, killed on drop.
-fn local_agent(name: &str, ip: &str, port: u16) -> Process {
-    Process::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_efaprobe"))
-            .args(["agent", "--node-name", name, "--imds-endpoint", "none"])
-            .args(["--listen", &format!("{ip}:{port}"), "--fabric-bind", ip])
-            .args(["--fabric-provider", "udp;ofi_rxd"])
-            .args(["--interval", "1s", "--timeout", "400ms"]),
-    )
+fn local_agent(name: &str, ip: &str, port: u16) -> RunningAgent<'static> {
+    Agent::new(name)
+        .listen(format!("{ip}:{port}"))
+        .args(["--fabric-bind", ip])
+        .args(["--fabric-provider", "udp;ofi_rxd"])
+        .args(["--interval", "1s", "--timeout", "400ms"])
+        .spawn()
 }
 
 /// Rollouts through the monitor: the watcher's sets drive a real PeerMonitor (with an rxd
@@ -511,8 +510,8 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
     };
 
     // 1. Pod a's agent runs; the pod becomes Ready: unknown during its grace, then healthy.
-    let _agent_a = local_agent("node-a", "127.0.0.2", AGENT_PORT);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut _agent_a = local_agent("node-a", "127.0.0.2", AGENT_PORT);
+    tokio::task::block_in_place(|| _agent_a.wait_ready());
     api.put(pod("a", "Running", Some(true), Some("127.0.0.2")));
     wait_for(&mut rx, "a is a peer", |s| s.len() == 1).await;
     rounds_until(

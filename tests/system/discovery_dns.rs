@@ -8,7 +8,7 @@
 //! set follows; an unresolvable name with `--once` -> exit 1 and a message naming it. Nothing
 //! leaves the namespace: it has only a loopback interface.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,10 +17,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::agent::BIN;
 use support::netns::{can_run, Netns};
 use support::process::Process;
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const NS: &str = "efp-dnsdisc";
 const NAME: &str = "peers.efp-dnsdisc.test";
 const PORT: &str = "9476";

@@ -2,15 +2,15 @@
 //! the fabric's UDP dropped by nftables while TCP still passes (the EFA failure this product
 //! exists for), the responder killed mid-run, and recovery. Needs root; see support::netns.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::netns::{can_run, Pair};
-use support::process::Process;
+use support::agent::BIN;
+use support::netns::{can_run, run, Netns, Pair};
+use support::process::{wait_until, Process};
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PROVIDER: &str = "udp;ofi_rxd";
 const PORT: &str = "27810";
 
@@ -63,6 +63,17 @@ fn prober(pair: &Pair, args: &[&str]) -> Command {
     .args(["--peer", &format!("{}:{PORT}", pair.b_ip)])
     .args(args);
     c
+}
+
+/// A counter of `ns`'s own /proc/net/snmp: `protocol` ("Tcp", "Udp") and `name`.
+fn snmp_counter(ns: &Netns, protocol: &str, name: &str) -> u64 {
+    let out = run(ns.command("cat").arg("/proc/net/snmp"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{protocol}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let at = names.split_whitespace().position(|n| n == name).unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
 }
 
 fn report(out: &Output) -> serde_json::Value {
@@ -142,6 +153,7 @@ fn fabric_drop_is_told_apart_from_an_unreachable_peer() {
     assert_eq!(r["verdict"], "ok");
 
     // 4. The responder dies in the middle of a run: the prober says unreachable, in time.
+    let exchanges = snmp_counter(&pair.b, "Tcp", "PassiveOpens");
     let started = Instant::now();
     let running = prober(
         &pair,
@@ -150,6 +162,13 @@ fn fabric_drop_is_told_apart_from_an_unreachable_peer() {
     .stdout(Stdio::piped())
     .spawn()
     .unwrap();
+    // Killed mid-run: 500 ms into its pings, which start once it has the responder's address
+    // (its exchange connection, accepted in b), however long it took to start.
+    wait_until("the prober's exchange", Duration::from_secs(10), || {
+        (snmp_counter(&pair.b, "Tcp", "PassiveOpens") > exchanges)
+            .then_some(())
+            .ok_or_else(|| "no connection accepted yet".to_owned())
+    });
     std::thread::sleep(Duration::from_millis(500));
     responder.kill();
     let out = running.wait_with_output().unwrap();

@@ -3,24 +3,23 @@
 //! into datagrams near the link MTU) do not. The agent says `degraded`, reason `probe_size`,
 //! keeps the fabric reachable, and is healthy again once the rule goes.
 
-mod support;
+use crate::support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use support::agent::{Agent, RunningAgent};
 use support::metrics::{parse, value, Sample};
 use support::netns::{can_run, http_get, Netns, Pair};
-use support::process::{wait_until, Process};
+use support::process::wait_until;
 
-const BIN: &str = env!("CARGO_BIN_EXE_efaprobe");
 const PORT: u16 = 9476;
 
-fn agent(ns: &Netns, name: &str, ip: &str, peer: &str) -> Process {
-    let child = ns
-        .command(BIN)
-        .args(["agent", "--node-name", name, "--imds-endpoint", "none"])
-        .args(["--listen", &format!("{ip}:{PORT}"), "--pod-ip", ip])
-        .args(["--peers", &format!("{peer}:{PORT}")])
+fn agent<'ns>(ns: &'ns Netns, name: &str, ip: &str, peer: &str) -> RunningAgent<'ns> {
+    Agent::new(name)
+        .ns(ns)
+        .listen(format!("{ip}:{PORT}"))
+        .args(["--pod-ip", ip])
+        .peers(&format!("{peer}:{PORT}"))
         .args([
             "--fabric-provider",
             "udp;ofi_rxd",
@@ -30,11 +29,7 @@ fn agent(ns: &Netns, name: &str, ip: &str, peer: &str) -> Process {
             "500ms",
         ])
         .args(["--large-probe-sizes", "1024,8192"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
-        .expect("start agent");
-    Process(child)
 }
 
 fn scrape(ns: &Netns, ip: &str) -> Vec<Sample> {
