@@ -27,6 +27,9 @@ pub fn run(args: Args, refused: ConfigErrors) -> ExitCode {
         errors.print("check");
         return ExitCode::from(super::EXIT_USAGE);
     }
+    // The binary links libfabric, whose dependencies install fault handlers that exit 1: a
+    // crash must end this command by its signal too.
+    fabric::process::init();
     let runtime = match super::current_thread_runtime("check", ExitCode::FAILURE) {
         Ok(runtime) => runtime,
         Err(code) => return code,
