@@ -13,8 +13,21 @@ use serde::Serialize;
 const PROV_ERRNO_START: i32 = 4096;
 
 /// What an efa completion error says about the path, bounded (a label value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum EfaReason {
     /// The remote answered before and stopped (13, 4124): the peer's device or host went
     /// away, or a rule changed under an established path.
@@ -45,20 +58,8 @@ pub enum EfaReason {
 
 impl EfaReason {
     /// The label value; identical to the serde form.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EfaReason::RemoteUnresponsive => "remote_unresponsive",
-            EfaReason::UnreachableRemote => "unreachable_remote",
-            EfaReason::HandshakeFailed => "handshake_failed",
-            EfaReason::UnknownPeer => "unknown_peer",
-            EfaReason::ReceiverNotReady => "receiver_not_ready",
-            EfaReason::RemoteAbort => "remote_abort",
-            EfaReason::BadLength => "bad_length",
-            EfaReason::Flushed => "flushed",
-            EfaReason::ResourceExhausted => "resource_exhausted",
-            EfaReason::AddressInsert => "address_insert",
-            EfaReason::ProviderInternal => "provider_internal",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
     /// True where the path to the peer is at fault (not this node's own resources or a

@@ -18,7 +18,19 @@ use crate::probe::FailureReason;
 use crate::verdict::{DiagnosisReason, PeerState};
 
 /// Which path a peer probe used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum ProbePath {
     /// TCP/HTTP hello to the peer's agent.
     Ip,
@@ -27,13 +39,8 @@ pub enum ProbePath {
 }
 
 impl ProbePath {
-    pub const ALL: [ProbePath; 2] = [ProbePath::Ip, ProbePath::Fabric];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ProbePath::Ip => "ip",
-            ProbePath::Fabric => "fabric",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -42,7 +49,19 @@ impl ProbePath {
 /// IP failures keep the kind that points at a fix (the same words as [`FailureReason`]);
 /// fabric failures are either silent (`timeout`), reported by the provider
 /// (`provider_error`), or never sent (`error`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum ProbeResult {
     /// The peer answered.
     Ok,
@@ -66,30 +85,8 @@ pub enum ProbeResult {
 }
 
 impl ProbeResult {
-    pub const ALL: [ProbeResult; 9] = [
-        ProbeResult::Ok,
-        ProbeResult::Timeout,
-        ProbeResult::Refused,
-        ProbeResult::Unreachable,
-        ProbeResult::Reset,
-        ProbeResult::Dns,
-        ProbeResult::Protocol,
-        ProbeResult::ProviderError,
-        ProbeResult::Error,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ProbeResult::Ok => "ok",
-            ProbeResult::Timeout => "timeout",
-            ProbeResult::Refused => "refused",
-            ProbeResult::Unreachable => "unreachable",
-            ProbeResult::Reset => "reset",
-            ProbeResult::Dns => "dns",
-            ProbeResult::Protocol => "protocol",
-            ProbeResult::ProviderError => "provider_error",
-            ProbeResult::Error => "error",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -314,6 +311,7 @@ mod tests {
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::registry::Registry;
+    use strum::VariantArray;
 
     #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
     struct PeerLabels {
@@ -344,7 +342,7 @@ mod tests {
 
     #[test]
     fn bounded_labels_are_snake_case_words() {
-        let results: Vec<&str> = ProbeResult::ALL.iter().map(|r| r.as_str()).collect();
+        let results: Vec<&str> = ProbeResult::VARIANTS.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             results,
             [

@@ -71,6 +71,7 @@ use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use strum::VariantArray;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::metrics::counter::Counter;
@@ -544,7 +545,7 @@ impl Metrics {
         let mut groups = self.probe_groups.lock().unwrap_or_else(|p| p.into_inner());
         let (label, new) = groups.admit(group);
         if new {
-            for path in ProbePath::ALL {
+            for path in ProbePath::VARIANTS.iter().copied() {
                 for &result in ProbeResult::possible_on(path) {
                     create_series(
                         &self.probes,

@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use strum::VariantArray;
 
 /// The family's name in `# TYPE`; its samples are `<name>_total`.
 pub(super) const NAME: &str = "efa_node_action_errors";
@@ -13,7 +14,19 @@ const HELP: &str = "Failed writes of this node's actions through the Kubernetes 
                     not_found, invalid, server_error, unreachable)";
 
 /// What the agent writes to its Node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum NodeAction {
     Condition,
     Events,
@@ -21,17 +34,25 @@ pub enum NodeAction {
 }
 
 impl NodeAction {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            NodeAction::Condition => "condition",
-            NodeAction::Events => "events",
-            NodeAction::Taint => "taint",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
 /// Why a write failed, bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum NodeActionFailure {
     /// 403: the service account may not.
     Forbidden,
@@ -48,24 +69,8 @@ pub enum NodeActionFailure {
 }
 
 impl NodeActionFailure {
-    pub const ALL: [NodeActionFailure; 6] = [
-        NodeActionFailure::Forbidden,
-        NodeActionFailure::Conflict,
-        NodeActionFailure::NotFound,
-        NodeActionFailure::Invalid,
-        NodeActionFailure::ServerError,
-        NodeActionFailure::Unreachable,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            NodeActionFailure::Forbidden => "forbidden",
-            NodeActionFailure::Conflict => "conflict",
-            NodeActionFailure::NotFound => "not_found",
-            NodeActionFailure::Invalid => "invalid",
-            NodeActionFailure::ServerError => "server_error",
-            NodeActionFailure::Unreachable => "unreachable",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -91,7 +96,7 @@ impl NodeActionErrors {
     /// Creates `action`'s counters at 0 for every reason, so its first failure is an
     /// increase, not a new series. Only actions that are on get series.
     pub fn enable(&self, action: NodeAction) {
-        for reason in NodeActionFailure::ALL {
+        for reason in NodeActionFailure::VARIANTS.iter().copied() {
             let _ = self.family.get_or_create(&labels(action, reason));
         }
     }

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use strum::VariantArray;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -158,7 +159,7 @@ fn encode_per_peer(
          ip_blocked, down, degraded, unknown",
         None,
         peers.iter().flat_map(|(name, series)| {
-            PeerState::ALL.into_iter().map(move |state| {
+            PeerState::VARIANTS.iter().copied().map(move |state| {
                 (
                     (PeerName(name), StateLabels::of(state)),
                     i64::from(state == series.state),
@@ -183,7 +184,7 @@ fn encode_per_peer(
         "Round-trip time of the peer's last answered probe, per path",
         Some(&Unit::Seconds),
         peers.iter().flat_map(|(name, series)| {
-            ProbePath::ALL.into_iter().filter_map(move |path| {
+            ProbePath::VARIANTS.iter().copied().filter_map(move |path| {
                 let rtt = match path {
                     ProbePath::Ip => series.ip_rtt,
                     ProbePath::Fabric => series.fabric_rtt,
@@ -226,8 +227,9 @@ fn encode_aggregates(
         count(known),
     )?;
     let in_state = |state: PeerState| probed.values().filter(|s| s.state == state).count();
-    let unreachable = PeerState::ALL
-        .into_iter()
+    let unreachable = PeerState::VARIANTS
+        .iter()
+        .copied()
         .filter(|s| s.is_unreachable())
         .map(in_state)
         .sum();
@@ -244,8 +246,9 @@ fn encode_aggregates(
         "Peers this agent has a verdict for, by state; every state, 0 included, in every \
          per-peer mode",
         None,
-        PeerState::ALL
-            .into_iter()
+        PeerState::VARIANTS
+            .iter()
+            .copied()
             .map(|state| (StateLabels::of(state), count(in_state(state)))),
     )?;
     gauge_family(
@@ -255,8 +258,9 @@ fn encode_aggregates(
          fabric_dropped, down) or none (--per-peer-metrics; auto shows as what it \
          resolves to)",
         None,
-        PerPeerMode::ALL
-            .into_iter()
+        PerPeerMode::VARIANTS
+            .iter()
+            .copied()
             .map(|m| (ModeLabels { mode: m }, i64::from(m == mode))),
     )?;
     let by_role = schedule.map_or(&[][..], |s| s.by_role.as_slice());

@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use strum::VariantArray;
 
 use crate::state::PeerStatus;
 use crate::verdict::{DiagnosisReason, PeerState};
@@ -19,7 +20,8 @@ use crate::verdict::{DiagnosisReason, PeerState};
 pub const AUTO_ALL_MAX_PEERS: usize = 100;
 
 /// The `--per-peer-metrics` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum PerPeerMetrics {
     /// Every peer's series.
     All,
@@ -33,20 +35,8 @@ pub enum PerPeerMetrics {
 }
 
 impl PerPeerMetrics {
-    pub const ALL: [PerPeerMetrics; 4] = [
-        PerPeerMetrics::All,
-        PerPeerMetrics::Unhealthy,
-        PerPeerMetrics::None,
-        PerPeerMetrics::Auto,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            PerPeerMetrics::All => "all",
-            PerPeerMetrics::Unhealthy => "unhealthy",
-            PerPeerMetrics::None => "none",
-            PerPeerMetrics::Auto => "auto",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
     /// The mode in force for an agent with `peers` peers.
@@ -71,8 +61,9 @@ impl FromStr for PerPeerMetrics {
     type Err = String;
 
     fn from_str(text: &str) -> Result<PerPeerMetrics, String> {
-        PerPeerMetrics::ALL
-            .into_iter()
+        PerPeerMetrics::VARIANTS
+            .iter()
+            .copied()
             .find(|m| m.as_str() == text.trim())
             .ok_or_else(|| format!("{text:?} is not one of all, unhealthy, none, auto"))
     }
@@ -80,7 +71,10 @@ impl FromStr for PerPeerMetrics {
 
 /// The per-peer mode in force: the `mode` label of `efa_per_peer_metrics_mode` (`auto`
 /// shows as what it resolves to).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, strum::VariantArray, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum PerPeerMode {
     /// What `auto` is with no peers yet.
     #[default]
@@ -90,14 +84,8 @@ pub enum PerPeerMode {
 }
 
 impl PerPeerMode {
-    pub const ALL: [PerPeerMode; 3] = [PerPeerMode::All, PerPeerMode::Unhealthy, PerPeerMode::None];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            PerPeerMode::All => "all",
-            PerPeerMode::Unhealthy => "unhealthy",
-            PerPeerMode::None => "none",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
     /// Whether a peer in `state` has per-peer series in this mode. `unhealthy` means the
@@ -156,7 +144,7 @@ mod tests {
 
     #[test]
     fn settings_parse_and_auto_resolves_at_the_threshold() {
-        for setting in PerPeerMetrics::ALL {
+        for setting in PerPeerMetrics::VARIANTS.iter().copied() {
             assert_eq!(setting.as_str().parse(), Ok(setting));
         }
         assert!("some".parse::<PerPeerMetrics>().is_err());
@@ -171,8 +159,9 @@ mod tests {
 
     #[test]
     fn unhealthy_means_the_fault_states() {
-        let exported: Vec<&str> = PeerState::ALL
-            .into_iter()
+        let exported: Vec<&str> = PeerState::VARIANTS
+            .iter()
+            .copied()
             .filter(|s| PerPeerMode::Unhealthy.exports(*s))
             .map(PeerState::as_str)
             .collect();
@@ -180,7 +169,11 @@ mod tests {
             exported,
             ["fabric_dropped", "ip_blocked", "down", "degraded"]
         );
-        assert!(PeerState::ALL.iter().all(|s| PerPeerMode::All.exports(*s)));
-        assert!(!PeerState::ALL.iter().any(|s| PerPeerMode::None.exports(*s)));
+        assert!(PeerState::VARIANTS
+            .iter()
+            .all(|s| PerPeerMode::All.exports(*s)));
+        assert!(!PeerState::VARIANTS
+            .iter()
+            .any(|s| PerPeerMode::None.exports(*s)));
     }
 }

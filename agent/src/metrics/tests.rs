@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::time::Duration;
+use strum::VariantArray;
 
 use super::*;
 use crate::inventory::DeviceCounters;
@@ -322,14 +323,14 @@ fn a_peer_has_every_series_and_a_departed_one_has_none() {
 #[test]
 fn state_is_one_hot_across_changes() {
     let m = metrics();
-    for state in PeerState::ALL {
+    for state in PeerState::VARIANTS.iter().copied() {
         m.set_peer(&peer("gpu-1", state, Some(DiagnosisReason::IpTimeout)));
         let text = m.encode();
         let states: Vec<Sample> = with_label(&text, "peer", "gpu-1")
             .into_iter()
             .filter(|s| s.name == "efa_peer_state")
             .collect();
-        assert_eq!(states.len(), PeerState::ALL.len());
+        assert_eq!(states.len(), PeerState::VARIANTS.len());
         let hot: Vec<&str> = states
             .iter()
             .filter(|s| s.value == 1.0)
@@ -899,7 +900,7 @@ fn by_state(m: &Metrics) -> BTreeMap<String, f64> {
         .map(|s| (s.labels["state"].clone(), s.value))
         .collect();
     let states: Vec<&str> = found.keys().map(String::as_str).collect();
-    let mut all: Vec<&str> = PeerState::ALL.iter().map(|s| s.as_str()).collect();
+    let mut all: Vec<&str> = PeerState::VARIANTS.iter().map(|s| s.as_str()).collect();
     all.sort();
     assert_eq!(states, all, "every state, always");
     found
@@ -937,7 +938,7 @@ fn fresh(setting: PerPeerMetrics, peers: &[PeerStatus]) -> Fixture {
 }
 
 fn counts(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
-    let mut all: BTreeMap<String, f64> = PeerState::ALL
+    let mut all: BTreeMap<String, f64> = PeerState::VARIANTS
         .iter()
         .map(|s| (s.as_str().to_owned(), 0.0))
         .collect();
@@ -1035,7 +1036,7 @@ fn none_mode_has_no_per_peer_series_but_the_aggregates() {
     let m = metrics();
     m.set_per_peer_mode(PerPeerMetrics::None);
     assert_eq!(mode_in_gauge(&m), "none");
-    for (i, state) in PeerState::ALL.into_iter().enumerate() {
+    for (i, state) in PeerState::VARIANTS.iter().copied().enumerate() {
         m.set_peer(&peer(
             &format!("gpu-{i}"),
             state,

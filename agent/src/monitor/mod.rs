@@ -19,6 +19,7 @@ pub mod targets;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+use strum::VariantArray;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::StdRng;
@@ -299,7 +300,10 @@ impl PeerMonitor {
         self.retire_unscheduled(&plan, round);
         self.state.set_schedule(ProbeSchedule {
             capacity: plan.capacity,
-            by_role: Role::ALL.map(|r| (r.as_str(), plan.count(r))).to_vec(),
+            by_role: Role::VARIANTS
+                .iter()
+                .map(|&r| (r.as_str(), plan.count(r)))
+                .collect(),
         });
         let sizes = &self.settings.large_probe_sizes;
         // One larger size every other round, in turn: size-specific drops are configuration

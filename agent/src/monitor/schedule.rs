@@ -57,7 +57,19 @@ impl ScheduleConfig {
 }
 
 /// Why a peer is probed this round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Role {
     /// Not healthy, or its verdict is changing: kept in view whatever its group.
     Watch,
@@ -70,15 +82,8 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Watch, Role::Mesh, Role::Sample, Role::Learn];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Watch => "watch",
-            Role::Mesh => "mesh",
-            Role::Sample => "sample",
-            Role::Learn => "learn",
-        }
+        self.into()
     }
 }
 

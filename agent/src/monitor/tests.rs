@@ -7,6 +7,7 @@ use crate::fabric_ping::ProbeOutcome;
 use crate::metrics::{PerPeerMetrics, PerPeerMode};
 use crate::state::FabricStatus;
 use crate::verdict::FabricObservation;
+use strum::VariantArray;
 
 #[test]
 fn confirmations_wait_four_recent_answer_times_within_bounds() {
@@ -167,15 +168,16 @@ async fn assert_agree(app: &crate::http::AppState, mode: PerPeerMode) -> Vec<(St
         .collect();
     let mut exported = std::collections::BTreeSet::new();
     for ((name, state, ip), _) in listed.iter().zip(&probed).filter(|(_, p)| **p) {
-        let peer_state = PeerState::ALL
-            .into_iter()
+        let peer_state = PeerState::VARIANTS
+            .iter()
+            .copied()
             .find(|s| s.as_str() == state)
             .unwrap();
         if !mode.exports(peer_state) {
             continue;
         }
         exported.insert(name.clone());
-        for s in PeerState::ALL {
+        for s in PeerState::VARIANTS.iter().copied() {
             assert_eq!(
                 sample(
                     &metrics,
@@ -207,7 +209,7 @@ async fn assert_agree(app: &crate::http::AppState, mode: PerPeerMode) -> Vec<(St
         Some(listed.len() as f64),
         "{metrics}"
     );
-    for s in PeerState::ALL {
+    for s in PeerState::VARIANTS.iter().copied() {
         let n = listed
             .iter()
             .zip(&probed)
@@ -230,7 +232,7 @@ async fn assert_agree(app: &crate::http::AppState, mode: PerPeerMode) -> Vec<(St
 /// `/v1/peers` tell the same story, in every per-peer mode.
 #[tokio::test]
 async fn metrics_and_the_peer_list_agree_through_a_peers_life() {
-    for setting in PerPeerMetrics::ALL {
+    for setting in PerPeerMetrics::VARIANTS.iter().copied() {
         let mode = setting.resolve(1);
         let state = Arc::new(AgentState::new("observer", FabricStatus::default()));
         let metrics = Arc::new(Metrics::new("test", state.clone()));

@@ -10,8 +10,22 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 /// The kind of a failed check. Each kind points an operator at a different fix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum FailureReason {
     /// The name did not resolve (no answer, NXDOMAIN, no addresses).
     Dns,
@@ -32,28 +46,9 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    /// Every reason, in declaration order: for metrics that pre-register each label value.
-    pub const ALL: [FailureReason; 7] = [
-        FailureReason::Dns,
-        FailureReason::Timeout,
-        FailureReason::Refused,
-        FailureReason::Unreachable,
-        FailureReason::Reset,
-        FailureReason::Protocol,
-        FailureReason::HttpStatus,
-    ];
-
     /// The label value used in metrics and JSON; identical to the serde form.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::Dns => "dns",
-            FailureReason::Timeout => "timeout",
-            FailureReason::Refused => "refused",
-            FailureReason::Unreachable => "unreachable",
-            FailureReason::Reset => "reset",
-            FailureReason::Protocol => "protocol",
-            FailureReason::HttpStatus => "http_status",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
     /// Classifies an OS error from connecting to, reading from or writing to a peer.
@@ -111,10 +106,11 @@ impl ProbeFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::VariantArray;
 
     #[test]
     fn as_str_matches_serde_for_every_reason() {
-        for reason in FailureReason::ALL {
+        for reason in FailureReason::VARIANTS.iter().copied() {
             let json = serde_json::to_string(&reason).unwrap();
             assert_eq!(json, format!("\"{}\"", reason.as_str()));
             let back: FailureReason = serde_json::from_str(&json).unwrap();
@@ -125,7 +121,7 @@ mod tests {
 
     #[test]
     fn label_values_are_the_documented_ones() {
-        let labels: Vec<&str> = FailureReason::ALL.iter().map(|r| r.as_str()).collect();
+        let labels: Vec<&str> = FailureReason::VARIANTS.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             labels,
             [

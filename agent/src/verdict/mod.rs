@@ -20,8 +20,21 @@ use serde::Serialize;
 use diagnosis::Relation;
 
 /// The verdict for one peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum PeerState {
     Healthy,
     FabricDropped,
@@ -32,24 +45,8 @@ pub enum PeerState {
 }
 
 impl PeerState {
-    pub const ALL: [PeerState; 6] = [
-        PeerState::Healthy,
-        PeerState::FabricDropped,
-        PeerState::IpBlocked,
-        PeerState::Down,
-        PeerState::Degraded,
-        PeerState::Unknown,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            PeerState::Healthy => "healthy",
-            PeerState::FabricDropped => "fabric_dropped",
-            PeerState::IpBlocked => "ip_blocked",
-            PeerState::Down => "down",
-            PeerState::Degraded => "degraded",
-            PeerState::Unknown => "unknown",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
     /// Some path to the peer fails: `down`, `fabric_dropped` or `ip_blocked`.
@@ -62,8 +59,21 @@ impl PeerState {
 }
 
 /// Why a peer is not healthy, where it is known. Bounded: these are metric label values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum DiagnosisReason {
     /// The provider reported the fabric send failed (its text is in the peer's details).
     ProviderError,
@@ -100,42 +110,8 @@ pub enum DiagnosisReason {
 }
 
 impl DiagnosisReason {
-    pub const ALL: [DiagnosisReason; 15] = [
-        DiagnosisReason::ProviderError,
-        DiagnosisReason::FabricTimeout,
-        DiagnosisReason::PeerNoFabric,
-        DiagnosisReason::LocalNoFabric,
-        DiagnosisReason::ProviderMismatch,
-        DiagnosisReason::IpTimeout,
-        DiagnosisReason::IpRefused,
-        DiagnosisReason::IpError,
-        DiagnosisReason::IpProtocol,
-        DiagnosisReason::FabricLoss,
-        DiagnosisReason::HighLatency,
-        DiagnosisReason::CrossSubnet,
-        DiagnosisReason::CrossAz,
-        DiagnosisReason::SecurityGroup,
-        DiagnosisReason::ProbeSize,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DiagnosisReason::ProviderError => "provider_error",
-            DiagnosisReason::FabricTimeout => "fabric_timeout",
-            DiagnosisReason::PeerNoFabric => "peer_no_fabric",
-            DiagnosisReason::LocalNoFabric => "local_no_fabric",
-            DiagnosisReason::ProviderMismatch => "provider_mismatch",
-            DiagnosisReason::IpTimeout => "ip_timeout",
-            DiagnosisReason::IpRefused => "ip_refused",
-            DiagnosisReason::IpError => "ip_error",
-            DiagnosisReason::IpProtocol => "ip_protocol",
-            DiagnosisReason::FabricLoss => "fabric_loss",
-            DiagnosisReason::HighLatency => "high_latency",
-            DiagnosisReason::CrossSubnet => "cross_subnet",
-            DiagnosisReason::CrossAz => "cross_az",
-            DiagnosisReason::SecurityGroup => "security_group",
-            DiagnosisReason::ProbeSize => "probe_size",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -361,6 +337,7 @@ impl PeerVerdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::VariantArray;
     use DiagnosisReason as R;
     use FabricObservation as F;
     use IpObservation as I;
@@ -633,7 +610,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_documented_strings() {
-        let states: Vec<&str> = PeerState::ALL.iter().map(|s| s.as_str()).collect();
+        let states: Vec<&str> = PeerState::VARIANTS.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             states,
             [
@@ -645,10 +622,10 @@ mod tests {
                 "unknown"
             ]
         );
-        for s in PeerState::ALL {
+        for s in PeerState::VARIANTS.iter().copied() {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
-        for r in DiagnosisReason::ALL {
+        for r in DiagnosisReason::VARIANTS.iter().copied() {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
     }
