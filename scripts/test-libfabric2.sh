@@ -133,7 +133,12 @@ run_tests() { # LABEL EXE
     *) fail "$exe: libfabric not found in the chroot ($lib)" ;;
   esac
   echo "-- $label: $name (libfabric from $suite's $lib)"
-  [ -z "${EFAPROBE_TEST_LOCK:-}" ] || { exec 8>"$EFAPROBE_TEST_LOCK"; flock 8; }
+  if [ -n "${EFAPROBE_TEST_LOCK:-}" ]; then
+    local t=$(date +%s)
+    exec 8>"$EFAPROBE_TEST_LOCK"
+    flock 8
+    echo "   (waited $(( $(date +%s) - t ))s for $EFAPROBE_TEST_LOCK)"
+  fi
   in_trixie env "${chroot_env[@]}" "$exe" --test-threads=2 -q || fail "$label: $(basename "$exe")"
   [ -z "${EFAPROBE_TEST_LOCK:-}" ] || exec 8>&-
 }
@@ -157,7 +162,10 @@ for line in sys.stdin:
 # fabric-sys's unit tests, fabric's provider tests, the agent's loopback pings (fabric's own
 # unit tests call no libfabric).
 test_targets=(fabric_sys providers fabric_ping_loopback)
-cargo_targets=(-p fabric-sys -p fabric -p efaprobe --lib --test providers --test fabric_ping_loopback)
+# Only these targets are built there: fabric-sys's unit tests in one cargo run, the two
+# integration tests (which build the agent's binary too) in another; not the agent's own unit
+# tests, a second compile of the whole agent that this stage does not run.
+cargo_runs=("-p fabric-sys --lib" "-p fabric -p efaprobe --test providers --test fabric_ping_loopback")
 
 echo "== run time: the binaries built here (libfabric $(pkg-config --modversion libfabric)) against $suite's $libfabric_version"
 # The whole workspace's test build, as `cargo test --workspace` makes it (the same features,
@@ -172,12 +180,18 @@ echo "   run time stage: $(( $(date +%s) - t0 ))s"
 echo "== build time: built in the chroot against $suite's libfabric-dev $(in_trixie pkg-config --modversion libfabric)"
 t0=$(date +%s)
 log=$cache/build-$suite.log
-in_trixie env "${chroot_env[@]}" CARGO_TARGET_DIR="$trixie_target" \
-  cargo build --offline --locked -p efaprobe >"$log" 2>&1 \
-  || { tail -30 "$log" >&2; fail "cargo build -p efaprobe in $suite (log: $log)"; }
-exes=$(in_trixie env "${chroot_env[@]}" CARGO_TARGET_DIR="$trixie_target" \
-  cargo test --offline --locked --no-run --message-format=json "${cargo_targets[@]}" 2>>"$log" \
-  | test_executables "${test_targets[@]}") || { tail -30 "$log" >&2; fail "cargo test --no-run in $suite (log: $log)"; }
+: >"$log"
+# Line tables only: backtraces keep file and line, and the cold build links far less.
+build_env=(CARGO_TARGET_DIR="$trixie_target" CARGO_PROFILE_DEV_DEBUG=line-tables-only)
+exes=""
+for run in "${cargo_runs[@]}"; do
+  # shellcheck disable=SC2086 # each run is a list of cargo arguments
+  exes+=$(in_trixie env "${chroot_env[@]}" "${build_env[@]}" \
+    cargo test --offline --locked --no-run --message-format=json $run 2>>"$log" \
+    | test_executables "${test_targets[@]}") || { tail -30 "$log" >&2; fail "cargo test --no-run $run in $suite (log: $log)"; }
+  exes+=$'\n'
+done
+exes=${exes%$'\n'}
 [ "$(wc -l <<<"$exes")" -eq ${#test_targets[@]} ] \
   || fail "the $suite build gave $(wc -l <<<"$exes") of ${#test_targets[@]} test executables: $exes"
 echo "   built in $(( $(date +%s) - t0 ))s"
