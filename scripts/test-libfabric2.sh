@@ -19,6 +19,7 @@
 #
 # EFAPROBE_TEST_LOCK, if set, names a file whose flock the test runs (not the builds) hold: on
 # a machine shared by several checkouts, the loopback tests' fixed ports would collide.
+# Do not set it when the caller already holds that lock (a second flock of it would wait forever).
 #
 # It needs root (debootstrap, mounts, chroot): outside CI it skips with the reason, in CI
 # (CI=true) it fails. Mounts live in a private mount namespace, so they go when it ends.
