@@ -17,7 +17,8 @@
 
 # Base images, overridable: scripts/build-image.sh passes images it made with debootstrap
 # where no container registry can be reached. The build image needs a Rust toolchain
-# (workspace rust-version: 1.85) with cargo on PATH, on Debian bookworm like the runtime.
+# (workspace rust-version: 1.85) with cargo on PATH, on the runtime's Debian release: bookworm
+# (libfabric 1.17), or trixie for both (libfabric 2.1; docs/image-build.md says which to pick).
 ARG BUILD_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 

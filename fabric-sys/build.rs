@@ -5,6 +5,11 @@
 //! Most of libfabric's API is `static inline` functions over provider ops tables; bindgen's
 //! `wrap_static_fns` writes a C file of exported wrappers for them, which `cc` compiles here,
 //! so no list of functions is kept by hand.
+//!
+//! libfabric 2.x defines its deprecated macros (`FI_LOCAL_MR`, `FI_MR_BASIC`, ...) behind a
+//! `_Pragma` warning, which bindgen cannot evaluate, so they vanish from the bindings. The one
+//! `fabric` reads, `FI_LOCAL_MR`, is left out of the generated bindings for every header
+//! version and written out in src/lib.rs; `consts.c` gives its tests the header's value.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -15,6 +20,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed={DIR_ENV}");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
     println!("cargo:rerun-if-changed=wrapper.h");
+    println!("cargo:rerun-if-changed=consts.c");
 
     let include_dirs = match env::var_os(DIR_ENV) {
         Some(dir) => link_from_prefix(Path::new(&dir)),
@@ -34,6 +40,7 @@ fn main() {
         .allowlist_function("fi_.*")
         .allowlist_type("fi_.*|fid.*")
         .allowlist_var("FI_.*")
+        .blocklist_item("FI_LOCAL_MR")
         .wrap_static_fns(true)
         .wrap_static_fns_path(&wrappers)
         .derive_default(true)
@@ -49,6 +56,7 @@ fn main() {
     let mut build = cc::Build::new();
     build
         .file(wrappers.with_extension("c"))
+        .file("consts.c")
         .include(env!("CARGO_MANIFEST_DIR"))
         .warnings(false);
     for dir in &include_dirs {

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Builds the container image from the Dockerfile and checks it, without any container registry.
 #
-#   sudo scripts/build-image.sh [--tag NAME:TAG] [--rebuild-bases] [--record]
+#   sudo scripts/build-image.sh [--suite bookworm|trixie] [--tag NAME:TAG] [--rebuild-bases] [--record]
 #
-# 1. Base images, made once with debootstrap from Debian's packages (the apt sources of this
-#    machine) and `podman import`, and reused after that:
-#      localhost/efaprobe-runtime-base:bookworm   Debian bookworm, minbase, trimmed like -slim
-#      localhost/efaprobe-build-base:bookworm     the same plus gcc and this machine's Rust
-#                                                 toolchain (rustc --print sysroot, no docs)
+# --suite: the Debian release of the image, and so its libfabric: bookworm (the default,
+# libfabric 1.17) or trixie (libfabric 2.1, the generation of the AWS EFA installer);
+# docs/image-build.md says which to pick. The default tag is localhost/efaprobe:VERSION for
+# bookworm and localhost/efaprobe:VERSION-trixie for trixie.
+#
+# 1. Base images, made once with debootstrap from Debian's packages (the mirror this machine's
+#    apt sources name) and `podman import`, and reused after that:
+#      localhost/efaprobe-runtime-base:SUITE   Debian SUITE, minbase, trimmed like -slim
+#      localhost/efaprobe-build-base:SUITE     the same plus gcc and this machine's Rust
+#                                              toolchain (rustc --print sysroot, no docs)
 #    They stand in for the Dockerfile's defaults (rust:1-bookworm, debian:bookworm-slim) through
 #    its BUILD_IMAGE and RUNTIME_IMAGE arguments.
 # 2. `podman build --isolation chroot` (crates come from crates.io through cargo, packages from
@@ -15,21 +20,29 @@
 # 3. The check: containers cannot run here, so the image's filesystem is exported from a
 #    created (never started) container, and `efaprobe --version` and `fi_info -l` run in a
 #    chroot of it as uid 65532, the image's user.
-# --record writes the result into docs/image-build.md.
+# --record writes the result into docs/image-build.md, in the section of its suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tag="localhost/efaprobe:$(awk -F'"' '/^version/ {print $2; exit}' Cargo.toml)"
+version=$(awk -F'"' '/^version/ {print $2; exit}' Cargo.toml)
+suite=bookworm
+tag=""
 rebuild_bases=false
 record=false
 while [ $# -gt 0 ]; do
   case "$1" in
+    --suite) suite=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
     --rebuild-bases) rebuild_bases=true; shift ;;
     --record) record=true; shift ;;
-    *) echo "usage: $0 [--tag NAME:TAG] [--rebuild-bases] [--record]" >&2; exit 64 ;;
+    *) echo "usage: $0 [--suite bookworm|trixie] [--tag NAME:TAG] [--rebuild-bases] [--record]" >&2; exit 64 ;;
   esac
 done
+case "$suite" in
+  bookworm) tag=${tag:-localhost/efaprobe:$version} ;;
+  trixie) tag=${tag:-localhost/efaprobe:$version-trixie} ;;
+  *) echo "build-image: --suite $suite: want bookworm or trixie" >&2; exit 64 ;;
+esac
 
 [ "$(id -u)" -eq 0 ] || { echo "build-image: needs root (debootstrap, chroot)" >&2; exit 1; }
 need=()
@@ -41,7 +54,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-suite=bookworm
 runtime_base=localhost/efaprobe-runtime-base:$suite
 build_base=localhost/efaprobe-build-base:$suite
 start=$(date +%s)
@@ -53,26 +65,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# This machine's Debian sources (bookworm's deb822 file, or the one-line format), and the
-# mirror in them; other sources on this machine (third parties, keys the images lack) stay out.
-if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-  sources=/etc/apt/sources.list.d/debian.sources
-  mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$sources")
-else
-  sources=/etc/apt/sources.list
-  mirror=$(awk '$1 == "deb" && $0 !~ /security/ {print $2; exit}' "$sources" 2>/dev/null || true)
-fi
-[ -n "$mirror" ] || { echo "build-image: no Debian mirror in $sources" >&2; exit 1; }
+# The Debian mirrors this machine's apt sources name (either format), for the image's suite;
+# other sources on this machine (third parties, keys the images lack) stay out.
+# shellcheck source=scripts/debian-sources.sh
+. scripts/debian-sources.sh
+mirror=$(debian_mirror) || exit 1
+debian_sources "$suite" >"$work/debian.sources"
 
-# A root filesystem from debootstrap, with this machine's apt sources (so `apt-get install` in
-# the Dockerfile gets the security updates too) and the -slim trimming (no docs, man pages or
+# A root filesystem from debootstrap, with the suite's sources on this machine's mirrors (so
+# `apt-get install` in the Dockerfile gets the security updates too) and the -slim trimming (no docs, man pages or
 # locales, now or for packages installed later).
 make_rootfs() { # DIR [EXTRA_PACKAGES]
   local dir=$1 include=${2:-}
   timeout 1200 debootstrap --variant=minbase ${include:+--include="$include"} "$suite" "$dir" "$mirror" \
     >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; return 1; }
   rm -f "$dir/etc/apt/sources.list"
-  cp "$sources" "$dir$sources"
+  cp "$work/debian.sources" "$dir/etc/apt/sources.list.d/debian.sources"
   cat >"$dir/etc/dpkg/dpkg.cfg.d/slim" <<'EOF'
 path-exclude /usr/share/doc/*
 path-include /usr/share/doc/*/copyright
@@ -161,10 +169,13 @@ echo "== $tag: ${size_mb} MB, user $user, ${took}s"
 
 if $record; then
   doc=docs/image-build.md
-  mark='<!-- last result: written by scripts/build-image.sh --record -->'
-  [ -f "$doc" ] && grep -qF "$mark" "$doc" || { echo "build-image: $doc has no result marker" >&2; exit 1; }
+  mark="<!-- last result ($suite): written by scripts/build-image.sh --record -->"
+  [ -f "$doc" ] && grep -qF "$mark" "$doc" || { echo "build-image: $doc has no result marker for $suite" >&2; exit 1; }
+  # The suite's section is replaced: from its marker to the next heading or marker.
+  awk -v m="$mark" 'index($0, m) { print; exit } { print }' "$doc" >"$work/doc"
+  awk -v m="$mark" 'skip && (/^## / || /^<!-- last result/) { skip = 0; print ""; }
+                    !skip && seen { print } index($0, m) { seen = 1; skip = 1 }' "$doc" >"$work/doc.rest"
   {
-    awk -v m="$mark" '{ print } index($0, m) { exit }' "$doc"
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "- image: \`$tag\`, $size_mb MB (\`podman image inspect --format '{{.Size}}'\`: $size bytes), user \`$user\`"
@@ -175,6 +186,7 @@ if $record; then
     echo '  ```'
     echo "$providers" | sed 's/^/  /'
     echo '  ```'
-  } >"$work/doc" && mv "$work/doc" "$doc"
+    cat "$work/doc.rest"
+  } >>"$work/doc" && mv "$work/doc" "$doc"
   echo "== recorded in $doc"
 fi

