@@ -111,6 +111,8 @@ helm_render() { # NAME CHART [--set VALUES]
 helm_render defaults "$chart"
 # The values no overlay has, so their templates are validated too.
 helm_render ip-only-tuned "$chart" --set 'fabric.provider=none,probe.interval=10s,probe.timeout=2s,probe.budget=50,perPeerMetrics=unhealthy,discovery.peerGrace=1m,targets={nats=nats.system:4222,prom=prometheus.monitoring:9090},nodeSelector.efaprobe\.example/pool=gpu'
+# One node action on alone: its ClusterRole must grant exactly that action's verbs (invariants).
+helm_render efa-condition-only "$chart" --set 'fabric.provider=efa,nodeActions.events=false,nodeActions.startupTaintGate=false'
 compare=()
 for pair in "${pairs[@]}"; do
   name=${pair%%=*} values=${pair#*=}

@@ -37,3 +37,17 @@ privileged
 restricted
 {{- end -}}
 {{- end }}
+
+{{/* Whether node action `name` (condition, events, startupTaintGate) is on: "true" or "". Its
+value when set; empty follows the provider, on with efa, as the EFA overlay includes
+components/node-actions. */}}
+{{- define "efaprobe.nodeAction" -}}
+{{- $v := index .root.Values.nodeActions .name | toString -}}
+{{- if eq $v "" -}}
+{{- if eq (include "efaprobe.provider" .root) "efa" -}}true{{- end -}}
+{{- else if eq $v "true" -}}
+true
+{{- else if ne $v "false" -}}
+{{- fail (printf "nodeActions.%s: %q is not true, false or empty" .name $v) -}}
+{{- end -}}
+{{- end }}
