@@ -1,6 +1,7 @@
 //! The hello an agent serves at `/v1/hello` and fetches from each peer: who it is, and where
 //! its fabric endpoints are, so the fabric probe can go on when the IP path later fails.
 
+use fabric::EndpointAddress;
 use serde::{Deserialize, Serialize};
 
 /// Largest hello body accepted from a peer.
@@ -37,7 +38,7 @@ pub struct HelloFabric {
 pub struct HelloEndpoint {
     /// The libfabric domain (device).
     pub domain: String,
-    /// Raw fabric address, hex.
+    /// Raw fabric address, hex ([`EndpointAddress::to_hex`]).
     pub address: String,
     /// The provider's printable form.
     pub display: String,
@@ -48,7 +49,7 @@ impl HelloEndpoint {
     pub fn of(pinger: &crate::fabric_ping::FabricPinger) -> HelloEndpoint {
         HelloEndpoint {
             domain: pinger.domain().to_owned(),
-            address: crate::fabric_ping::exchange::encode_hex(pinger.address()),
+            address: pinger.address().to_hex(),
             display: pinger.address_display().to_owned(),
         }
     }
@@ -112,8 +113,7 @@ impl Hello {
             }
         }
         for ep in &self.fabric.endpoints {
-            if ep.address.len() > MAX_ADDRESS_HEX
-                || crate::fabric_ping::exchange::decode_hex(&ep.address).is_none()
+            if ep.address.len() > MAX_ADDRESS_HEX || EndpointAddress::from_hex(&ep.address).is_err()
             {
                 return invalid(
                     "fabric.endpoints.address",
@@ -130,7 +130,7 @@ impl Hello {
     /// The raw fabric address of endpoint `index`, if the peer has that many.
     pub fn fabric_address(&self, index: usize) -> Option<Vec<u8>> {
         let ep = self.fabric.endpoints.get(index)?;
-        crate::fabric_ping::exchange::decode_hex(&ep.address)
+        EndpointAddress::from_hex(&ep.address).ok().map(Vec::from)
     }
 }
 

@@ -5,7 +5,8 @@ use std::ptr::{self, NonNull};
 
 use fabric_sys as sys;
 
-use crate::av::{hex, AddressVector, FabricAddr};
+use crate::address::EndpointAddress;
+use crate::av::{AddressVector, FabricAddr};
 use crate::cq::{CompletionQueue, CqRead};
 use crate::domain::{close_fid, Domain};
 use crate::error::{check, CompletionError, Error, Result};
@@ -140,7 +141,7 @@ pub struct Endpoint {
     rx_cq: CompletionQueue,
     av: AddressVector,
     domain: Domain,
-    name: Vec<u8>,
+    name: EndpointAddress,
     addr_is_string: bool,
     completions: Vec<sys::fi_cq_msg_entry>,
 }
@@ -202,7 +203,7 @@ impl Endpoint {
             rx_cq,
             av,
             domain: domain.clone(),
-            name: Vec::new(),
+            name: EndpointAddress::default(),
             addr_is_string: false,
             completions: vec![sys::fi_cq_msg_entry::default(); 32],
         };
@@ -231,7 +232,7 @@ impl Endpoint {
         check(call, ret as isize).map(drop)
     }
 
-    fn read_name(&self) -> Result<Vec<u8>> {
+    fn read_name(&self) -> Result<EndpointAddress> {
         let mut buf = vec![0u8; 256];
         let mut len = buf.len();
         // SAFETY: buf is writable for len bytes; fi_getname writes at most len bytes and sets
@@ -245,11 +246,11 @@ impl Endpoint {
         };
         check("fi_getname", ret as isize)?;
         buf.truncate(len);
-        Ok(buf)
+        Ok(EndpointAddress::new(buf))
     }
 
     /// This endpoint's fabric address, to publish to peers.
-    pub fn name(&self) -> &[u8] {
+    pub fn name(&self) -> &EndpointAddress {
         &self.name
     }
 
@@ -310,7 +311,7 @@ impl Endpoint {
     pub fn display_address(&self, addr: &[u8]) -> String {
         match self.check_address(addr) {
             Ok(()) => self.av.straddr_checked(addr),
-            Err(_) => hex(addr),
+            Err(_) => EndpointAddress::from(addr).to_hex(),
         }
     }
 

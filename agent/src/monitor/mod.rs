@@ -726,7 +726,7 @@ impl PeerMonitor {
                     Some(Ok(handle)) => peer.fabric = Some((address, handle)),
                     Some(Err(e)) => {
                         tracing::warn!(peer = %peer.status.name, error = %e, "peer's fabric address refused");
-                        peer.status.fabric = not_probed("bad_address", e);
+                        peer.status.fabric = not_probed("bad_address", e.to_string());
                     }
                     None => {}
                 }
