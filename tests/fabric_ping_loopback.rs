@@ -112,7 +112,11 @@ fn missing_provider_exits_3_with_the_reason() {
 }
 
 fn engine(max_learned: usize) -> FabricPinger {
-    let mut config = PingerConfig::new("udp;ofi_rxd");
+    engine_on("udp;ofi_rxd", max_learned)
+}
+
+fn engine_on(provider: &str, max_learned: usize) -> FabricPinger {
+    let mut config = PingerConfig::new(provider);
     config.bind = Some("127.0.0.1".parse().unwrap());
     config.max_learned_peers = max_learned;
     fabric_ping::open_all(&config).unwrap().remove(0)
@@ -129,7 +133,11 @@ fn add(prober: &FabricPinger, responder: &FabricPinger) -> PeerHandle {
 
 /// A bare endpoint on the same provider, to send what no efaprobe would.
 fn raw_endpoint() -> Endpoint {
-    let list = InfoList::get(&Query::provider("udp;ofi_rxd").bind(Some("127.0.0.1"))).unwrap();
+    raw_endpoint_on("udp;ofi_rxd")
+}
+
+fn raw_endpoint_on(provider: &str) -> Endpoint {
+    let list = InfoList::get(&Query::provider(provider).bind(Some("127.0.0.1"))).unwrap();
     let domain = Domain::open(list.iter().next().unwrap().to_owned().unwrap()).unwrap();
     Endpoint::open(&domain, EndpointConfig::default()).unwrap()
 }
@@ -155,7 +163,10 @@ fn send(ep: &mut Endpoint, to: fabric::FabricAddr, bytes: &[u8]) {
     loop {
         match ep.send(to, bytes) {
             Ok(_) => return,
-            Err(e) if e.is_again() && Instant::now() < deadline => {
+            Err(e)
+                if (e.is_again() || matches!(e, fabric::Error::TxBusy(_)))
+                    && Instant::now() < deadline =>
+            {
                 ep.poll(&mut Vec::new(), &mut Vec::new()).unwrap();
             }
             Err(e) => panic!("raw send: {e}"),
@@ -177,7 +188,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
         kind: Kind::Ping,
         seq: 1,
         sender_id: 9,
-        send_ts: 0,
+        token: 0,
         dwell_ns: 0,
         unread_ns: 0,
         flags: 0,
@@ -197,7 +208,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
         kind: Kind::Ping,
         seq: 2,
         sender_id: 9,
-        send_ts: 0,
+        token: 0,
         dwell_ns: 0,
         unread_ns: 0,
         flags: 0,
@@ -223,7 +234,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
         kind: Kind::Pong,
         seq: 999_999,
         sender_id: 9,
-        send_ts: 0,
+        token: 0,
         dwell_ns: u64::MAX,
         unread_ns: 0,
         flags: 0,
@@ -273,7 +284,7 @@ fn learned_senders_are_bounded() {
             kind: Kind::Ping,
             seq: i as u64,
             sender_id: i as u64,
-            send_ts: 0,
+            token: 0,
             dwell_ns: 0,
             unread_ns: 0,
             flags: 0,
@@ -480,4 +491,111 @@ fn pairs_measure_the_path_and_single_pings_prove_it() {
     assert_eq!(stats.pings_sent, 2 * pairs + 5);
     assert_eq!(stats.pongs_received, 2 * pairs + 5);
     assert_eq!(responder.stats().pongs_dropped_backlog, 0);
+}
+
+/// A pong as a hostile endpoint writes it: `seq` and `token` are what it claims to answer.
+fn pong_bytes(seq: u64, token: u64) -> Vec<u8> {
+    use fabric_ping::wire::{Kind, Message};
+    let mut bytes = Vec::new();
+    Message {
+        kind: Kind::Pong,
+        seq,
+        sender_id: 66,
+        token,
+        dwell_ns: 0,
+        unread_ns: 0,
+        flags: 0,
+        address: &[],
+    }
+    .encode_into(64, &mut bytes);
+    bytes
+}
+
+/// The pings an endpoint received since the last call: (sender's address, seq, token).
+fn pings_received(ep: &mut Endpoint) -> Vec<(Vec<u8>, u64, u64)> {
+    use fabric_ping::wire::{Kind, Message};
+    let (mut events, mut data) = (Vec::new(), Vec::new());
+    ep.poll(&mut events, &mut data).unwrap();
+    events
+        .iter()
+        .filter_map(|e| match e {
+            fabric::Event::Received { data: r, .. } => Message::decode(&data[r.clone()]).ok(),
+            _ => None,
+        })
+        .filter(|m| m.kind == Kind::Ping)
+        .map(|m| (m.address.to_vec(), m.seq, m.token))
+        .collect()
+}
+
+/// Issue #15 item 3: a peer that reads the pings it receives and forges pongs for the next
+/// 40 sequence numbers (with the token it saw, and with guesses) cannot make a silent peer
+/// reachable; nor, where the provider names senders (tcp), can a pong that carries the
+/// silent peer's real token (read off its pings, as an eavesdropper could) but comes from
+/// another address.
+#[test]
+fn forged_pongs_do_not_make_a_silent_peer_reachable() {
+    let _busy = busy();
+    for provider in ["udp;ofi_rxd", "tcp"] {
+        let prober = engine_on(provider, 16);
+        let mut forger = raw_endpoint_on(provider);
+        let mut silent = raw_endpoint_on(provider);
+        let forger_peer = prober.add_peer(forger.name()).wait().unwrap().unwrap();
+        let silent_peer = prober.add_peer(silent.name()).wait().unwrap().unwrap();
+        let relays_from_another_address = provider == "tcp";
+
+        // Each round probes both at once, so the forger's pongs for the next sequence
+        // numbers arrive while the silent peer's probe is in flight.
+        let rounds = 8;
+        let probing = {
+            let prober = prober.clone();
+            std::thread::spawn(move || {
+                (0..rounds)
+                    .map(|_| {
+                        let to_forger = prober.probe(forger_peer, 64, Duration::from_millis(400));
+                        let to_silent = prober.probe(silent_peer, 64, Duration::from_millis(400));
+                        (to_forger.wait().unwrap(), to_silent.wait().unwrap())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let mut back_to_prober = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !probing.is_finished() && Instant::now() < deadline {
+            for (from, seq, token) in pings_received(&mut forger) {
+                let to = *back_to_prober.get_or_insert_with(|| forger.insert_peer(&from).unwrap());
+                // Its own ping answered honestly, then pongs for the next 40 sequence
+                // numbers with the token it saw and with a guess each.
+                send(&mut forger, to, &pong_bytes(seq, token));
+                for next in seq + 1..=seq + 40 {
+                    send(&mut forger, to, &pong_bytes(next, token));
+                    send(&mut forger, to, &pong_bytes(next, next));
+                }
+            }
+            for (_, seq, token) in pings_received(&mut silent) {
+                if let (true, Some(to)) = (relays_from_another_address, back_to_prober) {
+                    send(&mut forger, to, &pong_bytes(seq, token));
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(probing.is_finished(), "{provider}: probes did not finish");
+        let outcomes = probing.join().unwrap();
+        for (to_forger, to_silent) in &outcomes {
+            assert!(
+                matches!(to_forger, ProbeOutcome::Pong { .. }),
+                "{provider}: the forger answers its own pings: {to_forger:?}"
+            );
+            assert_eq!(
+                *to_silent,
+                ProbeOutcome::Timeout,
+                "{provider}: the silent peer was made to look reachable"
+            );
+        }
+        let stats = prober.stats();
+        assert!(stats.malformed["bad_token"] > 0, "{provider}: {stats:?}");
+        if relays_from_another_address {
+            assert!(stats.malformed["wrong_sender"] > 0, "{provider}: {stats:?}");
+        }
+        prober.shutdown();
+    }
 }

@@ -52,7 +52,12 @@ pub enum Event {
     /// The send failed, with the provider's reason.
     SendFailed(SendId, CompletionError),
     /// A message arrived; its bytes are this range of the caller's receive buffer.
-    Received(Range<usize>),
+    Received {
+        data: Range<usize>,
+        /// Its sender's handle, on an endpoint that [reports sources](Endpoint::reports_source)
+        /// and when the sender is in the address vector; `None` otherwise.
+        from: Option<FabricAddr>,
+    },
     /// A posted receive failed (its buffer is posted again).
     ReceiveFailed(CompletionError),
 }
@@ -144,6 +149,8 @@ pub struct Endpoint {
     name: EndpointAddress,
     addr_is_string: bool,
     completions: Vec<sys::fi_cq_msg_entry>,
+    /// Senders of the receive completions read (`FI_SOURCE`), when the provider reports them.
+    sources: Option<Vec<sys::fi_addr_t>>,
 }
 
 // SAFETY: every libfabric object here was opened with FI_THREAD_SAFE, and the slot pools are
@@ -206,6 +213,9 @@ impl Endpoint {
             name: EndpointAddress::default(),
             addr_is_string: false,
             completions: vec![sys::fi_cq_msg_entry::default(); 32],
+            sources: info
+                .reports_source()
+                .then(|| vec![sys::FI_ADDR_NOTAVAIL; 32]),
         };
         // From here on `ep` owns the endpoint and closes it on any error below.
         ep.bind(ep.av.as_fid(), 0, "fi_ep_bind(av)")?;
@@ -261,6 +271,11 @@ impl Endpoint {
     /// Whether the buffers are registered with the provider (`fi_mr_reg`).
     pub fn buffers_registered(&self) -> bool {
         self.tx.mem.is_registered() && self.rx.mem.is_registered()
+    }
+
+    /// Whether received messages name their sender (see [`Event::Received`]).
+    pub fn reports_source(&self) -> bool {
+        self.sources.is_some()
     }
 
     /// Largest message [`send`](Self::send) takes.
@@ -413,7 +428,7 @@ impl Endpoint {
 
     fn poll_tx(&mut self, events: &mut Vec<Event>) -> Result<()> {
         loop {
-            match self.tx_cq.read(&mut self.completions)? {
+            match self.tx_cq.read(&mut self.completions, None)? {
                 CqRead::Entries(0) => return Ok(()),
                 CqRead::Entries(n) => {
                     for i in 0..n {
@@ -438,7 +453,9 @@ impl Endpoint {
 
     fn poll_rx(&mut self, events: &mut Vec<Event>, rx_data: &mut Vec<u8>) -> Result<()> {
         loop {
-            let read = self.rx_cq.read(&mut self.completions)?;
+            let read = self
+                .rx_cq
+                .read(&mut self.completions, self.sources.as_deref_mut())?;
             if matches!(read, CqRead::Entries(0)) {
                 return Ok(());
             }
@@ -463,7 +480,16 @@ impl Endpoint {
                         if let Some(slot) = self.rx.slot_of(entry.op_context) {
                             let start = rx_data.len();
                             self.rx.copy_out(slot, entry.len, rx_data);
-                            events.push(Event::Received(start..rx_data.len()));
+                            let from = self
+                                .sources
+                                .as_ref()
+                                .map(|s| s[i])
+                                .filter(|a| *a != sys::FI_ADDR_NOTAVAIL)
+                                .map(FabricAddr);
+                            events.push(Event::Received {
+                                data: start..rx_data.len(),
+                                from,
+                            });
                             self.rx_unposted.push(slot);
                         }
                     }

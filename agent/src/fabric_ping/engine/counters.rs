@@ -17,15 +17,21 @@ pub enum MalformedReason {
     BadKind,
     /// A sender address that is not one of this provider's.
     BadAddress,
+    /// A pong for a ping in flight without that ping's token: forged, or not an answer.
+    BadToken,
+    /// A pong with the right token from another address than the ping went to.
+    WrongSender,
 }
 
 impl MalformedReason {
-    pub const ALL: [MalformedReason; 5] = [
+    pub const ALL: [MalformedReason; 7] = [
         MalformedReason::Truncated,
         MalformedReason::BadMagic,
         MalformedReason::BadVersion,
         MalformedReason::BadKind,
         MalformedReason::BadAddress,
+        MalformedReason::BadToken,
+        MalformedReason::WrongSender,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +41,8 @@ impl MalformedReason {
             MalformedReason::BadVersion => "bad_version",
             MalformedReason::BadKind => "bad_kind",
             MalformedReason::BadAddress => "bad_address",
+            MalformedReason::BadToken => "bad_token",
+            MalformedReason::WrongSender => "wrong_sender",
         }
     }
 }
@@ -156,7 +164,10 @@ mod tests {
         }
         let stats = counters.snapshot();
         assert_eq!(stats.malformed.len(), MalformedReason::ALL.len());
-        assert!(stats.malformed.values().all(|n| *n == 1), "{stats:?}");
+        assert_eq!(
+            stats.malformed.values().filter(|n| **n == 1).count(),
+            errors.len()
+        );
         assert_eq!(stats.malformed_total(), errors.len() as u64);
     }
 }

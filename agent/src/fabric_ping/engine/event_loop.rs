@@ -36,6 +36,9 @@ struct InFlight {
     size: usize,
     deadline: Instant,
     sent_at: Option<Instant>,
+    /// The token of the ping in flight, which its pong must echo: drawn afresh for each
+    /// ping, so that nobody who has not seen the ping can answer it.
+    token: u64,
     /// Whether a second ping follows the first one's pong.
     pair: bool,
     /// The first ping's answer, once it came: (rtt, dwell, responder).
@@ -48,6 +51,7 @@ enum SendPurpose {
         seq: u64,
         key: EndpointAddress,
         size: usize,
+        token: u64,
     },
     Pong {
         key: EndpointAddress,
@@ -59,7 +63,6 @@ pub(super) struct Engine {
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
     config: PingerConfig,
-    epoch: Instant,
     table: AddressTable,
     inflight: HashMap<u64, InFlight>,
     deadlines: BTreeMap<(Instant, u64), ()>,
@@ -89,14 +92,12 @@ impl Engine {
         commands: mpsc::Receiver<Command>,
         config: PingerConfig,
     ) -> Self {
-        let now = Instant::now();
         Engine {
             ep,
             shared,
             commands,
             table: AddressTable::new(config.max_learned_peers),
             config,
-            epoch: now,
             inflight: HashMap::new(),
             deadlines: BTreeMap::new(),
             sends: HashMap::new(),
@@ -207,6 +208,7 @@ impl Engine {
                 size: size.min(self.ep.max_message()),
                 deadline,
                 sent_at: None,
+                token: 0,
                 pair,
                 cold: None,
                 reply,
@@ -214,10 +216,6 @@ impl Engine {
         );
         self.deadlines.insert((deadline, seq), ());
         self.outbox.push_back(Outgoing::Ping { seq });
-    }
-
-    fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
     }
 
     /// Posts queued sends. One that the provider refuses for now (FI_EAGAIN) stays queued
@@ -252,11 +250,12 @@ impl Engine {
                         deferred.push_back(out);
                         continue;
                     }
+                    let token = rand::random();
                     Message {
                         kind: Kind::Ping,
                         seq: *seq,
                         sender_id: self.shared.id,
-                        send_ts: self.now_ns(),
+                        token,
                         dwell_ns: 0,
                         flags: if probe.pair && probe.cold.is_none() {
                             FLAG_FOLLOWS
@@ -275,6 +274,7 @@ impl Engine {
                             seq: *seq,
                             key,
                             size: probe.size,
+                            token,
                         },
                     )
                 }
@@ -311,9 +311,10 @@ impl Engine {
             match self.ep.send(dest, &self.scratch) {
                 Ok(id) => {
                     let now = Instant::now();
-                    if let SendPurpose::Ping { seq, .. } = &purpose {
+                    if let SendPurpose::Ping { seq, token, .. } = &purpose {
                         if let Some(p) = self.inflight.get_mut(seq) {
                             p.sent_at = Some(now);
+                            p.token = *token;
                             if p.cold.is_some() {
                                 self.warm_awaited.insert(*seq);
                                 self.pacing.warm(now, &self.config);
@@ -383,7 +384,7 @@ impl Engine {
             match event {
                 Event::Sent(id) => self.send_done(*id, None),
                 Event::SendFailed(id, err) => self.send_done(*id, Some(err.clone())),
-                Event::Received(range) => self.received(range.clone(), polled_at),
+                Event::Received { data, from } => self.received(data.clone(), *from, polled_at),
                 Event::ReceiveFailed(err) => {
                     tracing::debug!(error = %err, "receive failed");
                     bump(&self.shared.counters.receive_errors);
@@ -427,7 +428,12 @@ impl Engine {
             .release_if_unused(&mut self.ep, &self.shared.counters, &key);
     }
 
-    fn received(&mut self, range: std::ops::Range<usize>, received_at: Instant) {
+    fn received(
+        &mut self,
+        range: std::ops::Range<usize>,
+        from: Option<FabricAddr>,
+        received_at: Instant,
+    ) {
         let data = &self.rx_data[range];
         let msg = match Message::decode(data) {
             Ok(m) => m,
@@ -439,10 +445,15 @@ impl Engine {
         match msg.kind {
             Kind::Pong => {
                 let (seq, dwell, responder) = (msg.seq, msg.dwell_ns, msg.sender_id);
-                let Some(sent_at) = self.inflight.get(&seq).and_then(|p| p.sent_at) else {
+                let Some(probe) = self.inflight.get(&seq).filter(|p| p.sent_at.is_some()) else {
                     bump(&self.shared.counters.late_pongs);
                     return;
                 };
+                if let Err(reason) = self.answers(probe, msg.token, from) {
+                    self.shared.counters.malformed(reason);
+                    return;
+                }
+                let sent_at = probe.sent_at.expect("filtered above");
                 let dwell = Duration::from_nanos(dwell);
                 let rtt = received_at.duration_since(sent_at).saturating_sub(dwell);
                 bump(&self.shared.counters.pongs_received);
@@ -486,7 +497,7 @@ impl Engine {
                 }
             }
             Kind::Ping => {
-                let (seq, send_ts, size) = (msg.seq, msg.send_ts, data.len());
+                let (seq, token, size) = (msg.seq, msg.token, data.len());
                 let window = self.config.warm_spin;
                 let follows = msg.flags & FLAG_FOLLOWS != 0;
                 if follows {
@@ -500,16 +511,37 @@ impl Engine {
                     self.expected_warm.arrived(msg.sender_id, seq);
                 }
                 let key = EndpointAddress::from(msg.address);
-                self.answer_ping(key, seq, send_ts, size, received_at);
+                self.answer_ping(key, seq, token, size, received_at);
             }
         }
+    }
+
+    /// Whether a pong carrying `token`, from `from`, answers the ping of `probe` in flight.
+    /// Sequence numbers are no secret (they count up): the token is, and where the provider
+    /// names senders the pong must come from the address the ping went to.
+    fn answers(
+        &self,
+        probe: &InFlight,
+        token: u64,
+        from: Option<FabricAddr>,
+    ) -> Result<(), MalformedReason> {
+        if token != probe.token {
+            return Err(MalformedReason::BadToken);
+        }
+        if self.ep.reports_source() {
+            let dest = self.table.get(&probe.key).map(|e| e.addr);
+            if from.is_none() || from != dest {
+                return Err(MalformedReason::WrongSender);
+            }
+        }
+        Ok(())
     }
 
     fn answer_ping(
         &mut self,
         key: EndpointAddress,
         seq: u64,
-        send_ts: u64,
+        token: u64,
         size: usize,
         received_at: Instant,
     ) {
@@ -529,7 +561,7 @@ impl Engine {
             kind: Kind::Pong,
             seq,
             sender_id: self.shared.id,
-            send_ts,
+            token,
             dwell_ns: received_at.elapsed().as_nanos() as u64,
             flags: 0,
             unread_ns: u64::try_from(self.poll_gap.as_nanos()).unwrap_or(u64::MAX),
