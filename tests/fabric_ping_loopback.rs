@@ -125,7 +125,7 @@ fn engine_on(provider: &str, max_learned: usize) -> FabricPinger {
 /// `responder` as a peer of `prober`.
 fn add(prober: &FabricPinger, responder: &FabricPinger) -> PeerHandle {
     prober
-        .add_peer(responder.address())
+        .add_peer(&responder.address())
         .wait()
         .unwrap()
         .unwrap()
@@ -180,7 +180,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
     use fabric_ping::wire::{Kind, Message, MAGIC};
     let responder = engine(16);
     let mut attacker = raw_endpoint();
-    let to = attacker.insert_peer(responder.address()).unwrap();
+    let to = attacker.insert_peer(&responder.address()).unwrap();
 
     let mut good_ping = Vec::new();
     let own = attacker.name().to_vec();
@@ -277,7 +277,7 @@ fn learned_senders_are_bounded() {
     let responder = engine(3);
     let mut senders: Vec<Endpoint> = (0..6).map(|_| raw_endpoint()).collect();
     for (i, ep) in senders.iter_mut().enumerate() {
-        let to = ep.insert_peer(responder.address()).unwrap();
+        let to = ep.insert_peer(&responder.address()).unwrap();
         let own = ep.name().to_vec();
         let mut ping = Vec::new();
         Message {
@@ -376,7 +376,7 @@ fn a_dead_peer_does_not_hold_up_a_live_one() {
     let mut dead_addr = prober.address().to_vec();
     dead_addr[2..4].copy_from_slice(&1u16.to_be_bytes()); // port 1: nothing listens
     let dead = prober.add_peer(&dead_addr).wait().unwrap().unwrap();
-    let alive = prober.add_peer(live.address()).wait().unwrap().unwrap();
+    let alive = prober.add_peer(&live.address()).wait().unwrap().unwrap();
 
     let to_dead = prober.probe(dead, 64, Duration::from_secs(2));
     let to_live = prober.probe(alive, 64, Duration::from_secs(2));
@@ -598,4 +598,175 @@ fn forged_pongs_do_not_make_a_silent_peer_reachable() {
         }
         prober.shutdown();
     }
+}
+
+/// A ping from `attacker` that claims to come from `sender`.
+fn ping_claiming(attacker: &mut Endpoint, to: fabric::FabricAddr, sender: &[u8], seq: u64) {
+    use fabric_ping::wire::{Kind, Message};
+    let mut ping = Vec::new();
+    Message {
+        kind: Kind::Ping,
+        seq,
+        sender_id: 77,
+        token: seq,
+        dwell_ns: 0,
+        unread_ns: 0,
+        flags: 0,
+        address: sender,
+    }
+    .encode_into(64, &mut ping);
+    send(attacker, to, &ping);
+}
+
+/// Both directions between an agent's engine and a real peer answer, ten times over.
+fn still_answering_and_probing(agent: &FabricPinger, peer: &FabricPinger, what: &str) {
+    let agent_to_peer = add(agent, peer);
+    let peer_to_agent = add(peer, agent);
+    for _ in 0..10 {
+        let out = agent
+            .probe(agent_to_peer, 64, Duration::from_secs(2))
+            .wait()
+            .unwrap();
+        assert!(
+            matches!(out, ProbeOutcome::Pong { .. }),
+            "{what}: agent's probe: {out:?}"
+        );
+        let back = peer
+            .probe(peer_to_agent, 64, Duration::from_secs(2))
+            .wait()
+            .unwrap();
+        assert!(
+            matches!(back, ProbeOutcome::Pong { .. }),
+            "{what}: peer's probe: {back:?}"
+        );
+    }
+    agent.remove_peer(agent_to_peer);
+    peer.remove_peer(peer_to_agent);
+}
+
+/// Issue #15 item 4: pings whose sender address is all zeros, of family 0xffff or of the
+/// unspecified IP, and then pings from 200 distinct senders that never answer (real
+/// addresses of this provider where nobody listens: rxd retransmits a pong to them for ever),
+/// leave the engine answering its real peer and probing it.
+#[test]
+fn crafted_sender_addresses_do_not_wedge_the_engine() {
+    let _busy = busy();
+    let agent = fabric_ping::open_all(&{
+        let mut config = PingerConfig::new("udp;ofi_rxd");
+        config.bind = Some("127.0.0.1".parse().unwrap());
+        config
+    })
+    .unwrap()
+    .remove(0);
+    let peer = engine(16);
+    still_answering_and_probing(&agent, &peer, "before");
+
+    let mut attacker = raw_endpoint();
+    let to = attacker.insert_peer(&agent.address()).unwrap();
+    let template = agent.address().to_vec();
+    let zeros = vec![0u8; template.len()];
+    let mut family_ffff = template.clone();
+    family_ffff[..2].copy_from_slice(&[0xff, 0xff]);
+    let mut unspecified = template.clone();
+    unspecified[4..8].copy_from_slice(&[0, 0, 0, 0]); // sockaddr_in: family, port, address
+    let mut port_zero = template.clone();
+    port_zero[2..4].copy_from_slice(&[0, 0]);
+    let crafted = [zeros, family_ffff, unspecified, port_zero];
+    let answered_before = agent.stats().pings_answered;
+    for (seq, sender) in crafted.iter().enumerate() {
+        ping_claiming(&mut attacker, to, sender, seq as u64);
+    }
+    assert!(
+        drive(&mut attacker, || agent.stats().malformed["bad_address"]
+            >= crafted.len() as u64),
+        "crafted addresses not refused: {:?}",
+        agent.stats()
+    );
+    assert_eq!(agent.stats().pings_answered, answered_before);
+    still_answering_and_probing(&agent, &peer, "after crafted addresses");
+
+    let dead = |i: u16| {
+        let mut a = template.clone();
+        a[2..4].copy_from_slice(&(21_000 + i).to_be_bytes());
+        a
+    };
+    for i in 0..200 {
+        ping_claiming(&mut attacker, to, &dead(i), 100 + u64::from(i));
+    }
+    let heard = |s: &fabric_ping::PingerStats| {
+        s.pings_answered + s.pongs_dropped_queue_full + s.pongs_dropped_backlog
+    };
+    assert!(
+        drive(&mut attacker, || heard(&agent.stats()) >= 200),
+        "dead senders' pings not all handled: {:?}",
+        agent.stats()
+    );
+    still_answering_and_probing(&agent, &peer, "after 200 dead senders");
+    let stats = agent.stats();
+    assert!(stats.learned_peers_evicted > 0, "{stats:?}");
+    // The bounds held it; the health watch (20 s) had nothing to do.
+    assert_eq!(stats.endpoint_reopens, 0, "{stats:?}");
+    agent.shutdown();
+    peer.shutdown();
+}
+
+/// Issue #15 item 4, the health watch: an engine whose every transmit slot is held by sends
+/// rxd never completes (pings to peers whose nodes went away) cannot send to the peer that
+/// answers; it notices (no completion, no pong, for `reopen_after`), opens its endpoint
+/// anew, publishes its new address, counts it, and probes and answers its real peer again.
+#[test]
+fn an_engine_whose_sends_stopped_completing_reopens_its_endpoint() {
+    let _busy = busy();
+    let mut config = PingerConfig::new("udp;ofi_rxd");
+    config.bind = Some("127.0.0.1".parse().unwrap());
+    config.tx_slots = 8;
+    config.reopen_after = Duration::from_millis(500);
+    let agent = fabric_ping::open_all(&config).unwrap().remove(0);
+    let published = agent.address();
+    let peer = engine(16);
+    let to_peer = add(&agent, &peer);
+    let out = agent
+        .probe(to_peer, 64, Duration::from_secs(2))
+        .wait()
+        .unwrap();
+    assert!(matches!(out, ProbeOutcome::Pong { .. }), "{out:?}");
+
+    // Eight peers that went away: nobody listens at their addresses.
+    let gone: Vec<PeerHandle> = (0..8u16)
+        .map(|i| {
+            let mut a = published.to_vec();
+            a[2..4].copy_from_slice(&(21_300 + i).to_be_bytes());
+            agent.add_peer(&a).wait().unwrap().unwrap()
+        })
+        .collect();
+    for h in &gone {
+        let out = agent
+            .reach(*h, 64, Duration::from_millis(100))
+            .wait()
+            .unwrap();
+        assert_eq!(out, ProbeOutcome::Timeout);
+    }
+    // Every slot is held now; the live peer is probed until the engine has reopened.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut outcomes = Vec::new();
+    while agent.stats().endpoint_reopens == 0 && Instant::now() < deadline {
+        outcomes.push(
+            agent
+                .reach(to_peer, 64, Duration::from_millis(200))
+                .wait()
+                .unwrap(),
+        );
+    }
+    assert_eq!(agent.stats().endpoint_reopens, 1, "{:?}", agent.stats());
+    assert!(
+        outcomes.contains(&ProbeOutcome::Timeout),
+        "the slots were never exhausted: {outcomes:?}"
+    );
+    assert_ne!(agent.address(), published, "the new address is published");
+    for h in gone {
+        agent.remove_peer(h);
+    }
+    still_answering_and_probing(&agent, &peer, "after reopening");
+    agent.shutdown();
+    peer.shutdown();
 }

@@ -147,7 +147,8 @@ pub struct Endpoint {
     av: AddressVector,
     domain: Domain,
     name: EndpointAddress,
-    addr_is_string: bool,
+    /// The provider's address format (`FI_SOCKADDR_IN`, `FI_ADDR_EFA`, `FI_ADDR_STR`, ...).
+    addr_format: u32,
     completions: Vec<sys::fi_cq_msg_entry>,
     /// Senders of the receive completions read (`FI_SOURCE`), when the provider reports them.
     sources: Option<Vec<sys::fi_addr_t>>,
@@ -211,7 +212,7 @@ impl Endpoint {
             av,
             domain: domain.clone(),
             name: EndpointAddress::default(),
-            addr_is_string: false,
+            addr_format: 0,
             completions: vec![sys::fi_cq_msg_entry::default(); 32],
             sources: info
                 .reports_source()
@@ -230,7 +231,7 @@ impl Endpoint {
             as isize)?;
         ep.name = ep.read_name()?;
         // SAFETY: info is valid; addr_format is a plain field.
-        ep.addr_is_string = unsafe { (*info.as_ptr()).addr_format } == sys::FI_ADDR_STR;
+        ep.addr_format = unsafe { (*info.as_ptr()).addr_format };
         ep.rx_unposted = (0..ep.rx.contexts.len() as u32).collect();
         ep.post_receives()?;
         Ok(ep)
@@ -288,27 +289,38 @@ impl Endpoint {
         self.av.len()
     }
 
-    /// Checks that `addr` is a whole address of this provider's format. libfabric reads as
-    /// many bytes as the format implies, so an unchecked short address would be read past.
+    /// Checks that `addr` is a whole, usable address of this provider's format, before it
+    /// reaches libfabric: libfabric reads as many bytes as the format implies (so a short
+    /// address would be read past), and a malformed one can break the provider (on rxd, one
+    /// failed `fi_av_insert` of an all-zero address broke later sends). Socket addresses must
+    /// be of this endpoint's family and length, name a port and not the unspecified address;
+    /// EFA addresses must be as long as this endpoint's and name a GID.
     pub fn check_address(&self, addr: &[u8]) -> Result<()> {
-        let ok = if self.addr_is_string {
-            // FI_ADDR_STR: a NUL-terminated string with no NUL inside.
-            addr.len() > 1
-                && addr.len() <= 256
-                && addr.last() == Some(&0)
-                && !addr[..addr.len() - 1].contains(&0)
-        } else {
-            addr.len() == self.name.len()
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::Invalid(format!(
-                "fabric address of {} bytes does not fit this provider (own address: {} bytes)",
+        let checked = match self.addr_format {
+            sys::FI_ADDR_STR => {
+                // A NUL-terminated string with no NUL inside.
+                let ok = addr.len() > 1
+                    && addr.len() <= 256
+                    && addr.last() == Some(&0)
+                    && !addr[..addr.len() - 1].contains(&0);
+                ok.then_some(())
+                    .ok_or_else(|| "not a NUL-terminated name".to_owned())
+            }
+            _ if addr.len() != self.name.len() => Err(format!(
+                "{} bytes (this endpoint's address has {})",
                 addr.len(),
                 self.name.len()
-            )))
-        }
+            )),
+            sys::FI_SOCKADDR | sys::FI_SOCKADDR_IN | sys::FI_SOCKADDR_IN6 => {
+                check_sockaddr(addr, &self.name)
+            }
+            // efa_ep_addr: a 16-byte GID, then the queue pair number and key.
+            sys::FI_ADDR_EFA if addr.iter().take(16).all(|b| *b == 0) => {
+                Err("its GID is zero".to_owned())
+            }
+            _ => Ok(()),
+        };
+        checked.map_err(|why| Error::Invalid(format!("fabric address refused: {why}")))
     }
 
     /// Adds a peer by its raw fabric address.
@@ -516,4 +528,36 @@ impl Drop for Endpoint {
             ptr::addr_of_mut!((*self.ptr.as_ptr()).fid)
         });
     }
+}
+
+/// A socket address (`sockaddr_in` or `sockaddr_in6`, as IP providers name endpoints) that
+/// is of `own`'s family, names a port and is not the unspecified address. The caller has
+/// checked that `addr` is as long as `own`.
+fn check_sockaddr(addr: &[u8], own: &[u8]) -> std::result::Result<(), String> {
+    let family = |a: &[u8]| a.get(..2).map(|f| u16::from_ne_bytes([f[0], f[1]]));
+    let (theirs, ours) = (family(addr), family(own));
+    if theirs != ours {
+        return Err(format!(
+            "address family {:#06x}, not this endpoint's {:#06x}",
+            theirs.unwrap_or(0),
+            ours.unwrap_or(0)
+        ));
+    }
+    // Both layouts: family (2), port (2, network order); the IPv4 address follows, the IPv6
+    // one after a 4-byte flow label.
+    let ip = match i32::from(theirs.unwrap_or(0)) {
+        libc::AF_INET => addr.get(4..8),
+        libc::AF_INET6 => addr.get(8..24),
+        other => return Err(format!("address family {other:#06x} is not IP")),
+    };
+    let Some(ip) = ip else {
+        return Err(format!("{} bytes is too short for its family", addr.len()));
+    };
+    if addr[2..4] == [0, 0] {
+        return Err("port 0".to_owned());
+    }
+    if ip.iter().all(|b| *b == 0) {
+        return Err("the unspecified address".to_owned());
+    }
+    Ok(())
 }

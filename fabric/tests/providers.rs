@@ -262,3 +262,34 @@ fn received_messages_name_their_sender_where_the_provider_reports_it() {
         }
     }
 }
+
+/// Issue #15 item 4: what a hostile ping may claim as its sender is refused before it reaches
+/// `fi_av_insert` on the IP providers: another family, the unspecified address, port 0, a
+/// wrong length; shm takes names only.
+#[test]
+fn unusable_addresses_are_refused_before_they_reach_the_provider() {
+    for (provider, node) in PROVIDERS {
+        let mut ep = open(provider, *node);
+        let own = ep.name().to_vec();
+        ep.check_address(&own).unwrap();
+        let mut refused = vec![vec![], own[..own.len() - 1].to_vec(), vec![0; own.len()]];
+        if *provider != "shm" {
+            let mut family = own.clone();
+            family[..2].copy_from_slice(&[0xff, 0xff]);
+            let mut unspecified = own.clone();
+            unspecified[4..8].fill(0);
+            let mut port_zero = own.clone();
+            port_zero[2..4].fill(0);
+            refused.extend([family, unspecified, port_zero]);
+        }
+        for addr in &refused {
+            match ep.insert_peer(addr) {
+                Err(Error::Invalid(why)) => assert!(why.contains("refused"), "{why}"),
+                other => panic!("{provider}: {addr:02x?} was not refused: {other:?}"),
+            }
+        }
+        assert_eq!(ep.peer_count(), 0);
+        // Still usable afterwards.
+        ep.insert_peer(&own).unwrap();
+    }
+}

@@ -157,6 +157,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         topology: None,
     };
     let hello = Arc::new(RwLock::new(hello));
+    tokio::spawn(crate::hello::follow_fabric_addresses(
+        hello.clone(),
+        &pingers,
+    ));
     let app = AppState {
         state: state.clone(),
         metrics: metrics.clone(),

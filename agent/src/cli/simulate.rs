@@ -278,9 +278,9 @@ pub fn sim_topology(prefix: &str, index: usize, groups: u32) -> Option<Topology>
 }
 
 #[derive(Serialize)]
-struct Ready<'a> {
+struct Ready {
     peers: usize,
-    responders: Vec<&'a str>,
+    responders: Vec<String>,
 }
 
 async fn serve(args: &Args, ips: &[Ipv4Addr], pingers: &[FabricPinger]) -> anyhow::Result<u64> {

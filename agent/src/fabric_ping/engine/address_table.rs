@@ -22,9 +22,17 @@ pub(super) struct AvEntry {
     pub pings_in_flight: BTreeMap<usize, u32>,
     /// Pongs not yet completed (at most one).
     pub pongs_in_flight: u32,
+    /// Whether a pong from this address answered a ping (the health watch minds only
+    /// peers that did).
+    pub answered: bool,
 }
 
 impl AvEntry {
+    /// Whether an explicit peer (not only a learned sender) uses this address.
+    pub fn is_peer(&self) -> bool {
+        self.refs > 0
+    }
+
     fn unused(&self) -> bool {
         self.refs == 0
             && self.learned_tick.is_none()
@@ -110,6 +118,7 @@ impl AddressTable {
                 learned_tick: None,
                 pings_in_flight: BTreeMap::new(),
                 pongs_in_flight: 0,
+                answered: false,
             },
         );
         sync_av_count(ep, counters);
@@ -157,6 +166,37 @@ impl AddressTable {
             bump(&counters.learned_peers_evicted);
             self.release_if_unused(ep, counters, &key);
         }
+    }
+}
+
+impl AddressTable {
+    /// The endpoint was opened anew, with an empty address vector: explicit peers are
+    /// inserted again (their handles stay), learned senders are forgotten (their next ping
+    /// teaches them again), and nothing is in flight any more. Returns the peers the new
+    /// endpoint refused.
+    pub fn reinsert(&mut self, ep: &mut Endpoint, counters: &Counters) -> usize {
+        self.learned_lru.clear();
+        self.entries.retain(|_, e| e.refs > 0);
+        let mut refused = Vec::new();
+        for (key, entry) in &mut self.entries {
+            entry.learned_tick = None;
+            entry.pings_in_flight.clear();
+            entry.pongs_in_flight = 0;
+            match ep.insert_peer(key) {
+                Ok(addr) => entry.addr = addr,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer refused by the reopened endpoint");
+                    refused.push(key.clone());
+                }
+            }
+        }
+        // A refused peer's handle stays issued; probing it answers NotSent (unknown peer).
+        for key in &refused {
+            self.entries.remove(key);
+        }
+        self.peers.retain(|_, key| !refused.contains(key));
+        sync_av_count(ep, counters);
+        refused.len()
     }
 }
 

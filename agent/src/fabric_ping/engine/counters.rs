@@ -76,6 +76,7 @@ pub(super) struct Counters {
     malformed: [AtomicU64; MalformedReason::ALL.len()],
     pub learned_peers_evicted: AtomicU64,
     pub av_entries: AtomicU64,
+    pub endpoint_reopens: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -108,6 +109,7 @@ impl Counters {
                 .collect(),
             learned_peers_evicted: get(&self.learned_peers_evicted),
             av_entries: get(&self.av_entries),
+            endpoint_reopens: get(&self.endpoint_reopens),
         }
     }
 }
@@ -135,6 +137,8 @@ pub struct PingerStats {
     pub learned_peers_evicted: u64,
     /// Entries in the address vector now.
     pub av_entries: u64,
+    /// Times the endpoint was opened anew because it had stopped working.
+    pub endpoint_reopens: u64,
 }
 
 impl PingerStats {

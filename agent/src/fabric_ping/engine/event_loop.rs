@@ -1,17 +1,24 @@
 //! The engine thread's loop: commands in, sends out, completions read, deadlines kept.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fabric::{CompletionError, Endpoint, EndpointAddress, Event, FabricAddr, SendId};
+use fabric::{
+    CompletionError, Endpoint, EndpointAddress, EndpointConfig, Event, FabricAddr, SendId,
+};
 use tokio::sync::oneshot;
 
 use super::address_table::AddressTable;
 use super::counters::{bump, MalformedReason};
+use super::health::HealthWatch;
 use super::pacing::{ExpectedWarm, Outstanding, Pacing, Wait};
-use super::{Command, EngineError, PeerHandle, PingerConfig, ProbeOutcome, Shared};
+use super::{
+    learned_peer_limit, Command, EngineError, PeerHandle, PingerConfig, ProbeOutcome, Published,
+    Shared,
+};
 use crate::fabric_ping::wire::{self, Kind, Message, FLAG_FOLLOWS};
 
 enum Outgoing {
@@ -19,7 +26,6 @@ enum Outgoing {
         seq: u64,
     },
     Pong {
-        dest: FabricAddr,
         key: EndpointAddress,
         bytes: Vec<u8>,
         queued_at: Instant,
@@ -55,11 +61,16 @@ enum SendPurpose {
     },
     Pong {
         key: EndpointAddress,
+        /// To a sender that is no explicit peer (see `learned_pongs_in_flight`).
+        learned: bool,
     },
 }
 
 pub(super) struct Engine {
     ep: Endpoint,
+    /// How `ep` was opened, to open it anew.
+    endpoint_config: EndpointConfig,
+    health: HealthWatch,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
     config: PingerConfig,
@@ -69,6 +80,11 @@ pub(super) struct Engine {
     sends: HashMap<SendId, SendPurpose>,
     outbox: VecDeque<Outgoing>,
     queued_pongs: usize,
+    /// Pongs in flight to senders that are no explicit peer, at most `learned_pong_budget`:
+    /// on rxd a send to an address where nobody answers never completes, so without this
+    /// bound strangers' pings from such addresses would take every transmit slot.
+    learned_pongs_in_flight: usize,
+    learned_pong_budget: usize,
     next_seq: u64,
     pacing: Pacing,
     /// Probes whose second ping is in flight: its pong is due within microseconds.
@@ -88,21 +104,26 @@ pub(super) struct Engine {
 impl Engine {
     pub(super) fn new(
         ep: Endpoint,
+        endpoint_config: EndpointConfig,
         shared: Arc<Shared>,
         commands: mpsc::Receiver<Command>,
         config: PingerConfig,
     ) -> Self {
         Engine {
             ep,
+            endpoint_config,
+            health: HealthWatch::new(Instant::now(), config.reopen_after),
+            table: AddressTable::new(learned_peer_limit(&shared.provider, &config)),
             shared,
             commands,
-            table: AddressTable::new(config.max_learned_peers),
+            learned_pong_budget: (config.tx_slots / 4).max(1),
             config,
             inflight: HashMap::new(),
             deadlines: BTreeMap::new(),
             sends: HashMap::new(),
             outbox: VecDeque::new(),
             queued_pongs: 0,
+            learned_pongs_in_flight: 0,
             next_seq: 1,
             pacing: Pacing::default(),
             warm_awaited: BTreeSet::new(),
@@ -151,7 +172,11 @@ impl Engine {
             // Completions first, then the sends they caused (pongs, second pings) at once.
             self.progress();
             self.flush_outbox();
-            self.expire(Instant::now());
+            let now = Instant::now();
+            self.expire(now);
+            if self.health.stalled(now) {
+                self.reopen(now);
+            }
         }
         for (_, probe) in self.inflight.drain() {
             let _ = probe.reply.send(ProbeOutcome::NotSent {
@@ -198,9 +223,13 @@ impl Engine {
             });
             return;
         };
+        let now = Instant::now();
+        if self.table.get(&key).is_some_and(|e| e.answered) {
+            self.health.wanted(now);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let deadline = Instant::now() + timeout;
+        let deadline = now + timeout;
         self.inflight.insert(
             seq,
             InFlight {
@@ -263,7 +292,7 @@ impl Engine {
                             0
                         },
                         unread_ns: 0,
-                        address: &self.shared.address,
+                        address: self.ep.name(),
                     }
                     .encode_into(probe.size, &mut self.scratch);
                     let key = probe.key.clone();
@@ -279,20 +308,26 @@ impl Engine {
                     )
                 }
                 Outgoing::Pong {
-                    dest,
                     key,
                     bytes,
                     queued_at,
                 } => {
                     let cap = self.config.max_pongs_in_flight_per_peer;
-                    if self
-                        .table
-                        .get(key)
-                        .is_some_and(|e| e.pongs_in_flight >= cap)
-                    {
+                    // Looked up now, not when queued: a learned sender evicted meanwhile
+                    // has no entry (its handle may be another's by now), and its pong goes.
+                    let Some(entry) = self.table.get(key) else {
+                        self.queued_pongs -= 1;
+                        bump(&self.shared.counters.pongs_dropped_backlog);
+                        continue;
+                    };
+                    let (dest, learned) = (entry.addr, !entry.is_peer());
+                    let strangers_full =
+                        learned && self.learned_pongs_in_flight >= self.learned_pong_budget;
+                    if strangers_full || entry.pongs_in_flight >= cap {
                         // The pair's second pong often finds the first one's completion
                         // pending (rxd completes a send when the peer acknowledges it): it
-                        // waits for it, within bounds.
+                        // waits for it, within bounds. So do pongs to strangers beyond
+                        // their budget.
                         if queued_at.elapsed() < PONG_MAX_WAIT {
                             deferred.push_back(out);
                         } else {
@@ -305,7 +340,14 @@ impl Engine {
                     self.scratch.extend_from_slice(bytes);
                     let dwell = u64::try_from(queued_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     wire::restamp_dwell(&mut self.scratch, dwell);
-                    (*dest, key.clone(), SendPurpose::Pong { key: key.clone() })
+                    (
+                        dest,
+                        key.clone(),
+                        SendPurpose::Pong {
+                            key: key.clone(),
+                            learned,
+                        },
+                    )
                 }
             };
             match self.ep.send(dest, &self.scratch) {
@@ -325,6 +367,9 @@ impl Engine {
                         bump(&self.shared.counters.pings_sent);
                     } else {
                         self.queued_pongs -= 1;
+                    }
+                    if let SendPurpose::Pong { learned: true, .. } = &purpose {
+                        self.learned_pongs_in_flight += 1;
                     }
                     if let Some(entry) = self.table.get_mut(&key) {
                         match purpose {
@@ -398,9 +443,13 @@ impl Engine {
         let Some(purpose) = self.sends.remove(&id) else {
             return;
         };
+        self.health.progress(Instant::now());
         let key = match &purpose {
-            SendPurpose::Ping { key, .. } | SendPurpose::Pong { key } => key.clone(),
+            SendPurpose::Ping { key, .. } | SendPurpose::Pong { key, .. } => key.clone(),
         };
+        if let SendPurpose::Pong { learned: true, .. } = &purpose {
+            self.learned_pongs_in_flight -= 1;
+        }
         if let Some(entry) = self.table.get_mut(&key) {
             match purpose {
                 SendPurpose::Ping { size, .. } => {
@@ -428,12 +477,7 @@ impl Engine {
             .release_if_unused(&mut self.ep, &self.shared.counters, &key);
     }
 
-    fn received(
-        &mut self,
-        range: std::ops::Range<usize>,
-        from: Option<FabricAddr>,
-        received_at: Instant,
-    ) {
+    fn received(&mut self, range: Range<usize>, from: Option<FabricAddr>, received_at: Instant) {
         let data = &self.rx_data[range];
         let msg = match Message::decode(data) {
             Ok(m) => m,
@@ -454,6 +498,10 @@ impl Engine {
                     return;
                 }
                 let sent_at = probe.sent_at.expect("filtered above");
+                if let Some(entry) = self.table.get_mut(&probe.key.clone()) {
+                    entry.answered = true;
+                }
+                self.health.progress(received_at);
                 let dwell = Duration::from_nanos(dwell);
                 let rtt = received_at.duration_since(sent_at).saturating_sub(dwell);
                 bump(&self.shared.counters.pongs_received);
@@ -549,13 +597,13 @@ impl Engine {
             bump(&self.shared.counters.pongs_dropped_queue_full);
             return;
         }
-        let dest = match self.table.learn(&mut self.ep, &self.shared.counters, &key) {
-            Ok(d) => d,
-            Err(_) => {
-                self.shared.counters.malformed(MalformedReason::BadAddress);
-                return;
-            }
-        };
+        if (self.table)
+            .learn(&mut self.ep, &self.shared.counters, &key)
+            .is_err()
+        {
+            self.shared.counters.malformed(MalformedReason::BadAddress);
+            return;
+        }
         let mut bytes = Vec::with_capacity(size);
         Message {
             kind: Kind::Pong,
@@ -571,11 +619,45 @@ impl Engine {
         self.queued_pongs += 1;
         bump(&self.shared.counters.pings_answered);
         self.outbox.push_back(Outgoing::Pong {
-            dest,
             key,
             bytes,
             queued_at: received_at,
         });
+    }
+
+    /// Opens the endpoint anew (see `health.rs`) and inserts the explicit peers again. The
+    /// new endpoint has another address, which is published (the hello follows it: see
+    /// [`FabricPinger::address_changes`](super::FabricPinger::address_changes)): peers'
+    /// providers keep state about the old one (rxd its sequence numbers), and an endpoint
+    /// reopened at the old address was found unreachable from them on rxd. What was in flight
+    /// on the old endpoint is lost: its probes time out, its queued pongs go.
+    fn reopen(&mut self, now: Instant) {
+        self.health.reopened(now);
+        let old = self.shared.published.borrow().address.clone();
+        let fresh = match Endpoint::open(self.ep.domain(), self.endpoint_config) {
+            Ok(ep) => ep,
+            Err(error) => {
+                tracing::error!(%error, "fabric endpoint stopped working and cannot be opened anew");
+                return;
+            }
+        };
+        drop(std::mem::replace(&mut self.ep, fresh));
+        self.sends.clear();
+        self.learned_pongs_in_flight = 0;
+        self.outbox.retain(|o| matches!(o, Outgoing::Ping { .. }));
+        self.queued_pongs = 0;
+        let refused = self.table.reinsert(&mut self.ep, &self.shared.counters);
+        let published = Published::of(&self.ep);
+        tracing::warn!(
+            domain = %self.shared.domain,
+            old = %old,
+            new = %published.address,
+            peers_refused = refused,
+            "fabric endpoint stopped completing sends to peers that answered before: opened \
+             it anew, at a new address"
+        );
+        self.shared.published.send_replace(published);
+        bump(&self.shared.counters.endpoint_reopens);
     }
 
     fn expire(&mut self, now: Instant) {

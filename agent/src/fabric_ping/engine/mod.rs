@@ -17,6 +17,7 @@
 mod address_table;
 mod counters;
 mod event_loop;
+mod health;
 mod pacing;
 
 pub use counters::{MalformedReason, PingerStats};
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use fabric::{CompletionError, Domain, Endpoint, EndpointAddress, EndpointConfig};
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::wire::{HEADER_LEN, MAX_ADDR_LEN};
 use counters::Counters;
@@ -69,11 +70,14 @@ pub struct PingerConfig {
     /// Whether this endpoint answers pings. One that does not (the agent's endpoint for
     /// larger probes, which peers never ping) sleeps until asked to probe.
     pub responder: bool,
-    /// Sends in flight at most (each holds a `max_probe_size` buffer); more wait.
+    /// Sends in flight at most (each holds a `max_probe_size` buffer); more wait. A quarter
+    /// of them at most carry pongs to senders that are no explicit peer, so strangers whose
+    /// pongs never complete (rxd, silent addresses) leave the rest to this node's probes.
     pub tx_slots: usize,
     /// Receives kept posted (each a `max_probe_size` buffer).
     pub rx_slots: usize,
     /// Peers learned from their pings and kept in the address vector (least recently used
+    /// are evicted; providers that cope with fewer get fewer: see [`learned_peer_limit`])
     /// are evicted), bounding what strangers can make this engine hold.
     pub max_learned_peers: usize,
     /// Pongs waiting for transmit resources, at most; more are dropped and counted.
@@ -82,6 +86,10 @@ pub struct PingerConfig {
     /// and counted (see `flush_outbox`). 1 for an agent; `efaprobe simulate-peers`, whose
     /// one responder answers every probe of the agent under test, raises it.
     pub max_pongs_in_flight_per_peer: u32,
+    /// Open the endpoint anew when, for this long, pings to peers that answered before got
+    /// no send completion and no pong at all (see `health.rs`); later reopens that bring
+    /// nothing back wait longer.
+    pub reopen_after: Duration,
 }
 
 impl PingerConfig {
@@ -101,6 +109,7 @@ impl PingerConfig {
             max_learned_peers: 1024,
             max_queued_pongs: 1024,
             max_pongs_in_flight_per_peer: 1,
+            reopen_after: Duration::from_secs(20),
         }
     }
 }
@@ -198,12 +207,40 @@ impl PeerHandle {
     }
 }
 
+/// What an engine publishes of its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub address: EndpointAddress,
+    /// The provider's printable form (`fi_av_straddr`).
+    pub display: String,
+}
+
+impl Published {
+    fn of(endpoint: &Endpoint) -> Published {
+        Published {
+            address: endpoint.name().clone(),
+            display: endpoint.display_address(endpoint.name()),
+        }
+    }
+}
+
+/// Learned senders an engine keeps at most on `provider`. rxd keeps state for every peer and
+/// retransmits to silent ones without end; 128 silent senders wedged it (issue #15), so it
+/// keeps fewer than half its transmit slots. Others keep what is configured.
+pub fn learned_peer_limit(provider: &str, config: &PingerConfig) -> usize {
+    if provider.contains("ofi_rxd") {
+        config.max_learned_peers.min((config.tx_slots / 2).max(1))
+    } else {
+        config.max_learned_peers
+    }
+}
+
 struct Shared {
     provider: String,
     fabric: String,
     domain: String,
-    address: EndpointAddress,
-    address_display: String,
+    /// The published address and its printable form; a reopened endpoint may have another.
+    published: watch::Sender<Published>,
     id: u64,
     counters: Counters,
 }
@@ -256,26 +293,23 @@ impl FabricPinger {
         let domain_name = info.domain_name();
         let domain = Domain::open(info)?;
         let slot_size = config.max_probe_size.max(HEADER_LEN + MAX_ADDR_LEN);
-        let endpoint = Endpoint::open(
-            &domain,
-            EndpointConfig {
-                slot_size,
-                tx_slots: config.tx_slots,
-                rx_slots: config.rx_slots,
-                ..EndpointConfig::default()
-            },
-        )?;
+        let endpoint_config = EndpointConfig {
+            slot_size,
+            tx_slots: config.tx_slots,
+            rx_slots: config.rx_slots,
+            ..EndpointConfig::default()
+        };
+        let endpoint = Endpoint::open(&domain, endpoint_config)?;
         let shared = Arc::new(Shared {
             provider,
             fabric: fabric_name,
             domain: domain_name,
-            address: endpoint.name().clone(),
-            address_display: endpoint.display_address(endpoint.name()),
+            published: watch::Sender::new(Published::of(&endpoint)),
             id: rand::random(),
             counters: Counters::default(),
         });
         let (tx, rx) = mpsc::channel();
-        let engine = Engine::new(endpoint, shared.clone(), rx, config);
+        let engine = Engine::new(endpoint, endpoint_config, shared.clone(), rx, config);
         let thread = std::thread::Builder::new()
             .name(format!("fabric-{}", shared.domain))
             .spawn(move || engine.run())
@@ -305,14 +339,20 @@ impl FabricPinger {
         &self.shared.domain
     }
 
-    /// This endpoint's raw fabric address, to publish to peers.
-    pub fn address(&self) -> &EndpointAddress {
-        &self.shared.address
+    /// This endpoint's raw fabric address, to publish to peers. It may change when the
+    /// engine opens its endpoint anew (see [`address_changes`](Self::address_changes)).
+    pub fn address(&self) -> EndpointAddress {
+        self.shared.published.borrow().address.clone()
     }
 
     /// The provider's printable form of [`address`](Self::address).
-    pub fn address_display(&self) -> &str {
-        &self.shared.address_display
+    pub fn address_display(&self) -> String {
+        self.shared.published.borrow().display.clone()
+    }
+
+    /// Sees every change of [`address`](Self::address), for what publishes it (the hello).
+    pub fn address_changes(&self) -> watch::Receiver<Published> {
+        self.shared.published.subscribe()
     }
 
     /// Random identity of this engine instance, carried in every message.
@@ -395,6 +435,21 @@ impl FabricPinger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rxd_keeps_fewer_learned_senders_than_its_transmit_slots() {
+        let config = PingerConfig::new("udp;ofi_rxd");
+        assert_eq!(learned_peer_limit("udp;ofi_rxd", &config), 64);
+        assert!(learned_peer_limit("udp;ofi_rxd", &config) < config.tx_slots);
+        assert_eq!(
+            learned_peer_limit("tcp;ofi_rxm", &config),
+            config.max_learned_peers
+        );
+        assert_eq!(learned_peer_limit("efa", &config), config.max_learned_peers);
+        let mut few = config.clone();
+        few.max_learned_peers = 3;
+        assert_eq!(learned_peer_limit("udp;ofi_rxd", &few), 3);
+    }
 
     #[test]
     fn efa_keeps_same_host_peers_on_the_device() {
