@@ -770,3 +770,67 @@ fn an_engine_whose_sends_stopped_completing_reopens_its_endpoint() {
     agent.shutdown();
     peer.shutdown();
 }
+
+/// Issue #15 item 10: what the engine drops and evicts reaches `/metrics`' encoding, read
+/// from the engine at scrape time.
+#[test]
+fn malformed_messages_and_evictions_are_exported() {
+    let _busy = busy();
+    use efaprobe::metrics::Metrics;
+    use efaprobe::state::FabricStatus;
+    let responder = engine(2);
+    let metrics = Metrics::new(
+        "test",
+        &FabricStatus {
+            provider: "udp;ofi_rxd".into(),
+            available: true,
+            error: None,
+            devices: vec![],
+        },
+    );
+    metrics.set_fabric_engines(std::slice::from_ref(&responder));
+    let line = |text: &str, series: &str| {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .map(|l| l[series.len() + 1..].to_owned())
+    };
+    let before = metrics.encode();
+    assert_eq!(
+        line(&before, "efa_fabric_malformed_total{reason=\"bad_magic\"}").as_deref(),
+        Some("0"),
+        "{before}"
+    );
+
+    let mut attacker = raw_endpoint();
+    let to = attacker.insert_peer(&responder.address()).unwrap();
+    send(
+        &mut attacker,
+        to,
+        b"not an efaprobe message at all, but long enough to have a header",
+    );
+    send(&mut attacker, to, b"short");
+    // Three senders through a table of two: one eviction.
+    let template = attacker.name().to_vec();
+    for i in 0..3u16 {
+        let mut sender = template.clone();
+        sender[2..4].copy_from_slice(&(21_500 + i).to_be_bytes());
+        ping_claiming(&mut attacker, to, &sender, u64::from(i));
+    }
+    assert!(drive(&mut attacker, || {
+        let s = responder.stats();
+        s.malformed_total() >= 2 && s.learned_peers_evicted >= 1
+    }));
+    let after = metrics.encode();
+    let value = |series: &str| line(&after, series).unwrap_or_else(|| panic!("{series}: {after}"));
+    assert_eq!(
+        value("efa_fabric_malformed_total{reason=\"bad_magic\"}"),
+        "1"
+    );
+    assert_eq!(
+        value("efa_fabric_malformed_total{reason=\"truncated\"}"),
+        "1"
+    );
+    assert_eq!(value("efa_fabric_learned_peers_evicted_total"), "1");
+    assert_eq!(value("efa_fabric_endpoint_reopens_total"), "0");
+    responder.shutdown();
+}

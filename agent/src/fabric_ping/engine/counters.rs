@@ -115,7 +115,7 @@ impl Counters {
 }
 
 /// A point-in-time copy of an engine's counters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PingerStats {
     pub pings_sent: u64,
     pub pongs_received: u64,
