@@ -116,7 +116,10 @@ impl Engine {
             table: AddressTable::new(learned_peer_limit(&shared.provider, &config)),
             shared,
             commands,
-            learned_pong_budget: (config.tx_slots / 4).max(1),
+            learned_pong_budget: config
+                .max_stranger_pongs_in_flight
+                .unwrap_or(config.tx_slots / 4)
+                .max(1),
             config,
             inflight: HashMap::new(),
             deadlines: BTreeMap::new(),
@@ -625,12 +628,10 @@ impl Engine {
         });
     }
 
-    /// Opens the endpoint anew (see `health.rs`) and inserts the explicit peers again. The
-    /// new endpoint has another address, which is published (the hello follows it: see
-    /// [`FabricPinger::address_changes`](super::FabricPinger::address_changes)): peers'
-    /// providers keep state about the old one (rxd its sequence numbers), and an endpoint
-    /// reopened at the old address was found unreachable from them on rxd. What was in flight
-    /// on the old endpoint is lost: its probes time out, its queued pongs go.
+    /// Opens the endpoint anew (see `health.rs`) at a new address, which the hello follows
+    /// ([`FabricPinger::address_changes`](super::FabricPinger::address_changes)), and inserts
+    /// the explicit peers again. (Reopened at the old address, it was unreachable from peers
+    /// on rxd, which keeps state about the old one.) What was in flight is lost.
     fn reopen(&mut self, now: Instant) {
         self.health.reopened(now);
         let old = self.shared.published.borrow().address.clone();

@@ -70,10 +70,12 @@ pub struct PingerConfig {
     /// Whether this endpoint answers pings. One that does not (the agent's endpoint for
     /// larger probes, which peers never ping) sleeps until asked to probe.
     pub responder: bool,
-    /// Sends in flight at most (each holds a `max_probe_size` buffer); more wait. A quarter
-    /// of them at most carry pongs to senders that are no explicit peer, so strangers whose
-    /// pongs never complete (rxd, silent addresses) leave the rest to this node's probes.
+    /// Sends in flight at most (each holds a `max_probe_size` buffer); more wait.
     pub tx_slots: usize,
+    /// Pongs in flight at most to senders that are no explicit peer; `None`: a quarter of
+    /// `tx_slots`. So strangers whose pongs never complete (rxd, silent addresses) leave the
+    /// rest to this node's probes and its peers' pongs.
+    pub max_stranger_pongs_in_flight: Option<usize>,
     /// Receives kept posted (each a `max_probe_size` buffer).
     pub rx_slots: usize,
     /// Peers learned from their pings and kept in the address vector (least recently used
@@ -105,6 +107,7 @@ impl PingerConfig {
             linger: Duration::ZERO,
             responder: true,
             tx_slots: 128,
+            max_stranger_pongs_in_flight: None,
             rx_slots: 64,
             max_learned_peers: 1024,
             max_queued_pongs: 1024,
