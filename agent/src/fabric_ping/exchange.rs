@@ -45,32 +45,27 @@ pub enum ExchangeError {
     /// no answer in time
     #[error("{peer} did not answer within {timeout:?}")]
     Timeout { peer: SocketAddr, timeout: Duration },
-    /// connected, but the answer is not an efaprobe hello
-    #[error("{peer} answered something that is not an efaprobe hello: {detail}")]
-    Protocol {
+    /// connected, but the answer is longer than a hello can be
+    #[error(
+        "{peer} answered something that is not an efaprobe hello: longer than {MAX_HELLO} bytes"
+    )]
+    TooLong { peer: SocketAddr },
+    /// connected, but the answer is not the JSON of a hello
+    #[error("{peer} answered something that is not an efaprobe hello: {source}")]
+    NotJson {
         peer: SocketAddr,
-        detail: HelloDefect,
+        source: serde_json::Error,
     },
-}
-
-/// What is wrong with an answer that is not a usable hello.
-#[derive(Debug, thiserror::Error)]
-pub enum HelloDefect {
-    /// more than a hello can be
-    #[error("longer than {MAX_HELLO} bytes")]
-    TooLong,
-    /// not the JSON of a hello
-    #[error("{0}")]
-    NotJson(#[from] serde_json::Error),
-    /// another version of the exchange
-    #[error("exchange version {0} (this build speaks {EXCHANGE_VERSION})")]
-    Version(u32),
+    /// a hello of another version of the exchange
+    #[error("{peer} speaks exchange version {version} (this build speaks {EXCHANGE_VERSION})")]
+    Version { peer: SocketAddr, version: u32 },
     /// a hello without endpoints
-    #[error("no fabric endpoints")]
-    NoEndpoints,
-    /// an endpoint's address is not hex
-    #[error("address {address:?} is unreadable: {source}")]
-    Address {
+    #[error("{peer} answered a hello without fabric endpoints")]
+    NoEndpoints { peer: SocketAddr },
+    /// a hello whose endpoint address is unreadable
+    #[error("{peer} published the unreadable fabric address {address:?}: {source}")]
+    BadAddress {
+        peer: SocketAddr,
         address: String,
         source: fabric::AddressError,
     },
@@ -117,23 +112,26 @@ pub async fn fetch(peer: SocketAddr, timeout: Duration) -> Result<ExchangeHello,
     let buf = tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| ExchangeError::Timeout { peer, timeout })??;
-    parse(&buf).map_err(|detail| ExchangeError::Protocol { peer, detail })
+    parse(peer, &buf)
 }
 
-fn parse(buf: &[u8]) -> Result<ExchangeHello, HelloDefect> {
+fn parse(peer: SocketAddr, buf: &[u8]) -> Result<ExchangeHello, ExchangeError> {
     if buf.len() > MAX_HELLO {
-        return Err(HelloDefect::TooLong);
+        return Err(ExchangeError::TooLong { peer });
     }
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let hello: ExchangeHello = serde_json::from_slice(line)?;
+    let hello: ExchangeHello =
+        serde_json::from_slice(line).map_err(|source| ExchangeError::NotJson { peer, source })?;
     if hello.efaprobe_exchange != EXCHANGE_VERSION {
-        return Err(HelloDefect::Version(hello.efaprobe_exchange));
+        let version = hello.efaprobe_exchange;
+        return Err(ExchangeError::Version { peer, version });
     }
     if hello.endpoints.is_empty() {
-        return Err(HelloDefect::NoEndpoints);
+        return Err(ExchangeError::NoEndpoints { peer });
     }
     for ep in &hello.endpoints {
-        EndpointAddress::from_hex(&ep.address).map_err(|source| HelloDefect::Address {
+        EndpointAddress::from_hex(&ep.address).map_err(|source| ExchangeError::BadAddress {
+            peer,
             address: ep.address.clone(),
             source,
         })?;
@@ -160,6 +158,8 @@ mod tests {
 
     #[test]
     fn parse_rejects_what_is_not_a_hello() {
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let parse = |buf: &[u8]| parse(peer, buf);
         let good = serde_json::to_vec(&hello()).unwrap();
         assert_eq!(parse(&good).unwrap(), hello());
         assert!(parse(b"HTTP/1.1 200 OK\r\n\r\n").is_err());

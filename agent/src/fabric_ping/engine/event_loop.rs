@@ -501,7 +501,7 @@ impl Engine {
                     return;
                 }
                 let sent_at = probe.sent_at.expect("filtered above");
-                if let Some(entry) = self.table.get_mut(&probe.key.clone()) {
+                if let Some(entry) = self.table.get_mut(&probe.key) {
                     entry.answered = true;
                 }
                 self.health.progress(received_at);

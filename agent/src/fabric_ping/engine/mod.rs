@@ -117,32 +117,24 @@ impl PingerConfig {
     }
 }
 
-/// Why an engine could not be opened.
+/// Why an engine could not be opened, or could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
-pub enum OpenError {
+pub enum EngineError {
     /// the provider or a device is missing
     #[error(transparent)]
-    Fabric(#[from] fabric::Error),
+    Open(#[from] fabric::Error),
     /// the engine thread could not be started
     #[error("cannot start the fabric engine thread: {0}")]
     Thread(std::io::Error),
-}
-
-/// Why the engine could not do what it was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EngineError {
-    /// the engine thread has stopped (shut down, or its endpoint failed)
+    /// the engine thread has stopped (shut down)
     #[error("fabric engine stopped")]
     Stopped,
     /// the handle was never issued by this engine, or the peer was removed
     #[error("unknown peer")]
     UnknownPeer,
-    /// the provider refused the address (wrong length or format for it)
-    #[error("fabric address refused: {0}")]
+    /// the provider refused a peer's address (see `fabric::Endpoint::check_address`)
+    #[error("peer address: {0}")]
     Address(fabric::Error),
-    /// the provider refused the send
-    #[error("send refused: {0}")]
-    Send(fabric::Error),
 }
 
 /// Sets the environment a provider must see before libfabric loads it. Call it early in
@@ -156,7 +148,7 @@ pub fn prepare_environment(provider: &str) {
 }
 
 /// Opens one engine per domain (device) of the provider: one per EFA NIC on multi-rail nodes.
-pub fn open_all(config: &PingerConfig) -> Result<Vec<FabricPinger>, OpenError> {
+pub fn open_all(config: &PingerConfig) -> Result<Vec<FabricPinger>, EngineError> {
     // EFA addresses are device GIDs and shm names are derived from the node string (two
     // processes given the same IP would collide): only IP providers take the bind address.
     let ip_provider = !matches!(config.provider.split(';').next(), Some("efa") | Some("shm"));
@@ -290,7 +282,7 @@ pub struct FabricPinger {
 
 impl FabricPinger {
     /// Opens the endpoint on `info`'s domain and starts the engine thread.
-    pub fn start(info: fabric::Info, config: PingerConfig) -> Result<FabricPinger, OpenError> {
+    pub fn start(info: fabric::Info, config: PingerConfig) -> Result<FabricPinger, EngineError> {
         let provider = info.provider_name();
         let fabric_name = info.fabric_name();
         let domain_name = info.domain_name();
@@ -316,7 +308,7 @@ impl FabricPinger {
         let thread = std::thread::Builder::new()
             .name(format!("fabric-{}", shared.domain))
             .spawn(move || engine.run())
-            .map_err(OpenError::Thread)?;
+            .map_err(EngineError::Thread)?;
         Ok(FabricPinger {
             shared,
             commands: tx,
