@@ -25,6 +25,9 @@ pub(super) struct AvEntry {
     /// Whether a pong from this address answered a ping (the health watch minds only
     /// peers that did).
     pub answered: bool,
+    /// Whether a pong to this address completed: the sender is really there (a send to an
+    /// address where nobody answers never completes on rxd).
+    pub proven: bool,
 }
 
 impl AvEntry {
@@ -119,6 +122,7 @@ impl AddressTable {
                 pings_in_flight: BTreeMap::new(),
                 pongs_in_flight: 0,
                 answered: false,
+                proven: false,
             },
         );
         sync_av_count(ep, counters);
@@ -146,8 +150,13 @@ impl AddressTable {
     ) -> Result<FabricAddr, EngineError> {
         self.tick += 1;
         let tick = self.tick;
-        if !self.entries.contains_key(key) && self.learned_lru.len() >= self.max_learned {
-            self.evict_oldest_learned(ep, counters);
+        if !self.entries.contains_key(key) {
+            // Refused before anything is evicted for it: otherwise each unusable address
+            // would push a real sender out.
+            ep.check_address(key).map_err(EngineError::Address)?;
+            if self.learned_lru.len() >= self.max_learned {
+                self.evict_oldest_learned(ep, counters);
+            }
         }
         let addr = self.ensure(ep, counters, key)?;
         let entry = self.entries.get_mut(key).expect("just ensured");
@@ -158,8 +167,17 @@ impl AddressTable {
         Ok(addr)
     }
 
+    /// Evicts the least recently heard learned sender, among those never proven there if
+    /// any: a flood of strangers from silent addresses then evicts its own kind, not a peer's
+    /// second endpoint that has been answered for long.
     fn evict_oldest_learned(&mut self, ep: &mut Endpoint, counters: &Counters) {
-        if let Some((_, key)) = self.learned_lru.pop_first() {
+        let unproven = self
+            .learned_lru
+            .iter()
+            .find(|(_, key)| self.entries.get(*key).is_some_and(|e| !e.proven))
+            .map(|(tick, _)| *tick);
+        let oldest = unproven.or_else(|| self.learned_lru.keys().next().copied());
+        if let Some(key) = oldest.and_then(|tick| self.learned_lru.remove(&tick)) {
             if let Some(entry) = self.entries.get_mut(&key) {
                 entry.learned_tick = None;
             }

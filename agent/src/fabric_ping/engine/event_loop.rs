@@ -14,57 +14,13 @@ use tokio::sync::oneshot;
 use super::address_table::AddressTable;
 use super::counters::{bump, MalformedReason};
 use super::health::HealthWatch;
+use super::outgoing::{InFlight, Outgoing, SendPurpose, PONG_MAX_WAIT};
 use super::pacing::{ExpectedWarm, Outstanding, Pacing, Wait};
 use super::{
     learned_peer_limit, Command, EngineError, PeerHandle, PingerConfig, ProbeOutcome, Published,
     Shared,
 };
 use crate::fabric_ping::wire::{self, Kind, Message, FLAG_FOLLOWS};
-
-enum Outgoing {
-    Ping {
-        seq: u64,
-    },
-    Pong {
-        key: EndpointAddress,
-        bytes: Vec<u8>,
-        queued_at: Instant,
-    },
-}
-
-/// How long a pong may wait behind one still in flight to the same destination. A prober
-/// gives up on a probe after its timeout anyway; on a path where sends never complete, pongs
-/// go no further than this.
-const PONG_MAX_WAIT: Duration = Duration::from_secs(1);
-
-struct InFlight {
-    key: EndpointAddress,
-    size: usize,
-    deadline: Instant,
-    sent_at: Option<Instant>,
-    /// The token of the ping in flight, which its pong must echo: drawn afresh for each
-    /// ping, so that nobody who has not seen the ping can answer it.
-    token: u64,
-    /// Whether a second ping follows the first one's pong.
-    pair: bool,
-    /// The first ping's answer, once it came: (rtt, dwell, responder).
-    cold: Option<(Duration, Duration, u64)>,
-    reply: oneshot::Sender<ProbeOutcome>,
-}
-
-enum SendPurpose {
-    Ping {
-        seq: u64,
-        key: EndpointAddress,
-        size: usize,
-        token: u64,
-    },
-    Pong {
-        key: EndpointAddress,
-        /// To a sender that is no explicit peer (see `learned_pongs_in_flight`).
-        learned: bool,
-    },
-}
 
 pub(super) struct Engine {
     ep: Endpoint,
@@ -80,11 +36,13 @@ pub(super) struct Engine {
     sends: HashMap<SendId, SendPurpose>,
     outbox: VecDeque<Outgoing>,
     queued_pongs: usize,
-    /// Pongs in flight to senders that are no explicit peer, at most `learned_pong_budget`:
-    /// on rxd a send to an address where nobody answers never completes, so without this
-    /// bound strangers' pings from such addresses would take every transmit slot.
-    learned_pongs_in_flight: usize,
-    learned_pong_budget: usize,
+    /// Pongs in flight to senders that are no explicit peer, by whether the sender ever
+    /// acknowledged one (index 1) or not (0), each at most `stranger_pong_budget`: on rxd a
+    /// send to an address where nobody answers never completes, so without this bound
+    /// strangers' pings from such addresses would take every transmit slot; and a flood of
+    /// those cannot take the share of senders known to answer (a peer's second endpoint).
+    stranger_pongs_in_flight: [usize; 2],
+    stranger_pong_budget: usize,
     next_seq: u64,
     pacing: Pacing,
     /// Probes whose second ping is in flight: its pong is due within microseconds.
@@ -116,7 +74,7 @@ impl Engine {
             table: AddressTable::new(learned_peer_limit(&shared.provider, &config)),
             shared,
             commands,
-            learned_pong_budget: config
+            stranger_pong_budget: config
                 .max_stranger_pongs_in_flight
                 .unwrap_or(config.tx_slots / 4)
                 .max(1),
@@ -126,7 +84,7 @@ impl Engine {
             sends: HashMap::new(),
             outbox: VecDeque::new(),
             queued_pongs: 0,
-            learned_pongs_in_flight: 0,
+            stranger_pongs_in_flight: [0; 2],
             next_seq: 1,
             pacing: Pacing::default(),
             warm_awaited: BTreeSet::new(),
@@ -323,9 +281,12 @@ impl Engine {
                         bump(&self.shared.counters.pongs_dropped_backlog);
                         continue;
                     };
-                    let (dest, learned) = (entry.addr, !entry.is_peer());
-                    let strangers_full =
-                        learned && self.learned_pongs_in_flight >= self.learned_pong_budget;
+                    let dest = entry.addr;
+                    let stranger = (!entry.is_peer()).then_some(entry.proven);
+                    let strangers_full = stranger.is_some_and(|proven| {
+                        self.stranger_pongs_in_flight[usize::from(proven)]
+                            >= self.stranger_pong_budget
+                    });
                     if strangers_full || entry.pongs_in_flight >= cap {
                         // The pair's second pong often finds the first one's completion
                         // pending (rxd completes a send when the peer acknowledges it): it
@@ -348,7 +309,7 @@ impl Engine {
                         key.clone(),
                         SendPurpose::Pong {
                             key: key.clone(),
-                            learned,
+                            stranger,
                         },
                     )
                 }
@@ -371,8 +332,12 @@ impl Engine {
                     } else {
                         self.queued_pongs -= 1;
                     }
-                    if let SendPurpose::Pong { learned: true, .. } = &purpose {
-                        self.learned_pongs_in_flight += 1;
+                    if let SendPurpose::Pong {
+                        stranger: Some(proven),
+                        ..
+                    } = &purpose
+                    {
+                        self.stranger_pongs_in_flight[usize::from(*proven)] += 1;
                     }
                     if let Some(entry) = self.table.get_mut(&key) {
                         match purpose {
@@ -450,8 +415,12 @@ impl Engine {
         let key = match &purpose {
             SendPurpose::Ping { key, .. } | SendPurpose::Pong { key, .. } => key.clone(),
         };
-        if let SendPurpose::Pong { learned: true, .. } = &purpose {
-            self.learned_pongs_in_flight -= 1;
+        if let SendPurpose::Pong {
+            stranger: Some(proven),
+            ..
+        } = &purpose
+        {
+            self.stranger_pongs_in_flight[usize::from(*proven)] -= 1;
         }
         if let Some(entry) = self.table.get_mut(&key) {
             match purpose {
@@ -461,7 +430,8 @@ impl Engine {
                     }
                 }
                 SendPurpose::Pong { .. } => {
-                    entry.pongs_in_flight = entry.pongs_in_flight.saturating_sub(1)
+                    entry.pongs_in_flight = entry.pongs_in_flight.saturating_sub(1);
+                    entry.proven |= error.is_none();
                 }
             }
         }
@@ -644,7 +614,7 @@ impl Engine {
         };
         drop(std::mem::replace(&mut self.ep, fresh));
         self.sends.clear();
-        self.learned_pongs_in_flight = 0;
+        self.stranger_pongs_in_flight = [0; 2];
         self.outbox.retain(|o| matches!(o, Outgoing::Ping { .. }));
         self.queued_pongs = 0;
         let refused = self.table.reinsert(&mut self.ep, &self.shared.counters);

@@ -11,13 +11,16 @@
 //! a first ping waits for a responder that may be idle, and otherwise sleeps between slow
 //! polls, which still answer pings and accept connections.
 //!
-//! Here: the handle and its configuration. The thread's loop is in [`event_loop`], its
-//! address table in [`address_table`], its pacing in [`pacing`], its counters in [`counters`].
+//! Here: the handle and its configuration. The thread's loop is in [`event_loop`], what it
+//! has queued and in flight in [`outgoing`], its address table in [`address_table`], its
+//! pacing in [`pacing`], its counters in [`counters`], its watch on its own endpoint in
+//! [`health`].
 
 mod address_table;
 mod counters;
 mod event_loop;
 mod health;
+mod outgoing;
 mod pacing;
 
 pub use counters::{MalformedReason, PingerStats};
