@@ -75,9 +75,10 @@ pub struct PingerConfig {
     pub responder: bool,
     /// Sends in flight at most (each holds a `max_probe_size` buffer); more wait.
     pub tx_slots: usize,
-    /// Pongs in flight at most to senders that are no explicit peer; `None`: a quarter of
-    /// `tx_slots`. So strangers whose pongs never complete (rxd, silent addresses) leave the
-    /// rest to this node's probes and its peers' pongs.
+    /// Pongs in flight at most to senders that are no explicit peer, in each of two shares:
+    /// senders that acknowledged a pong before, and those that never did; `None`: a quarter
+    /// of `tx_slots` each. So strangers whose pongs never complete (rxd, silent addresses)
+    /// leave the rest to this node's probes, its peers' pongs and senders known to be there.
     pub max_stranger_pongs_in_flight: Option<usize>,
     /// Receives kept posted (each a `max_probe_size` buffer).
     pub rx_slots: usize,
