@@ -119,7 +119,11 @@ fn missing_provider_exits_3_with_the_reason() {
 }
 
 fn engine(max_learned: usize) -> FabricPinger {
-    let mut config = PingerConfig::new("udp;ofi_rxd");
+    engine_on("udp;ofi_rxd", max_learned)
+}
+
+fn engine_on(provider: &str, max_learned: usize) -> FabricPinger {
+    let mut config = PingerConfig::new(provider);
     config.bind = Some("127.0.0.1".parse().unwrap());
     config.max_learned_peers = max_learned;
     fabric_ping::open_all(&config).unwrap().remove(0)
@@ -128,7 +132,7 @@ fn engine(max_learned: usize) -> FabricPinger {
 /// `responder` as a peer of `prober`.
 fn add(prober: &FabricPinger, responder: &FabricPinger) -> PeerHandle {
     prober
-        .add_peer(responder.address())
+        .add_peer(&responder.address())
         .wait()
         .unwrap()
         .unwrap()
@@ -136,7 +140,11 @@ fn add(prober: &FabricPinger, responder: &FabricPinger) -> PeerHandle {
 
 /// A bare endpoint on the same provider, to send what no efaprobe would.
 fn raw_endpoint() -> Endpoint {
-    let list = InfoList::get(&Query::provider("udp;ofi_rxd").bind(Some("127.0.0.1"))).unwrap();
+    raw_endpoint_on("udp;ofi_rxd")
+}
+
+fn raw_endpoint_on(provider: &str) -> Endpoint {
+    let list = InfoList::get(&Query::provider(provider).bind(Some("127.0.0.1"))).unwrap();
     let domain = Domain::open(list.iter().next().unwrap().to_owned().unwrap()).unwrap();
     Endpoint::open(&domain, EndpointConfig::default()).unwrap()
 }
@@ -162,7 +170,10 @@ fn send(ep: &mut Endpoint, to: fabric::FabricAddr, bytes: &[u8]) {
     loop {
         match ep.send(to, bytes) {
             Ok(_) => return,
-            Err(e) if e.is_again() && Instant::now() < deadline => {
+            Err(e)
+                if (e.is_again() || matches!(e, fabric::Error::TxBusy(_)))
+                    && Instant::now() < deadline =>
+            {
                 ep.poll(&mut Vec::new(), &mut Vec::new()).unwrap();
             }
             Err(e) => panic!("raw send: {e}"),
@@ -176,7 +187,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
     use fabric_ping::wire::{Kind, Message, MAGIC};
     let responder = engine(16);
     let mut attacker = raw_endpoint();
-    let to = attacker.insert_peer(responder.address()).unwrap();
+    let to = attacker.insert_peer(&responder.address()).unwrap();
 
     let mut good_ping = Vec::new();
     let own = attacker.name().to_vec();
@@ -184,7 +195,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
         kind: Kind::Ping,
         seq: 1,
         sender_id: 9,
-        send_ts: 0,
+        token: 0,
         dwell_ns: 0,
         unread_ns: 0,
         flags: 0,
@@ -204,7 +215,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
         kind: Kind::Ping,
         seq: 2,
         sender_id: 9,
-        send_ts: 0,
+        token: 0,
         dwell_ns: 0,
         unread_ns: 0,
         flags: 0,
@@ -230,7 +241,7 @@ fn malformed_and_hostile_messages_are_counted_and_dropped() {
         kind: Kind::Pong,
         seq: 999_999,
         sender_id: 9,
-        send_ts: 0,
+        token: 0,
         dwell_ns: u64::MAX,
         unread_ns: 0,
         flags: 0,
@@ -273,14 +284,14 @@ fn learned_senders_are_bounded() {
     let responder = engine(3);
     let mut senders: Vec<Endpoint> = (0..6).map(|_| raw_endpoint()).collect();
     for (i, ep) in senders.iter_mut().enumerate() {
-        let to = ep.insert_peer(responder.address()).unwrap();
+        let to = ep.insert_peer(&responder.address()).unwrap();
         let own = ep.name().to_vec();
         let mut ping = Vec::new();
         Message {
             kind: Kind::Ping,
             seq: i as u64,
             sender_id: i as u64,
-            send_ts: 0,
+            token: 0,
             dwell_ns: 0,
             unread_ns: 0,
             flags: 0,
@@ -372,7 +383,7 @@ fn a_dead_peer_does_not_hold_up_a_live_one() {
     let mut dead_addr = prober.address().to_vec();
     dead_addr[2..4].copy_from_slice(&1u16.to_be_bytes()); // port 1: nothing listens
     let dead = prober.add_peer(&dead_addr).wait().unwrap().unwrap();
-    let alive = prober.add_peer(live.address()).wait().unwrap().unwrap();
+    let alive = prober.add_peer(&live.address()).wait().unwrap().unwrap();
 
     let to_dead = prober.probe(dead, 64, Duration::from_secs(2));
     let to_live = prober.probe(alive, 64, Duration::from_secs(2));
@@ -487,4 +498,347 @@ fn pairs_measure_the_path_and_single_pings_prove_it() {
     assert_eq!(stats.pings_sent, 2 * pairs + 5);
     assert_eq!(stats.pongs_received, 2 * pairs + 5);
     assert_eq!(responder.stats().pongs_dropped_backlog, 0);
+}
+
+/// A pong as a hostile endpoint writes it: `seq` and `token` are what it claims to answer.
+fn pong_bytes(seq: u64, token: u64) -> Vec<u8> {
+    use fabric_ping::wire::{Kind, Message};
+    let mut bytes = Vec::new();
+    Message {
+        kind: Kind::Pong,
+        seq,
+        sender_id: 66,
+        token,
+        dwell_ns: 0,
+        unread_ns: 0,
+        flags: 0,
+        address: &[],
+    }
+    .encode_into(64, &mut bytes);
+    bytes
+}
+
+/// The pings an endpoint received since the last call: (sender's address, seq, token).
+fn pings_received(ep: &mut Endpoint) -> Vec<(Vec<u8>, u64, u64)> {
+    use fabric_ping::wire::{Kind, Message};
+    let (mut events, mut data) = (Vec::new(), Vec::new());
+    ep.poll(&mut events, &mut data).unwrap();
+    events
+        .iter()
+        .filter_map(|e| match e {
+            fabric::Event::Received { data: r, .. } => Message::decode(&data[r.clone()]).ok(),
+            _ => None,
+        })
+        .filter(|m| m.kind == Kind::Ping)
+        .map(|m| (m.address.to_vec(), m.seq, m.token))
+        .collect()
+}
+
+/// Issue #15 item 3: a peer that reads the pings it receives and forges pongs for the next
+/// 40 sequence numbers (with the token it saw, and with guesses) cannot make a silent peer
+/// reachable; nor, where the provider names senders (tcp), can a pong that carries the
+/// silent peer's real token (read off its pings, as an eavesdropper could) but comes from
+/// another address.
+#[test]
+fn forged_pongs_do_not_make_a_silent_peer_reachable() {
+    let _busy = busy();
+    for provider in ["udp;ofi_rxd", "tcp"] {
+        let prober = engine_on(provider, 16);
+        let mut forger = raw_endpoint_on(provider);
+        let mut silent = raw_endpoint_on(provider);
+        let forger_peer = prober.add_peer(forger.name()).wait().unwrap().unwrap();
+        let silent_peer = prober.add_peer(silent.name()).wait().unwrap().unwrap();
+        let relays_from_another_address = provider == "tcp";
+
+        // Each round probes both at once, so the forger's pongs for the next sequence
+        // numbers arrive while the silent peer's probe is in flight.
+        let rounds = 8;
+        let probing = {
+            let prober = prober.clone();
+            std::thread::spawn(move || {
+                (0..rounds)
+                    .map(|_| {
+                        let to_forger = prober.probe(forger_peer, 64, Duration::from_millis(400));
+                        let to_silent = prober.probe(silent_peer, 64, Duration::from_millis(400));
+                        (to_forger.wait().unwrap(), to_silent.wait().unwrap())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let mut back_to_prober = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !probing.is_finished() && Instant::now() < deadline {
+            for (from, seq, token) in pings_received(&mut forger) {
+                let to = *back_to_prober.get_or_insert_with(|| forger.insert_peer(&from).unwrap());
+                // Its own ping answered honestly, then pongs for the next 40 sequence
+                // numbers with the token it saw and with a guess each.
+                send(&mut forger, to, &pong_bytes(seq, token));
+                for next in seq + 1..=seq + 40 {
+                    send(&mut forger, to, &pong_bytes(next, token));
+                    send(&mut forger, to, &pong_bytes(next, next));
+                }
+            }
+            for (_, seq, token) in pings_received(&mut silent) {
+                if let (true, Some(to)) = (relays_from_another_address, back_to_prober) {
+                    send(&mut forger, to, &pong_bytes(seq, token));
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(probing.is_finished(), "{provider}: probes did not finish");
+        let outcomes = probing.join().unwrap();
+        for (to_forger, to_silent) in &outcomes {
+            assert!(
+                matches!(to_forger, ProbeOutcome::Pong { .. }),
+                "{provider}: the forger answers its own pings: {to_forger:?}"
+            );
+            assert_eq!(
+                *to_silent,
+                ProbeOutcome::Timeout,
+                "{provider}: the silent peer was made to look reachable"
+            );
+        }
+        let stats = prober.stats();
+        assert!(stats.malformed["bad_token"] > 0, "{provider}: {stats:?}");
+        if relays_from_another_address {
+            assert!(stats.malformed["wrong_sender"] > 0, "{provider}: {stats:?}");
+        }
+        prober.shutdown();
+    }
+}
+
+/// A ping from `attacker` that claims to come from `sender`.
+fn ping_claiming(attacker: &mut Endpoint, to: fabric::FabricAddr, sender: &[u8], seq: u64) {
+    use fabric_ping::wire::{Kind, Message};
+    let mut ping = Vec::new();
+    Message {
+        kind: Kind::Ping,
+        seq,
+        sender_id: 77,
+        token: seq,
+        dwell_ns: 0,
+        unread_ns: 0,
+        flags: 0,
+        address: sender,
+    }
+    .encode_into(64, &mut ping);
+    send(attacker, to, &ping);
+}
+
+/// Both directions between an agent's engine and a real peer answer, ten times over.
+fn still_answering_and_probing(agent: &FabricPinger, peer: &FabricPinger, what: &str) {
+    let agent_to_peer = add(agent, peer);
+    let peer_to_agent = add(peer, agent);
+    for _ in 0..10 {
+        let out = agent
+            .probe(agent_to_peer, 64, Duration::from_secs(2))
+            .wait()
+            .unwrap();
+        assert!(
+            matches!(out, ProbeOutcome::Pong { .. }),
+            "{what}: agent's probe: {out:?}"
+        );
+        let back = peer
+            .probe(peer_to_agent, 64, Duration::from_secs(2))
+            .wait()
+            .unwrap();
+        assert!(
+            matches!(back, ProbeOutcome::Pong { .. }),
+            "{what}: peer's probe: {back:?}"
+        );
+    }
+    agent.remove_peer(agent_to_peer);
+    peer.remove_peer(peer_to_agent);
+}
+
+/// Issue #15 item 4: pings whose sender address is all zeros, of family 0xffff or of the
+/// unspecified IP, and then pings from 200 distinct senders that never answer (real
+/// addresses of this provider where nobody listens: rxd retransmits a pong to them for ever),
+/// leave the engine answering its real peer and probing it.
+#[test]
+fn crafted_sender_addresses_do_not_wedge_the_engine() {
+    let _busy = busy();
+    let agent = fabric_ping::open_all(&{
+        let mut config = PingerConfig::new("udp;ofi_rxd");
+        config.bind = Some("127.0.0.1".parse().unwrap());
+        config
+    })
+    .unwrap()
+    .remove(0);
+    let peer = engine(16);
+    still_answering_and_probing(&agent, &peer, "before");
+
+    let mut attacker = raw_endpoint();
+    let to = attacker.insert_peer(&agent.address()).unwrap();
+    let template = agent.address().to_vec();
+    let zeros = vec![0u8; template.len()];
+    let mut family_ffff = template.clone();
+    family_ffff[..2].copy_from_slice(&[0xff, 0xff]);
+    let mut unspecified = template.clone();
+    unspecified[4..8].copy_from_slice(&[0, 0, 0, 0]); // sockaddr_in: family, port, address
+    let mut port_zero = template.clone();
+    port_zero[2..4].copy_from_slice(&[0, 0]);
+    let crafted = [zeros, family_ffff, unspecified, port_zero];
+    let answered_before = agent.stats().pings_answered;
+    for (seq, sender) in crafted.iter().enumerate() {
+        ping_claiming(&mut attacker, to, sender, seq as u64);
+    }
+    assert!(
+        drive(&mut attacker, || agent.stats().malformed["bad_address"]
+            >= crafted.len() as u64),
+        "crafted addresses not refused: {:?}",
+        agent.stats()
+    );
+    assert_eq!(agent.stats().pings_answered, answered_before);
+    still_answering_and_probing(&agent, &peer, "after crafted addresses");
+
+    let dead = |i: u16| {
+        let mut a = template.clone();
+        a[2..4].copy_from_slice(&(21_000 + i).to_be_bytes());
+        a
+    };
+    for i in 0..200 {
+        ping_claiming(&mut attacker, to, &dead(i), 100 + u64::from(i));
+    }
+    let heard = |s: &fabric_ping::PingerStats| {
+        s.pings_answered + s.pongs_dropped_queue_full + s.pongs_dropped_backlog
+    };
+    assert!(
+        drive(&mut attacker, || heard(&agent.stats()) >= 200),
+        "dead senders' pings not all handled: {:?}",
+        agent.stats()
+    );
+    still_answering_and_probing(&agent, &peer, "after 200 dead senders");
+    let stats = agent.stats();
+    assert!(stats.learned_peers_evicted > 0, "{stats:?}");
+    // The bounds held it; the health watch (20 s) had nothing to do.
+    assert_eq!(stats.endpoint_reopens, 0, "{stats:?}");
+    agent.shutdown();
+    peer.shutdown();
+}
+
+/// Issue #15 item 4, the health watch: an engine whose every transmit slot is held by sends
+/// rxd never completes (pings to peers whose nodes went away) cannot send to the peer that
+/// answers; it notices (no completion, no pong, for `reopen_after`), opens its endpoint
+/// anew, publishes its new address, counts it, and probes and answers its real peer again.
+#[test]
+fn an_engine_whose_sends_stopped_completing_reopens_its_endpoint() {
+    let _busy = busy();
+    let mut config = PingerConfig::new("udp;ofi_rxd");
+    config.bind = Some("127.0.0.1".parse().unwrap());
+    config.tx_slots = 8;
+    config.reopen_after = Duration::from_millis(500);
+    let agent = fabric_ping::open_all(&config).unwrap().remove(0);
+    let published = agent.address();
+    let peer = engine(16);
+    let to_peer = add(&agent, &peer);
+    let out = agent
+        .probe(to_peer, 64, Duration::from_secs(2))
+        .wait()
+        .unwrap();
+    assert!(matches!(out, ProbeOutcome::Pong { .. }), "{out:?}");
+
+    // Eight peers that went away: nobody listens at their addresses.
+    let gone: Vec<PeerHandle> = (0..8u16)
+        .map(|i| {
+            let mut a = published.to_vec();
+            a[2..4].copy_from_slice(&(21_300 + i).to_be_bytes());
+            agent.add_peer(&a).wait().unwrap().unwrap()
+        })
+        .collect();
+    for h in &gone {
+        let out = agent
+            .reach(*h, 64, Duration::from_millis(100))
+            .wait()
+            .unwrap();
+        assert_eq!(out, ProbeOutcome::Timeout);
+    }
+    // Every slot is held now; the live peer is probed until the engine has reopened.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut outcomes = Vec::new();
+    while agent.stats().endpoint_reopens == 0 && Instant::now() < deadline {
+        outcomes.push(
+            agent
+                .reach(to_peer, 64, Duration::from_millis(200))
+                .wait()
+                .unwrap(),
+        );
+    }
+    assert_eq!(agent.stats().endpoint_reopens, 1, "{:?}", agent.stats());
+    assert!(
+        outcomes.contains(&ProbeOutcome::Timeout),
+        "the slots were never exhausted: {outcomes:?}"
+    );
+    assert_ne!(agent.address(), published, "the new address is published");
+    for h in gone {
+        agent.remove_peer(h);
+    }
+    still_answering_and_probing(&agent, &peer, "after reopening");
+    agent.shutdown();
+    peer.shutdown();
+}
+
+/// Issue #15 item 10: what the engine drops and evicts reaches `/metrics`' encoding, read
+/// from the engine at scrape time.
+#[test]
+fn malformed_messages_and_evictions_are_exported() {
+    let _busy = busy();
+    use efaprobe::metrics::Metrics;
+    use efaprobe::state::FabricStatus;
+    let responder = engine(2);
+    let state = efaprobe::state::AgentState::new(
+        "test",
+        FabricStatus {
+            provider: "udp;ofi_rxd".into(),
+            available: true,
+            error: None,
+            devices: vec![],
+        },
+    );
+    let metrics = Metrics::new("test", std::sync::Arc::new(state));
+    metrics.set_fabric_engines(std::slice::from_ref(&responder));
+    let line = |text: &str, series: &str| {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .map(|l| l[series.len() + 1..].to_owned())
+    };
+    let before = metrics.encode();
+    assert_eq!(
+        line(&before, "efa_fabric_malformed_total{reason=\"bad_magic\"}").as_deref(),
+        Some("0"),
+        "{before}"
+    );
+
+    let mut attacker = raw_endpoint();
+    let to = attacker.insert_peer(&responder.address()).unwrap();
+    send(
+        &mut attacker,
+        to,
+        b"not an efaprobe message at all, but long enough to have a header",
+    );
+    send(&mut attacker, to, b"short");
+    // Three senders through a table of two: one eviction.
+    let template = attacker.name().to_vec();
+    for i in 0..3u16 {
+        let mut sender = template.clone();
+        sender[2..4].copy_from_slice(&(21_500 + i).to_be_bytes());
+        ping_claiming(&mut attacker, to, &sender, u64::from(i));
+    }
+    assert!(drive(&mut attacker, || {
+        let s = responder.stats();
+        s.malformed_total() >= 2 && s.learned_peers_evicted >= 1
+    }));
+    let after = metrics.encode();
+    let value = |series: &str| line(&after, series).unwrap_or_else(|| panic!("{series}: {after}"));
+    assert_eq!(
+        value("efa_fabric_malformed_total{reason=\"bad_magic\"}"),
+        "1"
+    );
+    assert_eq!(
+        value("efa_fabric_malformed_total{reason=\"truncated\"}"),
+        "1"
+    );
+    assert_eq!(value("efa_fabric_learned_peers_evicted_total"), "1");
+    assert_eq!(value("efa_fabric_endpoint_reopens_total"), "0");
+    responder.shutdown();
 }

@@ -1,7 +1,13 @@
 //! The hello an agent serves at `/v1/hello` and fetches from each peer: who it is, and where
 //! its fabric endpoints are, so the fabric probe can go on when the IP path later fails.
 
+use std::sync::{Arc, RwLock};
+
+use fabric::EndpointAddress;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::fabric_ping::Published;
 
 use crate::dns_name::{is_dns_name, NameRules};
 use crate::untrusted_text::{make_printable, printable};
@@ -68,7 +74,7 @@ pub struct HelloFabric {
 pub struct HelloEndpoint {
     /// The libfabric domain (device).
     pub domain: String,
-    /// Raw fabric address, hex.
+    /// Raw fabric address, hex ([`EndpointAddress::to_hex`]).
     pub address: String,
     /// The provider's printable form.
     pub display: String,
@@ -79,8 +85,41 @@ impl HelloEndpoint {
     pub fn of(pinger: &crate::fabric_ping::FabricPinger) -> HelloEndpoint {
         HelloEndpoint {
             domain: pinger.domain().to_owned(),
-            address: crate::fabric_ping::exchange::encode_hex(pinger.address()),
+            address: pinger.address().to_hex(),
             display: pinger.address_display().to_owned(),
+        }
+    }
+}
+
+/// Keeps `hello`'s fabric endpoints equal to what `pingers` publish, for as long as they
+/// run: an engine that opened its endpoint anew (its health watch) has a new address, and
+/// peers learn it from the hello. Spawn it next to the server that serves the hello.
+pub fn follow_fabric_addresses(
+    hello: Arc<RwLock<Hello>>,
+    pingers: &[crate::fabric_ping::FabricPinger],
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let changes = pingers.iter().map(|p| p.address_changes()).collect();
+    follow(hello, changes)
+}
+
+/// Endpoint `i` of the hello follows `changes[i]`, until every engine has stopped.
+async fn follow(hello: Arc<RwLock<Hello>>, mut changes: Vec<watch::Receiver<Published>>) {
+    loop {
+        if changes.is_empty() {
+            return;
+        }
+        let waits = changes.iter_mut().map(|c| Box::pin(c.changed()));
+        let (changed, index, _) = futures::future::select_all(waits).await;
+        if changed.is_err() {
+            // That engine is gone; its entry stays as it was.
+            changes.remove(index);
+            continue;
+        }
+        let published = changes[index].borrow_and_update().clone();
+        let mut hello = hello.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(endpoint) = hello.fabric.endpoints.get_mut(index) {
+            endpoint.address = published.address.to_hex();
+            endpoint.display = published.display;
         }
     }
 }
@@ -172,8 +211,7 @@ impl Hello {
             }
         }
         for ep in &self.fabric.endpoints {
-            if ep.address.len() > MAX_ADDRESS_HEX
-                || crate::fabric_ping::exchange::decode_hex(&ep.address).is_none()
+            if ep.address.len() > MAX_ADDRESS_HEX || EndpointAddress::from_hex(&ep.address).is_err()
             {
                 return invalid(
                     "fabric.endpoints.address",
@@ -190,7 +228,7 @@ impl Hello {
     /// The raw fabric address of endpoint `index`, if the peer has that many.
     pub fn fabric_address(&self, index: usize) -> Option<Vec<u8>> {
         let ep = self.fabric.endpoints.get(index)?;
-        crate::fabric_ping::exchange::decode_hex(&ep.address)
+        EndpointAddress::from_hex(&ep.address).ok().map(Vec::from)
     }
 }
 
@@ -225,6 +263,32 @@ mod tests {
             topology: None,
             node_actions: None,
         }
+    }
+
+    #[tokio::test]
+    async fn the_hello_follows_a_reopened_endpoints_new_address() {
+        let hello = Arc::new(RwLock::new(hello()));
+        let first = |h: &Arc<RwLock<Hello>>| h.read().unwrap().fabric.endpoints[0].clone();
+        let published = |byte: u8| Published {
+            address: EndpointAddress::new(vec![byte; 4]),
+            display: format!("display {byte}"),
+        };
+        let (tx, rx) = watch::channel(published(1));
+        let following = tokio::spawn(follow(hello.clone(), vec![rx]));
+        tx.send_replace(published(2));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while first(&hello).address != "02020202" && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(first(&hello).address, "02020202");
+        assert_eq!(first(&hello).display, "display 2");
+        assert_eq!(first(&hello).domain, "rdmap0s6-rdm");
+        // The engine gone: the follower ends.
+        drop(tx);
+        tokio::time::timeout(std::time::Duration::from_secs(5), following)
+            .await
+            .expect("follower ended")
+            .unwrap();
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use fabric_sys as sys;
 
+use crate::address::EndpointAddress;
 use crate::domain::{close_fid, Domain};
 use crate::error::{check, Error, Result};
 
@@ -133,7 +134,7 @@ impl AddressVector {
             )
         };
         if out.is_null() {
-            return hex(addr);
+            return EndpointAddress::from(addr).to_hex();
         }
         // SAFETY: fi_av_straddr NUL-terminates within buf (truncating if needed).
         let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
@@ -144,8 +145,4 @@ impl AddressVector {
         // SAFETY: fid_av begins with its fid, and the AV is open while self exists.
         unsafe { ptr::addr_of_mut!((*self.inner.ptr.as_ptr()).fid) }
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -70,11 +70,30 @@ impl CompletionQueue {
         })
     }
 
-    /// Reads completions (and drives the provider's progress, which is manual on EFA).
-    pub(crate) fn read(&self, buf: &mut [sys::fi_cq_msg_entry]) -> Result<CqRead> {
-        // SAFETY: buf is valid for buf.len() entries of the format this CQ was opened with.
-        let ret =
-            unsafe { sys::fi_cq_read(self.inner.ptr.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    /// Reads completions (and drives the provider's progress, which is manual on EFA). With
+    /// `sources`, each entry's sender is written there too (`fi_cq_readfrom`: the endpoint
+    /// must have `FI_SOURCE`).
+    pub(crate) fn read(
+        &self,
+        buf: &mut [sys::fi_cq_msg_entry],
+        sources: Option<&mut [sys::fi_addr_t]>,
+    ) -> Result<CqRead> {
+        let ret = match sources {
+            // SAFETY: buf is valid for buf.len() entries of the format this CQ was opened
+            // with, and src for as many fi_addr_t (no more are asked for).
+            Some(src) => unsafe {
+                sys::fi_cq_readfrom(
+                    self.inner.ptr.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len().min(src.len()),
+                    src.as_mut_ptr(),
+                )
+            },
+            // SAFETY: buf is valid for buf.len() entries of the format this CQ was opened with.
+            None => unsafe {
+                sys::fi_cq_read(self.inner.ptr.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            },
+        };
         if ret == -(sys::FI_EAGAIN as isize) {
             return Ok(CqRead::Entries(0));
         }

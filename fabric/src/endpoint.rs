@@ -6,7 +6,8 @@ use std::ptr::{self, NonNull};
 
 use fabric_sys as sys;
 
-use crate::av::{hex, AddressVector, FabricAddr};
+use crate::address::EndpointAddress;
+use crate::av::{AddressVector, FabricAddr};
 use crate::cq::{CompletionQueue, CqRead};
 use crate::domain::{close_fid, Domain};
 use crate::error::{check, CompletionError, Error, Result};
@@ -56,7 +57,12 @@ pub enum Event {
     /// The send failed, with the provider's reason.
     SendFailed(SendId, CompletionError),
     /// A message arrived; its bytes are this range of the caller's receive buffer.
-    Received(Range<usize>),
+    Received {
+        data: Range<usize>,
+        /// Its sender's handle, on an endpoint that [reports sources](Endpoint::reports_source)
+        /// and when the sender is in the address vector; `None` otherwise.
+        from: Option<FabricAddr>,
+    },
     /// A posted receive failed (its buffer is posted again).
     ReceiveFailed(CompletionError),
 }
@@ -145,12 +151,15 @@ pub struct Endpoint {
     rx_cq: CompletionQueue,
     av: AddressVector,
     domain: Domain,
-    name: Vec<u8>,
-    addr_is_string: bool,
+    name: EndpointAddress,
+    /// The provider's address format (`FI_SOCKADDR_IN`, `FI_ADDR_EFA`, `FI_ADDR_STR`, ...).
+    addr_format: u32,
     completions: Vec<sys::fi_cq_msg_entry>,
     /// On `udp;ofi_rxd`: whether malformed datagrams are filtered out before rxd reads them
     /// (see [`Endpoint::stray_filter`]).
     stray_filter: Option<std::result::Result<SocketAddr, StrayFilterError>>,
+    /// Senders of the receive completions read (`FI_SOURCE`), when the provider reports them.
+    sources: Option<Vec<sys::fi_addr_t>>,
 }
 
 // SAFETY: every libfabric object here was opened with FI_THREAD_SAFE, and the slot pools are
@@ -210,10 +219,13 @@ impl Endpoint {
             rx_cq,
             av,
             domain: domain.clone(),
-            name: Vec::new(),
-            addr_is_string: false,
+            name: EndpointAddress::default(),
+            addr_format: 0,
             completions: vec![sys::fi_cq_msg_entry::default(); 32],
             stray_filter: None,
+            sources: info
+                .reports_source()
+                .then(|| vec![sys::FI_ADDR_NOTAVAIL; 32]),
         };
         // From here on `ep` owns the endpoint and closes it on any error below.
         ep.bind(ep.av.as_fid(), 0, "fi_ep_bind(av)")?;
@@ -239,7 +251,7 @@ impl Endpoint {
             }
         }
         // SAFETY: info is valid; addr_format is a plain field.
-        ep.addr_is_string = unsafe { (*info.as_ptr()).addr_format } == sys::FI_ADDR_STR;
+        ep.addr_format = unsafe { (*info.as_ptr()).addr_format };
         ep.rx_unposted = (0..ep.rx.contexts.len() as u32).collect();
         ep.post_receives()?;
         Ok(ep)
@@ -251,7 +263,7 @@ impl Endpoint {
         check(call, ret as isize).map(drop)
     }
 
-    fn read_name(&self) -> Result<Vec<u8>> {
+    fn read_name(&self) -> Result<EndpointAddress> {
         let mut buf = vec![0u8; 256];
         let mut len = buf.len();
         // SAFETY: buf is writable for len bytes; fi_getname writes at most len bytes and sets
@@ -265,11 +277,11 @@ impl Endpoint {
         };
         check("fi_getname", ret as isize)?;
         buf.truncate(len);
-        Ok(buf)
+        Ok(EndpointAddress::new(buf))
     }
 
     /// This endpoint's fabric address, to publish to peers.
-    pub fn name(&self) -> &[u8] {
+    pub fn name(&self) -> &EndpointAddress {
         &self.name
     }
 
@@ -290,6 +302,11 @@ impl Endpoint {
         self.tx.mem.is_registered() && self.rx.mem.is_registered()
     }
 
+    /// Whether received messages name their sender (see [`Event::Received`]).
+    pub fn reports_source(&self) -> bool {
+        self.sources.is_some()
+    }
+
     /// Largest message [`send`](Self::send) takes.
     pub fn max_message(&self) -> usize {
         self.tx.slot_size
@@ -300,27 +317,38 @@ impl Endpoint {
         self.av.len()
     }
 
-    /// Checks that `addr` is a whole address of this provider's format. libfabric reads as
-    /// many bytes as the format implies, so an unchecked short address would be read past.
+    /// Checks that `addr` is a whole, usable address of this provider's format, before it
+    /// reaches libfabric: libfabric reads as many bytes as the format implies (so a short
+    /// address would be read past), and a malformed one can break the provider (on rxd, one
+    /// failed `fi_av_insert` of an all-zero address broke later sends). Socket addresses must
+    /// be of this endpoint's family and length, name a port and not the unspecified address;
+    /// EFA addresses must be as long as this endpoint's and name a GID.
     pub fn check_address(&self, addr: &[u8]) -> Result<()> {
-        let ok = if self.addr_is_string {
-            // FI_ADDR_STR: a NUL-terminated string with no NUL inside.
-            addr.len() > 1
-                && addr.len() <= 256
-                && addr.last() == Some(&0)
-                && !addr[..addr.len() - 1].contains(&0)
-        } else {
-            addr.len() == self.name.len()
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::Invalid(format!(
-                "fabric address of {} bytes does not fit this provider (own address: {} bytes)",
+        let checked = match self.addr_format {
+            sys::FI_ADDR_STR => {
+                // A NUL-terminated string with no NUL inside.
+                let ok = addr.len() > 1
+                    && addr.len() <= 256
+                    && addr.last() == Some(&0)
+                    && !addr[..addr.len() - 1].contains(&0);
+                ok.then_some(())
+                    .ok_or_else(|| "not a NUL-terminated name".to_owned())
+            }
+            _ if addr.len() != self.name.len() => Err(format!(
+                "{} bytes (this endpoint's address has {})",
                 addr.len(),
                 self.name.len()
-            )))
-        }
+            )),
+            sys::FI_SOCKADDR | sys::FI_SOCKADDR_IN | sys::FI_SOCKADDR_IN6 => {
+                check_sockaddr(addr, &self.name)
+            }
+            // efa_ep_addr: a 16-byte GID, then the queue pair number and key.
+            sys::FI_ADDR_EFA if addr.iter().take(16).all(|b| *b == 0) => {
+                Err("its GID is zero".to_owned())
+            }
+            _ => Ok(()),
+        };
+        checked.map_err(|why| Error::Invalid(format!("fabric address refused: {why}")))
     }
 
     /// Adds a peer by its raw fabric address.
@@ -338,7 +366,7 @@ impl Endpoint {
     pub fn display_address(&self, addr: &[u8]) -> String {
         match self.check_address(addr) {
             Ok(()) => self.av.straddr_checked(addr),
-            Err(_) => hex(addr),
+            Err(_) => EndpointAddress::from(addr).to_hex(),
         }
     }
 
@@ -440,7 +468,7 @@ impl Endpoint {
 
     fn poll_tx(&mut self, events: &mut Vec<Event>) -> Result<()> {
         loop {
-            match self.tx_cq.read(&mut self.completions)? {
+            match self.tx_cq.read(&mut self.completions, None)? {
                 CqRead::Entries(0) => return Ok(()),
                 CqRead::Entries(n) => {
                     for i in 0..n {
@@ -465,7 +493,9 @@ impl Endpoint {
 
     fn poll_rx(&mut self, events: &mut Vec<Event>, rx_data: &mut Vec<u8>) -> Result<()> {
         loop {
-            let read = self.rx_cq.read(&mut self.completions)?;
+            let read = self
+                .rx_cq
+                .read(&mut self.completions, self.sources.as_deref_mut())?;
             if matches!(read, CqRead::Entries(0)) {
                 return Ok(());
             }
@@ -490,7 +520,16 @@ impl Endpoint {
                         if let Some(slot) = self.rx.slot_of(entry.op_context) {
                             let start = rx_data.len();
                             self.rx.copy_out(slot, entry.len, rx_data);
-                            events.push(Event::Received(start..rx_data.len()));
+                            let from = self
+                                .sources
+                                .as_ref()
+                                .map(|s| s[i])
+                                .filter(|a| *a != sys::FI_ADDR_NOTAVAIL)
+                                .map(FabricAddr);
+                            events.push(Event::Received {
+                                data: start..rx_data.len(),
+                                from,
+                            });
                             self.rx_unposted.push(slot);
                         }
                     }
@@ -517,4 +556,36 @@ impl Drop for Endpoint {
             ptr::addr_of_mut!((*self.ptr.as_ptr()).fid)
         });
     }
+}
+
+/// A socket address (`sockaddr_in` or `sockaddr_in6`, as IP providers name endpoints) that
+/// is of `own`'s family, names a port and is not the unspecified address. The caller has
+/// checked that `addr` is as long as `own`.
+fn check_sockaddr(addr: &[u8], own: &[u8]) -> std::result::Result<(), String> {
+    let family = |a: &[u8]| a.get(..2).map(|f| u16::from_ne_bytes([f[0], f[1]]));
+    let (theirs, ours) = (family(addr), family(own));
+    if theirs != ours {
+        return Err(format!(
+            "address family {:#06x}, not this endpoint's {:#06x}",
+            theirs.unwrap_or(0),
+            ours.unwrap_or(0)
+        ));
+    }
+    // Both layouts: family (2), port (2, network order); the IPv4 address follows, the IPv6
+    // one after a 4-byte flow label.
+    let ip = match i32::from(theirs.unwrap_or(0)) {
+        libc::AF_INET => addr.get(4..8),
+        libc::AF_INET6 => addr.get(8..24),
+        other => return Err(format!("address family {other:#06x} is not IP")),
+    };
+    let Some(ip) = ip else {
+        return Err(format!("{} bytes is too short for its family", addr.len()));
+    };
+    if addr[2..4] == [0, 0] {
+        return Err("port 0".to_owned());
+    }
+    if ip.iter().all(|b| *b == 0) {
+        return Err("the unspecified address".to_owned());
+    }
+    Ok(())
 }

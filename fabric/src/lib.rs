@@ -7,6 +7,7 @@
 //!
 //! This crate is the only place in efaprobe with `unsafe` code; every block says why it is sound.
 
+mod address;
 mod av;
 mod cq;
 mod domain;
@@ -18,6 +19,7 @@ mod mr;
 pub mod process;
 mod stray_filter;
 
+pub use address::{AddressError, EndpointAddress, MAX_ADDRESS_LEN};
 pub use av::{AddressVector, FabricAddr};
 pub use cq::CompletionQueue;
 pub use domain::{Domain, Fabric};

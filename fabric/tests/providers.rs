@@ -115,7 +115,7 @@ fn loopback_send_and_receive_on_each_provider() {
             &mut b,
             Some(&mut a),
             &mut rx,
-            |e, data| matches!(e, Event::Received(r) if &data[r.clone()] == payload.as_bytes()),
+            |e, data| matches!(e, Event::Received { data: r, .. } if &data[r.clone()] == payload.as_bytes()),
         );
         assert!(got, "{provider}: message not received");
         let mut tx_rx = Vec::new();
@@ -172,11 +172,11 @@ fn oversized_message_is_an_error_completion_or_truncated() {
         let mut seen = None;
         poll_until(&mut b, Some(&mut a), &mut rx, |e, _| {
             seen = Some(e.clone());
-            matches!(e, Event::Received(_) | Event::ReceiveFailed(_))
+            matches!(e, Event::Received { .. } | Event::ReceiveFailed(_))
         });
         match (*provider, seen) {
             // rxd delivers the first slot's worth as a normal message, without an error.
-            ("udp;ofi_rxd", Some(Event::Received(r))) => assert_eq!(r.len(), 512),
+            ("udp;ofi_rxd", Some(Event::Received { data: r, .. })) => assert_eq!(r.len(), 512),
             // tcp and shm report FI_ETRUNC through fi_cq_readerr, decoded with the
             // provider's own text from fi_cq_strerror.
             (_, Some(Event::ReceiveFailed(err))) if *provider != "udp;ofi_rxd" => {
@@ -198,7 +198,7 @@ fn oversized_message_is_an_error_completion_or_truncated() {
         send_retrying(&mut c, Some(&mut b), c_to_b, b"fits");
         assert!(
             poll_until(&mut b, Some(&mut c), &mut rx, |e, d| {
-                matches!(e, Event::Received(r) if &d[r.clone()] == b"fits")
+                matches!(e, Event::Received { data: r, .. } if &d[r.clone()] == b"fits")
             }),
             "{provider}: nothing received after the oversized message"
         );
@@ -226,7 +226,7 @@ fn registered_buffers_work_on_each_provider() {
         let mut rx = Vec::new();
         assert!(
             poll_until(&mut b, Some(&mut a), &mut rx, |e, d| {
-                matches!(e, Event::Received(r) if &d[r.clone()] == b"registered")
+                matches!(e, Event::Received { data: r, .. } if &d[r.clone()] == b"registered")
             }),
             "{provider}"
         );
@@ -274,7 +274,7 @@ fn malformed_datagrams_to_an_rxd_endpoint_are_filtered_before_rxd_reads_them() {
         &mut b,
         Some(&mut a),
         &mut rx,
-        |e, data| matches!(e, Event::Received(r) if &data[r.clone()] == b"after the strays"),
+        |e, data| matches!(e, Event::Received { data: r, .. } if &data[r.clone()] == b"after the strays"),
     );
     assert!(got, "rxd no longer delivers behind its filter");
 }
@@ -283,5 +283,69 @@ fn malformed_datagrams_to_an_rxd_endpoint_are_filtered_before_rxd_reads_them() {
 fn only_rxd_endpoints_get_the_stray_filter() {
     for (provider, node) in PROVIDERS.iter().filter(|(p, _)| *p != "udp;ofi_rxd") {
         assert!(open(provider, *node).stray_filter().is_none(), "{provider}");
+    }
+}
+
+/// Where the provider's report of senders (`FI_SOURCE`) is trusted (tcp here: rxd and shm in
+/// libfabric 1.17 name strangers as the first peer inserted, so they report none), a message from a peer in the address vector names that peer's handle, and one from
+/// an endpoint that is not in it names none.
+#[test]
+fn received_messages_name_their_sender_where_the_provider_reports_it() {
+    for (provider, node) in PROVIDERS {
+        let mut a = open(provider, *node);
+        let mut b = open(provider, *node);
+        let mut stranger = open(provider, *node);
+        let reports = b.reports_source();
+        assert_eq!(reports, *provider == "tcp", "{provider}");
+        let a_at_b = b.insert_peer(a.name()).unwrap();
+        for (sender, payload, expected) in [
+            (&mut a, "from a known peer", reports.then_some(a_at_b)),
+            (&mut stranger, "from a stranger", None),
+        ] {
+            let to_b = sender.insert_peer(b.name()).unwrap();
+            send_retrying(sender, Some(&mut b), to_b, payload.as_bytes());
+            let mut rx = Vec::new();
+            let mut from = Some(None);
+            let got = poll_until(&mut b, Some(sender), &mut rx, |e, data| match e {
+                Event::Received { data: r, from: f } if &data[r.clone()] == payload.as_bytes() => {
+                    from = Some(*f);
+                    true
+                }
+                _ => false,
+            });
+            assert!(got, "{provider}: {payload} not received");
+            assert_eq!(from, Some(expected), "{provider}: {payload}");
+        }
+    }
+}
+
+/// Issue #15 item 4: what a hostile ping may claim as its sender is refused before it reaches
+/// `fi_av_insert` on the IP providers: another family, the unspecified address, port 0, a
+/// wrong length; shm takes names only.
+#[test]
+fn unusable_addresses_are_refused_before_they_reach_the_provider() {
+    for (provider, node) in PROVIDERS {
+        let mut ep = open(provider, *node);
+        let own = ep.name().to_vec();
+        ep.check_address(&own).unwrap();
+        let mut refused = vec![vec![], own[..own.len() - 1].to_vec(), vec![0; own.len()]];
+        if *provider != "shm" {
+            let mut family = own.clone();
+            family[..2].copy_from_slice(&[0xff, 0xff]);
+            let mut unspecified = own.clone();
+            unspecified[4..8].fill(0);
+            let mut port_zero = own.clone();
+            port_zero[2..4].fill(0);
+            refused.extend([family, unspecified, port_zero]);
+        }
+        for addr in &refused {
+            match ep.insert_peer(addr) {
+                Err(Error::Invalid(why)) => assert!(why.contains("refused"), "{why}"),
+                other => panic!("{provider}: {addr:02x?} was not refused: {other:?}"),
+            }
+        }
+        assert_eq!(ep.peer_count(), 0);
+        // Still usable afterwards.
+        ep.insert_peer(&own).unwrap();
     }
 }

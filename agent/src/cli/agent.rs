@@ -146,6 +146,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let state = Arc::new(AgentState::new(&config.node_name, fabric.clone()));
     let metrics = Arc::new(Metrics::new(VERSION, state.clone()));
     metrics.set_per_peer_mode(config.per_peer_metrics);
+    metrics.set_fabric_engines(&[&pingers[..], large_pinger.as_slice()].concat());
     let hello = Hello {
         node_name: config.node_name.clone(),
         agent_version: VERSION.to_owned(),
@@ -160,6 +161,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         node_actions: None,
     };
     let hello = Arc::new(RwLock::new(hello));
+    tokio::spawn(crate::hello::follow_fabric_addresses(
+        hello.clone(),
+        &pingers,
+    ));
     let app = AppState {
         state: state.clone(),
         metrics: metrics.clone(),

@@ -87,7 +87,7 @@ async fn respond(args: &Args, pinger: &FabricPinger, mut signals: ShutdownSignal
         instance_id: pinger.instance_id(),
         endpoints: vec![ExchangeEndpoint {
             domain: pinger.domain().to_owned(),
-            address: exchange::encode_hex(pinger.address()),
+            address: pinger.address().to_hex(),
             display: pinger.address_display().to_owned(),
         }],
     };
@@ -171,7 +171,8 @@ async fn probe(args: &Args, pinger: &FabricPinger, peer: SocketAddr) -> u8 {
     }
     let endpoint = &hello.endpoints[0];
     report.peer_fabric_address = Some(endpoint.display.clone());
-    let raw = exchange::decode_hex(&endpoint.address).expect("validated by exchange::fetch");
+    let raw =
+        fabric::EndpointAddress::from_hex(&endpoint.address).expect("validated by exchange::fetch");
     let handle = match pinger.add_peer(&raw).get().await {
         Some(Ok(h)) => h,
         Some(Err(e)) => {

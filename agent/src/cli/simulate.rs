@@ -130,6 +130,8 @@ fn open_responder(provider: &str, bind: IpAddr) -> Result<FabricPinger, String> 
     // destination would drop most of them here, where N real responders would each have one.
     config.max_pongs_in_flight_per_peer = PONGS_IN_FLIGHT;
     config.max_queued_pongs = 4 * PONGS_IN_FLIGHT as usize;
+    // The agent under test is no explicit peer here: it may have every slot.
+    config.max_stranger_pongs_in_flight = Some(config.tx_slots);
     let mut all = engine::open_all(&config).map_err(|e| e.to_string())?;
     if all.is_empty() {
         return Err("no device found".into());
@@ -162,9 +164,9 @@ pub fn sim_hello(name: String, provider: &str, pinger: Option<&FabricPinger>) ->
 }
 
 #[derive(Serialize)]
-struct Ready<'a> {
+struct Ready {
     peers: usize,
-    responders: Vec<&'a str>,
+    responders: Vec<String>,
 }
 
 async fn serve(args: &Args, ips: &[Ipv4Addr], pingers: &[FabricPinger]) -> anyhow::Result<u64> {

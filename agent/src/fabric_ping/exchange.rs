@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use fabric::EndpointAddress;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,7 +27,7 @@ pub struct ExchangeHello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExchangeEndpoint {
     pub domain: String,
-    /// Raw fabric address, hex.
+    /// Raw fabric address, hex ([`EndpointAddress::to_hex`]).
     pub address: String,
     /// The provider's printable form, for people.
     pub display: String,
@@ -44,9 +45,30 @@ pub enum ExchangeError {
     /// no answer in time
     #[error("{peer} did not answer within {timeout:?}")]
     Timeout { peer: SocketAddr, timeout: Duration },
-    /// connected, but the answer is not an efaprobe hello
-    #[error("{peer} answered something that is not an efaprobe hello: {detail}")]
-    Protocol { peer: SocketAddr, detail: String },
+    /// connected, but the answer is longer than a hello can be
+    #[error(
+        "{peer} answered something that is not an efaprobe hello: longer than {MAX_HELLO} bytes"
+    )]
+    TooLong { peer: SocketAddr },
+    /// connected, but the answer is not the JSON of a hello
+    #[error("{peer} answered something that is not an efaprobe hello: {source}")]
+    NotJson {
+        peer: SocketAddr,
+        source: serde_json::Error,
+    },
+    /// a hello of another version of the exchange
+    #[error("{peer} speaks exchange version {version} (this build speaks {EXCHANGE_VERSION})")]
+    Version { peer: SocketAddr, version: u32 },
+    /// a hello without endpoints
+    #[error("{peer} answered a hello without fabric endpoints")]
+    NoEndpoints { peer: SocketAddr },
+    /// a hello whose endpoint address is unreadable
+    #[error("{peer} published the unreadable fabric address {address:?}: {source}")]
+    BadAddress {
+        peer: SocketAddr,
+        address: String,
+        source: fabric::AddressError,
+    },
 }
 
 pub const EXCHANGE_VERSION: u32 = 1;
@@ -90,42 +112,31 @@ pub async fn fetch(peer: SocketAddr, timeout: Duration) -> Result<ExchangeHello,
     let buf = tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| ExchangeError::Timeout { peer, timeout })??;
-    parse(&buf).map_err(|detail| ExchangeError::Protocol { peer, detail })
+    parse(peer, &buf)
 }
 
-fn parse(buf: &[u8]) -> Result<ExchangeHello, String> {
+fn parse(peer: SocketAddr, buf: &[u8]) -> Result<ExchangeHello, ExchangeError> {
     if buf.len() > MAX_HELLO {
-        return Err(format!("longer than {MAX_HELLO} bytes"));
+        return Err(ExchangeError::TooLong { peer });
     }
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let hello: ExchangeHello = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let hello: ExchangeHello =
+        serde_json::from_slice(line).map_err(|source| ExchangeError::NotJson { peer, source })?;
     if hello.efaprobe_exchange != EXCHANGE_VERSION {
-        return Err(format!(
-            "exchange version {} (this build speaks {EXCHANGE_VERSION})",
-            hello.efaprobe_exchange
-        ));
+        let version = hello.efaprobe_exchange;
+        return Err(ExchangeError::Version { peer, version });
     }
     if hello.endpoints.is_empty() {
-        return Err("no fabric endpoints".into());
+        return Err(ExchangeError::NoEndpoints { peer });
     }
     for ep in &hello.endpoints {
-        decode_hex(&ep.address).ok_or_else(|| format!("address {:?} is not hex", ep.address))?;
+        EndpointAddress::from_hex(&ep.address).map_err(|source| ExchangeError::BadAddress {
+            peer,
+            address: ep.address.clone(),
+            source,
+        })?;
     }
     Ok(hello)
-}
-
-pub fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 1024 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -146,18 +157,9 @@ mod tests {
     }
 
     #[test]
-    fn hex_round_trip_and_rejects() {
-        assert_eq!(
-            decode_hex(&encode_hex(&[0, 1, 254, 255])).unwrap(),
-            vec![0, 1, 254, 255]
-        );
-        assert!(decode_hex("abc").is_none());
-        assert!(decode_hex("zz").is_none());
-        assert!(decode_hex("é1").is_none());
-    }
-
-    #[test]
     fn parse_rejects_what_is_not_a_hello() {
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let parse = |buf: &[u8]| parse(peer, buf);
         let good = serde_json::to_vec(&hello()).unwrap();
         assert_eq!(parse(&good).unwrap(), hello());
         assert!(parse(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
@@ -166,6 +168,7 @@ mod tests {
         wrong.efaprobe_exchange = 99;
         assert!(parse(&serde_json::to_vec(&wrong).unwrap())
             .unwrap_err()
+            .to_string()
             .contains("version"));
         let mut empty = hello();
         empty.endpoints.clear();

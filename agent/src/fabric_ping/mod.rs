@@ -6,6 +6,6 @@ pub mod exchange;
 pub mod wire;
 
 pub use engine::{
-    open_all, prepare_environment, FabricPinger, OpenError, PeerHandle, PingerConfig, PingerStats,
-    ProbeOutcome, Reply,
+    open_all, prepare_environment, EngineError, FabricPinger, MalformedReason, PeerHandle,
+    PingerConfig, PingerStats, ProbeOutcome, Published, Reply,
 };

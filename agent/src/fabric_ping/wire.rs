@@ -7,7 +7,9 @@
 //!  6  addr_len   u16  length of the sender's fabric address that follows the header
 //!  8  seq        u64  prober's sequence number, echoed in the pong
 //! 16  sender_id  u64  random per engine instance: who sent this message
-//! 24  send_ts    u64  prober's clock (ns) when the ping left, echoed in the pong
+//! 24  token      u64  ping: a fresh random value per ping, which the pong echoes; a pong
+//!                     answers a ping only if it carries that ping's token (and, where the
+//!                     provider reports senders, comes from the address the ping went to)
 //! 32  dwell      u64  pong: ns the responder held the ping before answering
 //!     / flags         ping: bit 0 (FOLLOWS) a second ping of the same sequence follows as
 //!                     soon as this one's pong is back: stay awake for it. Other bits are 0
@@ -22,6 +24,14 @@
 //! ```
 //! Integers are big-endian. Everything a peer sends is untrusted: decoding checks every length
 //! and never panics.
+//!
+//! The token took the place of version 1's `send_ts` (the prober's clock, echoed in the pong),
+//! which responders of every version echo unread and no prober ever read back. So the wire
+//! version stays 1 and old and new agents keep answering each other during a rolling
+//! upgrade: an old responder echoes a new prober's token, and a new responder an old
+//! prober's clock. A version 2 would have made every new prober deaf to old responders (they
+//! drop other versions) until the last node was upgraded. Old probers, whose "tokens" are
+//! clocks and whose sequence numbers count from 1, stay open to forged pongs; new ones are not.
 
 pub const MAGIC: u32 = 0x4546_4150;
 pub const VERSION: u8 = 1;
@@ -45,7 +55,8 @@ pub struct Message<'a> {
     pub kind: Kind,
     pub seq: u64,
     pub sender_id: u64,
-    pub send_ts: u64,
+    /// Pings: the prober's token for this ping; pongs: the token of the ping answered.
+    pub token: u64,
     /// Pongs only (0 in pings).
     pub dwell_ns: u64,
     /// Pings only (0 in pongs): [`FLAG_FOLLOWS`].
@@ -116,7 +127,7 @@ impl<'a> Message<'a> {
             Kind::Ping => self.flags,
             Kind::Pong => self.dwell_ns,
         };
-        for v in [self.seq, self.sender_id, self.send_ts, word] {
+        for v in [self.seq, self.sender_id, self.token, word] {
             out.extend_from_slice(&v.to_be_bytes());
         }
         out.extend_from_slice(self.address);
@@ -157,7 +168,7 @@ impl<'a> Message<'a> {
             kind,
             seq: u64_at(8),
             sender_id: u64_at(16),
-            send_ts: u64_at(24),
+            token: u64_at(24),
             dwell_ns: if kind == Kind::Pong { u64_at(32) } else { 0 },
             flags: if kind == Kind::Ping { u64_at(32) } else { 0 },
             unread_ns: match buf.get(HEADER_LEN..UNREAD_END) {
@@ -181,7 +192,7 @@ mod tests {
             kind: Kind::Ping,
             seq: 7,
             sender_id: 0xabcdef,
-            send_ts: 123_456_789,
+            token: 123_456_789,
             dwell_ns: 0,
             flags: FLAG_FOLLOWS,
             unread_ns: 0,
@@ -306,7 +317,7 @@ mod tests {
             let (kind, dwell_ns, flags) = if is_ping { (Kind::Ping, 0, word) } else { (Kind::Pong, word, 0) };
             // Pongs carry no address, and the unread word when there is room for it.
             let (address, unread_ns) = if is_ping { (&addr[..], 0) } else { (&[][..], unread) };
-            let m = Message { kind, seq, sender_id: id, send_ts: ts, dwell_ns, flags, unread_ns, address };
+            let m = Message { kind, seq, sender_id: id, token: ts, dwell_ns, flags, unread_ns, address };
             let mut buf = Vec::new();
             m.encode_into(size, &mut buf);
             prop_assert_eq!(buf.len(), size.max(m.encoded_len()));

@@ -60,6 +60,7 @@
 //! failure is an increase Prometheus can see, not the appearance of a new series.
 
 mod exposition;
+mod fabric_counters;
 mod groups;
 mod hw_counters;
 mod labels;
@@ -126,6 +127,7 @@ pub struct Metrics {
     fabric_available: Family<ProviderLabels, Gauge>,
     fabric_device_info: Family<DeviceLabels, Gauge>,
     device_hw_counters: HwCounters,
+    fabric_counters: fabric_counters::FabricCounters,
     node_topology_info: Family<TopologyLabels, Gauge>,
     node_topology_available: Gauge,
     agent_ready: Gauge,
@@ -262,6 +264,10 @@ impl Metrics {
         register.add_collector(&peers::NAMES, peers.clone());
         let device_hw_counters = HwCounters::default();
         register.add_collector(&[hw_counters::NAME], device_hw_counters.clone());
+        let fabric_counters = fabric_counters::FabricCounters::default();
+        register
+            .registry
+            .register_collector(Box::new(fabric_counters.clone()));
 
         build_info
             .get_or_create(&BuildLabels {
@@ -282,6 +288,7 @@ impl Metrics {
             fabric_available,
             fabric_device_info,
             device_hw_counters,
+            fabric_counters,
             node_topology_info,
             node_topology_available,
             agent_ready,
@@ -520,6 +527,12 @@ impl Metrics {
     pub fn set_device_counters(&self, devices: &[DeviceCounters]) {
         let _book = self.book();
         self.device_hw_counters.replace(devices);
+    }
+
+    /// Exports these fabric engines' own counters, read at each scrape (see
+    /// [`fabric_counters`]).
+    pub fn set_fabric_engines(&self, engines: &[crate::fabric_ping::FabricPinger]) {
+        self.fabric_counters.follow(engines);
     }
 
     pub fn set_ready(&self, ready: bool) {

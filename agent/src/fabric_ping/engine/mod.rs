@@ -1,0 +1,467 @@
+//! The fabric ping engine: one RDM endpoint per domain, driven by a thread of its own.
+//!
+//! The thread owns the endpoint (libfabric objects, registered memory) and everything about
+//! peers; callers talk to it through a channel and get answers on oneshot channels, so the
+//! async agent and the blocking CLI use the same engine.
+//!
+//! Progress is manual on EFA (and on rxd/rxm here): nothing moves unless the completion queues
+//! are read, and no wait object is offered. How the thread paces its polls is what an agent
+//! costs (see [`pacing`]): it spins only while an answer is due within microseconds (the
+//! second, "warm" ping of a probe, on both sides), polls every few hundred microseconds while
+//! a first ping waits for a responder that may be idle, and otherwise sleeps between slow
+//! polls, which still answer pings and accept connections.
+//!
+//! Here: the handle and its configuration. The thread's loop is in [`event_loop`], what it
+//! has queued and in flight in [`outgoing`], its address table in [`address_table`], its
+//! pacing in [`pacing`], its counters in [`counters`], its watch on its own endpoint in
+//! [`health`].
+
+mod address_table;
+mod counters;
+mod event_loop;
+mod health;
+mod outgoing;
+mod pacing;
+
+pub use counters::{MalformedReason, PingerStats};
+
+use std::net::IpAddr;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fabric::{CompletionError, Domain, Endpoint, EndpointAddress, EndpointConfig};
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+
+use super::wire::{HEADER_LEN, MAX_ADDR_LEN};
+use counters::Counters;
+use event_loop::Engine;
+
+/// How an engine is opened and paced.
+#[derive(Debug, Clone)]
+pub struct PingerConfig {
+    /// libfabric provider (`efa`, `tcp`, `udp;ofi_rxd`, `shm`).
+    pub provider: String,
+    /// Local IP to bind, for providers that run over IP. Ignored by EFA and shm.
+    pub bind: Option<IpAddr>,
+    /// Largest probe, in bytes (the slot size of the endpoint's buffers).
+    pub max_probe_size: usize,
+    /// Poll period while nothing is in flight: bounds how late an idle responder sees a
+    /// ping (which is why probes come in pairs; see [`FabricPinger::probe`]). Each poll
+    /// costs tens of microseconds here (a timer wake-up plus the provider's progress), so
+    /// 20 ms keeps an idle engine well under 1% of a core.
+    pub idle_poll: Duration,
+    /// Longest poll period while a pair's first ping waits for its pong. The responder spins
+    /// from its answer until the second ping arrives, so this bounds what the responder
+    /// spends per probe (half of it, on average) as much as what the prober spends polling
+    /// (the wait over it, times a poll's cost): with a ~10 ms wait and ~50 µs polls, 1 ms
+    /// makes the two about equal and their sum least.
+    pub wait_poll: Duration,
+    /// How long either side spins for a second ("warm") ping or its pong before giving up on
+    /// it and backing off.
+    pub warm_spin: Duration,
+    /// A pair's second ping measures the path only if neither side let its message wait
+    /// longer than this unread: the responder's poll gap when it read the ping (the pong's
+    /// `unread` word) and the prober's when it read the pong. Longer, one side slept or was
+    /// not scheduled (a busy or CPU-throttled node), and the pair reports `warm: false`.
+    pub settled_gap: Duration,
+    /// Spin this long after any traffic. 0 for an agent; a benchmark's responder lingers so
+    /// that back-to-back probes find it awake.
+    pub linger: Duration,
+    /// Whether this endpoint answers pings. One that does not (the agent's endpoint for
+    /// larger probes, which peers never ping) sleeps until asked to probe.
+    pub responder: bool,
+    /// Sends in flight at most (each holds a `max_probe_size` buffer); more wait.
+    pub tx_slots: usize,
+    /// Pongs in flight at most to senders that are no explicit peer, in each of two shares:
+    /// senders that acknowledged a pong before, and those that never did; `None`: a quarter
+    /// of `tx_slots` each. So strangers whose pongs never complete (rxd, silent addresses)
+    /// leave the rest to this node's probes, its peers' pongs and senders known to be there.
+    pub max_stranger_pongs_in_flight: Option<usize>,
+    /// Receives kept posted (each a `max_probe_size` buffer).
+    pub rx_slots: usize,
+    /// Peers learned from their pings and kept in the address vector (least recently used
+    /// are evicted; providers that cope with fewer get fewer: see [`learned_peer_limit`])
+    /// are evicted), bounding what strangers can make this engine hold.
+    pub max_learned_peers: usize,
+    /// Pongs waiting for transmit resources, at most; more are dropped and counted.
+    pub max_queued_pongs: usize,
+    /// Pongs in flight to one destination, at most; a ping answered beyond that is dropped
+    /// and counted (see `flush_outbox`). 1 for an agent; `efaprobe simulate-peers`, whose
+    /// one responder answers every probe of the agent under test, raises it.
+    pub max_pongs_in_flight_per_peer: u32,
+    /// Open the endpoint anew when, for this long, pings to peers that answered before got
+    /// no send completion and no pong at all (see `health.rs`); later reopens that bring
+    /// nothing back wait longer.
+    pub reopen_after: Duration,
+}
+
+impl PingerConfig {
+    pub fn new(provider: &str) -> Self {
+        PingerConfig {
+            provider: provider.to_owned(),
+            bind: None,
+            max_probe_size: 8192,
+            idle_poll: Duration::from_millis(20),
+            wait_poll: Duration::from_millis(1),
+            warm_spin: Duration::from_millis(5),
+            settled_gap: Duration::from_micros(500),
+            linger: Duration::ZERO,
+            responder: true,
+            tx_slots: 128,
+            max_stranger_pongs_in_flight: None,
+            rx_slots: 64,
+            max_learned_peers: 1024,
+            max_queued_pongs: 1024,
+            max_pongs_in_flight_per_peer: 1,
+            reopen_after: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why an engine could not be opened, or could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// the provider or a device is missing
+    #[error(transparent)]
+    Open(#[from] fabric::Error),
+    /// the engine thread could not be started
+    #[error("cannot start the fabric engine thread: {0}")]
+    Thread(std::io::Error),
+    /// the engine thread has stopped (shut down)
+    #[error("fabric engine stopped")]
+    Stopped,
+    /// the handle was never issued by this engine, or the peer was removed
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// the provider refused a peer's address (see `fabric::Endpoint::check_address`)
+    #[error("peer address: {0}")]
+    Address(fabric::Error),
+}
+
+/// Sets the environment a provider must see before libfabric loads it. Call it early in
+/// `main`, before other threads exist.
+pub fn prepare_environment(provider: &str) {
+    if provider == "efa" && std::env::var_os("FI_EFA_ENABLE_SHM_TRANSFER").is_none() {
+        // Otherwise a peer on the same host is reached through shared memory and the probe
+        // says nothing about the device.
+        std::env::set_var("FI_EFA_ENABLE_SHM_TRANSFER", "0");
+    }
+}
+
+/// Opens one engine per domain (device) of the provider: one per EFA NIC on multi-rail nodes.
+pub fn open_all(config: &PingerConfig) -> Result<Vec<FabricPinger>, EngineError> {
+    // EFA addresses are device GIDs and shm names are derived from the node string (two
+    // processes given the same IP would collide): only IP providers take the bind address.
+    let ip_provider = !matches!(config.provider.split(';').next(), Some("efa") | Some("shm"));
+    let node = config.bind.filter(|_| ip_provider).map(|ip| ip.to_string());
+    // Queues no deeper than what the engine keeps in flight: providers size their own
+    // pools by them (rxd's are ~4 MiB per endpoint at its defaults).
+    let query = fabric::Query::provider(&config.provider)
+        .bind(node.as_deref())
+        .queue_sizes(config.tx_slots, config.rx_slots);
+    let list = fabric::InfoList::get(&query)?;
+    list.per_domain()
+        .into_iter()
+        .map(|info| FabricPinger::start(info.to_owned()?, config.clone()))
+        .collect()
+}
+
+/// What became of one probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ProbeOutcome {
+    /// The peer answered. `rtt` excludes the time the responder held the ping, and comes
+    /// from the second ping of the pair when that one answered in time (`warm`; see
+    /// [`FabricPinger::probe`]); `cold_rtt` is the first ping's, which includes however long
+    /// an idle responder took to notice it. Without a warm answer `rtt` is `cold_rtt`: it
+    /// proves the path, but says little about its latency.
+    Pong {
+        rtt: Duration,
+        cold_rtt: Duration,
+        dwell: Duration,
+        responder_id: u64,
+        warm: bool,
+    },
+    /// No answer before the deadline: the path drops silently.
+    Timeout,
+    /// The provider reported the send failed, with its reason.
+    SendFailed { error: CompletionError },
+    /// The probe never left: no such peer, the provider refused the send, or the engine
+    /// stopped.
+    NotSent { reason: String },
+}
+
+/// An engine's handle for a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerHandle(u64);
+
+impl PeerHandle {
+    /// A handle no engine issues: probing it answers `NotSent` once every command sent
+    /// before it has been handled, which makes it a barrier in tests.
+    pub fn never_issued() -> PeerHandle {
+        PeerHandle(0)
+    }
+}
+
+/// What an engine publishes of its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub address: EndpointAddress,
+    /// The provider's printable form (`fi_av_straddr`).
+    pub display: String,
+}
+
+impl Published {
+    fn of(endpoint: &Endpoint) -> Published {
+        Published {
+            address: endpoint.name().clone(),
+            display: endpoint.display_address(endpoint.name()),
+        }
+    }
+}
+
+/// Learned senders an engine keeps at most on `provider`. rxd keeps state for every peer and
+/// retransmits to silent ones without end; 128 silent senders wedged it (issue #15), so it
+/// keeps fewer than half its transmit slots. Others keep what is configured.
+pub fn learned_peer_limit(provider: &str, config: &PingerConfig) -> usize {
+    if provider.contains("ofi_rxd") {
+        config.max_learned_peers.min((config.tx_slots / 2).max(1))
+    } else {
+        config.max_learned_peers
+    }
+}
+
+struct Shared {
+    provider: String,
+    fabric: String,
+    domain: String,
+    /// The published address and its printable form; a reopened endpoint may have another.
+    published: watch::Sender<Published>,
+    id: u64,
+    counters: Counters,
+}
+
+enum Command {
+    AddPeer(
+        EndpointAddress,
+        oneshot::Sender<Result<PeerHandle, EngineError>>,
+    ),
+    RemovePeer(PeerHandle),
+    Probe {
+        peer: PeerHandle,
+        size: usize,
+        timeout: Duration,
+        /// Measure the round-trip time with a second ping (see [`FabricPinger::probe`]).
+        pair: bool,
+        reply: oneshot::Sender<ProbeOutcome>,
+    },
+    Shutdown,
+}
+
+/// A pending answer from the engine thread: `.await` it, or `wait()` outside async code.
+pub struct Reply<T>(oneshot::Receiver<T>);
+
+impl<T> Reply<T> {
+    /// Blocks until the engine answers. Not for use inside an async runtime.
+    pub fn wait(self) -> Option<T> {
+        self.0.blocking_recv().ok()
+    }
+
+    pub async fn get(self) -> Option<T> {
+        self.0.await.ok()
+    }
+}
+
+/// Handle to one engine (one endpoint on one domain). Cheap to clone; the engine stops when
+/// the last handle is dropped or [`shutdown`](Self::shutdown) is called.
+#[derive(Clone)]
+pub struct FabricPinger {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl FabricPinger {
+    /// Opens the endpoint on `info`'s domain and starts the engine thread.
+    pub fn start(info: fabric::Info, config: PingerConfig) -> Result<FabricPinger, EngineError> {
+        let provider = info.provider_name();
+        let fabric_name = info.fabric_name();
+        let domain_name = info.domain_name();
+        let domain = Domain::open(info)?;
+        let slot_size = config.max_probe_size.max(HEADER_LEN + MAX_ADDR_LEN);
+        let endpoint_config = EndpointConfig {
+            slot_size,
+            tx_slots: config.tx_slots,
+            rx_slots: config.rx_slots,
+            ..EndpointConfig::default()
+        };
+        let endpoint = Endpoint::open(&domain, endpoint_config)?;
+        let shared = Arc::new(Shared {
+            provider,
+            fabric: fabric_name,
+            domain: domain_name,
+            published: watch::Sender::new(Published::of(&endpoint)),
+            id: rand::random(),
+            counters: Counters::default(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let engine = Engine::new(endpoint, endpoint_config, shared.clone(), rx, config);
+        let thread = std::thread::Builder::new()
+            .name(format!("fabric-{}", shared.domain))
+            .spawn(move || engine.run())
+            .map_err(EngineError::Thread)?;
+        Ok(FabricPinger {
+            shared,
+            commands: tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), mpsc::SendError<Command>> {
+        self.commands.send(cmd)
+    }
+
+    /// The provider as libfabric names it (`udp;ofi_rxd`, `efa`, ...).
+    pub fn provider(&self) -> &str {
+        &self.shared.provider
+    }
+
+    pub fn fabric_name(&self) -> &str {
+        &self.shared.fabric
+    }
+
+    /// The domain (device) this engine's endpoint is on.
+    pub fn domain(&self) -> &str {
+        &self.shared.domain
+    }
+
+    /// This endpoint's raw fabric address, to publish to peers. It may change when the
+    /// engine opens its endpoint anew (see [`address_changes`](Self::address_changes)).
+    pub fn address(&self) -> EndpointAddress {
+        self.shared.published.borrow().address.clone()
+    }
+
+    /// The provider's printable form of [`address`](Self::address).
+    pub fn address_display(&self) -> String {
+        self.shared.published.borrow().display.clone()
+    }
+
+    /// Sees every change of [`address`](Self::address), for what publishes it (the hello).
+    pub fn address_changes(&self) -> watch::Receiver<Published> {
+        self.shared.published.subscribe()
+    }
+
+    /// Random identity of this engine instance, carried in every message.
+    pub fn instance_id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Adds a peer by its raw fabric address (as the peer published it).
+    pub fn add_peer(&self, address: &[u8]) -> Reply<Result<PeerHandle, EngineError>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(Command::AddPeer(_, tx))) =
+            self.send(Command::AddPeer(EndpointAddress::from(address), tx))
+        {
+            let _ = tx.send(Err(EngineError::Stopped));
+        }
+        Reply(rx)
+    }
+
+    /// Forgets a peer; its address-vector entry goes once nothing is in flight to it.
+    pub fn remove_peer(&self, peer: PeerHandle) {
+        let _ = self.send(Command::RemovePeer(peer));
+    }
+
+    /// Probes a peer with `size`-byte pings (at least the header and this engine's address).
+    ///
+    /// The first ping decides reachability. Its pong wakes nothing on this side (the engine
+    /// spins while a probe is in flight) but the responder may have been idle, and without a
+    /// wait object an idle engine polls only every `idle_poll`: so as soon as the first pong
+    /// is back a second ping goes out, to a responder that is now spinning, and its RTT is the
+    /// one reported. Answers when the pair completes, a send fails, or `timeout` passes (with
+    /// the first pong's RTT if only it came back).
+    pub fn probe(&self, peer: PeerHandle, size: usize, timeout: Duration) -> Reply<ProbeOutcome> {
+        self.send_probe(peer, size, timeout, true)
+    }
+
+    /// Probes a peer with one ping: proves the path (or not) at a fraction of the cost of
+    /// [`probe`](Self::probe), since neither side spins, but its RTT includes however long
+    /// the responder took to notice the ping (up to its `idle_poll`).
+    pub fn reach(&self, peer: PeerHandle, size: usize, timeout: Duration) -> Reply<ProbeOutcome> {
+        self.send_probe(peer, size, timeout, false)
+    }
+
+    fn send_probe(
+        &self,
+        peer: PeerHandle,
+        size: usize,
+        timeout: Duration,
+        pair: bool,
+    ) -> Reply<ProbeOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Probe {
+            peer,
+            size,
+            timeout,
+            pair,
+            reply: tx,
+        };
+        if let Err(mpsc::SendError(Command::Probe { reply, .. })) = self.send(cmd) {
+            let _ = reply.send(ProbeOutcome::NotSent {
+                reason: EngineError::Stopped.to_string(),
+            });
+        }
+        Reply(rx)
+    }
+
+    pub fn stats(&self) -> PingerStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Stops the engine and waits for it to close its endpoint. In-flight probes answer
+    /// `NotSent`. Other clones of this handle see a stopped engine.
+    pub fn shutdown(&self) {
+        let _ = self.send(Command::Shutdown);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rxd_keeps_fewer_learned_senders_than_its_transmit_slots() {
+        let config = PingerConfig::new("udp;ofi_rxd");
+        assert_eq!(learned_peer_limit("udp;ofi_rxd", &config), 64);
+        assert!(learned_peer_limit("udp;ofi_rxd", &config) < config.tx_slots);
+        assert_eq!(
+            learned_peer_limit("tcp;ofi_rxm", &config),
+            config.max_learned_peers
+        );
+        assert_eq!(learned_peer_limit("efa", &config), config.max_learned_peers);
+        let mut few = config.clone();
+        few.max_learned_peers = 3;
+        assert_eq!(learned_peer_limit("udp;ofi_rxd", &few), 3);
+    }
+
+    #[test]
+    fn efa_keeps_same_host_peers_on_the_device() {
+        // The only test in this crate that touches this variable.
+        std::env::remove_var("FI_EFA_ENABLE_SHM_TRANSFER");
+        prepare_environment("udp;ofi_rxd");
+        assert!(std::env::var_os("FI_EFA_ENABLE_SHM_TRANSFER").is_none());
+        prepare_environment("efa");
+        assert_eq!(std::env::var("FI_EFA_ENABLE_SHM_TRANSFER").unwrap(), "0");
+        // An operator's explicit setting wins.
+        std::env::set_var("FI_EFA_ENABLE_SHM_TRANSFER", "1");
+        prepare_environment("efa");
+        assert_eq!(std::env::var("FI_EFA_ENABLE_SHM_TRANSFER").unwrap(), "1");
+        std::env::remove_var("FI_EFA_ENABLE_SHM_TRANSFER");
+    }
+}
