@@ -30,6 +30,8 @@ pub fn run(args: AgentArgs, refused: ConfigErrors) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // The flags as given (a static peer list among them) are not read again.
+    drop(args);
     if let Some(provider) = &config.fabric_provider {
         fabric_ping::prepare_environment(provider);
     }

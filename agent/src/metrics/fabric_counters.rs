@@ -12,6 +12,7 @@
 //! No engine (fabric off or not opened): no families at all, like the registry's own.
 
 use std::sync::{Arc, Mutex};
+use strum::VariantArray;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -82,7 +83,7 @@ impl Collector for FabricCounters {
         let sum = |f: &dyn Fn(&PingerStats) -> u64| stats.iter().map(f).sum::<u64>();
         let mut family =
             encoder.encode_descriptor(MALFORMED, MALFORMED_HELP, None, MetricType::Counter)?;
-        for reason in MalformedReason::ALL {
+        for reason in MalformedReason::VARIANTS.iter().copied() {
             let label = reason.as_str();
             let count = sum(&|s| s.malformed.get(label).copied().unwrap_or(0));
             ConstCounter::new(count).encode(family.encode_family(&[("reason", label)])?)?;
@@ -147,7 +148,7 @@ mod tests {
             text.contains("efa_fabric_malformed_total{reason=\"truncated\"} 5\n"),
             "{text}"
         );
-        for reason in MalformedReason::ALL {
+        for reason in MalformedReason::VARIANTS.iter().copied() {
             let line = format!(
                 "efa_fabric_malformed_total{{reason=\"{}\"}} ",
                 reason.as_str()

@@ -11,7 +11,6 @@
 //! Only peers this node probes now ([`PeerStatus::probed`]) have per-peer series and count in
 //! `efa_peers_by_state`; every known peer counts in `efa_peers`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use strum::VariantArray;
 
@@ -109,28 +108,57 @@ impl Collector for PeerCollector {
         let schedule = self.state.schedule();
         self.state.read_peers(|peers| {
             let mode = self.mode_for(peers.len());
-            let probed = probed_by_name(peers);
-            let exported: Vec<(&str, &PeerSeries)> = probed
+            let (by_state, exported) = read_probed(peers, mode);
+            let exported: Vec<(&str, &PeerSeries)> = exported
                 .iter()
-                .filter(|(_, series)| mode.exports(series.state))
                 .map(|(name, series)| (*name, series))
                 .collect();
             encode_per_peer(&mut encoder, &exported)?;
-            encode_aggregates(&mut encoder, peers.len(), &probed, mode, schedule.as_ref())
+            encode_aggregates(
+                &mut encoder,
+                peers.len(),
+                &by_state,
+                mode,
+                schedule.as_ref(),
+            )
         })
     }
 }
 
-/// What the series of each probed peer show, by name. Two peers claiming one name share
-/// one set of series (the first by address), as a name is all a series is keyed by.
-fn probed_by_name(peers: &PeerTable) -> BTreeMap<&str, PeerSeries> {
-    let mut by_name = BTreeMap::new();
+/// The probed peers counted by state, and what the series of those `mode` exports show, by
+/// name. One pass, and work only for what is encoded: in `none` a scrape costs a count. Two
+/// peers claiming one name share one set of series (the first by address), as a name is all
+/// a series is keyed by; each is counted.
+fn read_probed(peers: &PeerTable, mode: PerPeerMode) -> (ByState, Vec<(&str, PeerSeries)>) {
+    let mut by_state = ByState::default();
+    let mut exported = Vec::new();
     for status in peers.values().filter(|p| p.probed) {
-        by_name
-            .entry(status.name.as_str())
-            .or_insert_with(|| PeerSeries::of(status));
+        by_state.0[state_index(status.state)] += 1;
+        if mode.exports(status.state) {
+            exported.push((status.name.as_str(), PeerSeries::of(status)));
+        }
     }
-    by_name
+    // Stable: of equal names, the first by address stays first.
+    exported.sort_by(|a, b| a.0.cmp(b.0));
+    exported.dedup_by(|later, first| later.0 == first.0);
+    (by_state, exported)
+}
+
+/// Probed peers per state, in the order of `PeerState::VARIANTS`.
+#[derive(Debug, Default)]
+struct ByState([usize; PeerState::VARIANTS.len()]);
+
+impl ByState {
+    fn count(&self, state: PeerState) -> usize {
+        self.0[state_index(state)]
+    }
+}
+
+fn state_index(state: PeerState) -> usize {
+    PeerState::VARIANTS
+        .iter()
+        .position(|s| *s == state)
+        .expect("VARIANTS lists every state")
 }
 
 fn encode_per_peer(
@@ -215,7 +243,7 @@ fn by_name<'a, V: 'a>(
 fn encode_aggregates(
     encoder: &mut DescriptorEncoder,
     known: usize,
-    probed: &BTreeMap<&str, PeerSeries>,
+    by_state: &ByState,
     mode: PerPeerMode,
     schedule: Option<&ProbeSchedule>,
 ) -> Result<(), std::fmt::Error> {
@@ -226,7 +254,7 @@ fn encode_aggregates(
         "Peers this agent knows, configured or discovered",
         count(known),
     )?;
-    let in_state = |state: PeerState| probed.values().filter(|s| s.state == state).count();
+    let in_state = |state: PeerState| by_state.count(state);
     let unreachable = PeerState::VARIANTS
         .iter()
         .copied()

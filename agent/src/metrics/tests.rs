@@ -1364,3 +1364,34 @@ fn rtt_pairs_are_counted_by_result_from_zero() {
     assert_eq!(count(&m, "measured"), Some(2));
     assert_eq!(count(&m, "unsettled"), Some(1));
 }
+
+#[test]
+fn two_peers_claiming_one_name_share_its_series_and_are_both_counted() {
+    let m = metrics();
+    let mut first = peer("gpu-1", PeerState::Healthy, None);
+    first.probed = true;
+    let mut second = peer("gpu-1", PeerState::Down, Some(DiagnosisReason::IpTimeout));
+    second.probed = true;
+    m.state.set_peer("198.18.0.2:9464", first);
+    m.state.set_peer("198.18.0.3:9464", second);
+    let text = m.encode();
+    // One series per label set (an exposition with two is invalid): the first by address.
+    assert_eq!(
+        value(
+            &text,
+            "efa_peer_state",
+            &[("peer", "gpu-1"), ("state", "healthy")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "efa_peer_state",
+            &[("peer", "gpu-1"), ("state", "down")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(by_state(&m), counts(&[("healthy", 1.0), ("down", 1.0)]));
+    assert_eq!(value(&text, "efa_peers", &[]), Some(2.0));
+}

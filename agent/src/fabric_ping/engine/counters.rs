@@ -3,13 +3,26 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use strum::VariantArray;
 
 use serde::Serialize;
 
 use crate::fabric_ping::wire::DecodeError;
 
 /// Why a received message was dropped unread. Bounded: it is a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum MalformedReason {
     Truncated,
     BadMagic,
@@ -24,26 +37,8 @@ pub enum MalformedReason {
 }
 
 impl MalformedReason {
-    pub const ALL: [MalformedReason; 7] = [
-        MalformedReason::Truncated,
-        MalformedReason::BadMagic,
-        MalformedReason::BadVersion,
-        MalformedReason::BadKind,
-        MalformedReason::BadAddress,
-        MalformedReason::BadToken,
-        MalformedReason::WrongSender,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            MalformedReason::Truncated => "truncated",
-            MalformedReason::BadMagic => "bad_magic",
-            MalformedReason::BadVersion => "bad_version",
-            MalformedReason::BadKind => "bad_kind",
-            MalformedReason::BadAddress => "bad_address",
-            MalformedReason::BadToken => "bad_token",
-            MalformedReason::WrongSender => "wrong_sender",
-        }
+        self.into()
     }
 }
 
@@ -73,7 +68,7 @@ pub(super) struct Counters {
     pub late_pongs: AtomicU64,
     pub pairs_unsettled: AtomicU64,
     pub receive_errors: AtomicU64,
-    malformed: [AtomicU64; MalformedReason::ALL.len()],
+    malformed: [AtomicU64; MalformedReason::VARIANTS.len()],
     pub learned_peers_evicted: AtomicU64,
     pub av_entries: AtomicU64,
     pub endpoint_reopens: AtomicU64,
@@ -103,7 +98,7 @@ impl Counters {
             late_pongs: get(&self.late_pongs),
             pairs_unsettled: get(&self.pairs_unsettled),
             receive_errors: get(&self.receive_errors),
-            malformed: MalformedReason::ALL
+            malformed: MalformedReason::VARIANTS
                 .iter()
                 .map(|r| (r.as_str(), get(&self.malformed[*r as usize])))
                 .collect(),
@@ -167,7 +162,7 @@ mod tests {
             counters.malformed(reason);
         }
         let stats = counters.snapshot();
-        assert_eq!(stats.malformed.len(), MalformedReason::ALL.len());
+        assert_eq!(stats.malformed.len(), MalformedReason::VARIANTS.len());
         assert_eq!(
             stats.malformed.values().filter(|n| **n == 1).count(),
             errors.len()
