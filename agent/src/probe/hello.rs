@@ -31,25 +31,21 @@ pub async fn fetch_hello(peer: &str, timeout: Duration) -> Result<(Hello, Durati
     Ok((hello, rtt))
 }
 
-/// `HOST:PORT` to its first address, before `deadline`.
+/// `HOST:PORT` (the peer's agent address; IPv6 in brackets) to its first address, before
+/// `deadline`, through the one resolver ([`super::resolve`]).
 async fn resolve(peer: &str, deadline: Instant) -> Result<SocketAddr, ProbeFailure> {
     if let Ok(addr) = peer.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let lookup = tokio::time::timeout_at(deadline, tokio::net::lookup_host(peer.to_owned()));
-    match lookup.await {
-        Err(_) => Err(ProbeFailure::new(
-            FailureReason::Dns,
-            format!("resolving {peer} timed out"),
-        )),
-        Ok(Err(e)) => Err(ProbeFailure::new(
-            FailureReason::Dns,
-            format!("resolving {peer}: {e}"),
-        )),
-        Ok(Ok(mut addrs)) => addrs
-            .next()
-            .ok_or_else(|| ProbeFailure::new(FailureReason::Dns, format!("{peer} has no address"))),
-    }
+    let dns = |detail: String| ProbeFailure::new(FailureReason::Dns, detail);
+    let (host, port) = peer
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+        .ok_or_else(|| dns(format!("{peer} is not HOST:PORT")))?;
+    let addresses = super::resolve(host, port, deadline)
+        .await
+        .map_err(|e| dns(e.to_string()))?;
+    Ok(addresses[0])
 }
 
 #[cfg(test)]
@@ -62,5 +58,16 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(refused.reason, FailureReason::Refused, "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn an_address_without_a_port_is_a_dns_failure_without_a_lookup() {
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let failure = resolve("peer-without-port", deadline).await.unwrap_err();
+        assert_eq!(failure.reason, FailureReason::Dns, "{failure:?}");
+        assert!(failure.message.contains("HOST:PORT"), "{failure:?}");
+        // IP literals never reach the resolver.
+        let addr = resolve("[::1]:9476", deadline).await.unwrap();
+        assert_eq!(addr, "[::1]:9476".parse().unwrap());
     }
 }
