@@ -1,0 +1,226 @@
+//! `POST /v1/verify`: probe the named peers now (see [`crate::monitor::verify`]).
+//!
+//! The body is `{"nodes": ["gpu2", "gpu3"]}`, at most [`MAX_VERIFY_BODY`] bytes and
+//! [`MAX_VERIFY_NODES`] names. Verifies are rate-limited per agent by a token bucket (a burst
+//! of [`VERIFY_BURST`], then [`VERIFY_PER_SECOND`] a second): beyond it, 429 with
+//! `Retry-After`. A verify costs every named peer a hello and a ping, so a client that loops
+//! on it must not turn the agent into a load generator, nor slow its schedule.
+//!
+//! | status | when |
+//! |---|---|
+//! | 200 | the [`VerifyAnswer`]: each known node's paths, the unknown names |
+//! | 400 | not JSON of that shape, no names, too many, or a name that cannot be a node's |
+//! | 413 | the body is over [`MAX_VERIFY_BODY`] |
+//! | 429 | over the rate limit, or too many verifies waiting (`Retry-After` says when to try) |
+//! | 503 | the monitor is not answering verifies (stopping) |
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub use crate::monitor::verify::{VerifyAnswer, VerifyRequest, MAX_VERIFY_NODES};
+
+/// The largest body accepted: [`MAX_VERIFY_NODES`] names of a DNS name's length, and room.
+pub const MAX_VERIFY_BODY: usize = 80 * 1024;
+
+/// Verifies accepted at once after a quiet spell.
+pub const VERIFY_BURST: f64 = 5.0;
+
+/// Verifies accepted per second, sustained.
+pub const VERIFY_PER_SECOND: f64 = 2.0;
+
+/// The longest a node name may be (a DNS name's).
+const MAX_NODE_NAME: usize = 253;
+
+/// A token bucket: `capacity` tokens, refilled at `per_second`; each verify takes one.
+#[derive(Debug)]
+pub struct TokenBucket {
+    capacity: f64,
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`.
+    pub fn new(capacity: f64, per_second: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            capacity,
+            per_second,
+            tokens: capacity,
+            last: now,
+        }
+    }
+
+    /// Takes a token at `now`, or says how long until one is there.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        self.last = now.max(self.last);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.per_second,
+            ))
+        }
+    }
+}
+
+/// What the verify route needs: the way to the monitor's verify task and the rate limit.
+#[derive(Clone)]
+pub struct VerifyGate {
+    requests: mpsc::Sender<VerifyRequest>,
+    bucket: Arc<Mutex<TokenBucket>>,
+    /// How long the handler waits for the monitor's answer (its verifies take at most twice
+    /// the probe timeout).
+    answer_within: Duration,
+}
+
+impl VerifyGate {
+    /// Verifies go to `requests`; `probe_timeout` is the agent's.
+    pub fn new(requests: mpsc::Sender<VerifyRequest>, probe_timeout: Duration) -> VerifyGate {
+        VerifyGate::with_limit(requests, probe_timeout, VERIFY_BURST, VERIFY_PER_SECOND)
+    }
+
+    /// [`VerifyGate::new`] with another rate limit.
+    pub fn with_limit(
+        requests: mpsc::Sender<VerifyRequest>,
+        probe_timeout: Duration,
+        burst: f64,
+        per_second: f64,
+    ) -> VerifyGate {
+        VerifyGate {
+            requests,
+            bucket: Arc::new(Mutex::new(TokenBucket::new(
+                burst,
+                per_second,
+                Instant::now(),
+            ))),
+            answer_within: probe_timeout * 2 + Duration::from_secs(1),
+        }
+    }
+}
+
+/// The verify route, with its own state and body limit.
+pub fn routes(gate: VerifyGate) -> Router {
+    Router::new()
+        .route(
+            "/v1/verify",
+            post(verify).layer(DefaultBodyLimit::max(MAX_VERIFY_BODY)),
+        )
+        .with_state(gate)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    nodes: Vec<String>,
+}
+
+async fn verify(
+    State(gate): State<VerifyGate>,
+    body: Result<Json<VerifyBody>, JsonRejection>,
+) -> Response {
+    // The limit comes first: a flood of bad bodies costs no more than one of good ones.
+    let taken = gate
+        .bucket
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(Instant::now());
+    if let Err(wait) = taken {
+        return too_many(wait, "over this agent's verify rate limit");
+    }
+    let nodes = match body {
+        Ok(Json(body)) => match checked_nodes(body.nodes) {
+            Ok(nodes) => nodes,
+            Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+        },
+        Err(rejection) => {
+            let status = rejection.status();
+            let text = format!(
+                "expected a JSON body {{\"nodes\": [\"NODE\", ...]}}: {}\n",
+                rejection.body_text()
+            );
+            return (status, text).into_response();
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    match gate.requests.try_send(VerifyRequest { nodes, reply }) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            return too_many(Duration::from_secs(1), "too many verifies waiting");
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => return not_answering(),
+    }
+    match tokio::time::timeout(gate.answer_within, answer).await {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(_)) | Err(_) => not_answering(),
+    }
+}
+
+/// The names, each once in the order given, or why they cannot be verified.
+fn checked_nodes(nodes: Vec<String>) -> Result<Vec<String>, String> {
+    if nodes.is_empty() {
+        return Err("\"nodes\" names no node".into());
+    }
+    if nodes.len() > MAX_VERIFY_NODES {
+        return Err(format!(
+            "\"nodes\" names {} nodes; at most {MAX_VERIFY_NODES} per verify",
+            nodes.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut unique = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        if !is_node_name(&node) {
+            let shown: String = node.chars().take(80).collect();
+            return Err(format!(
+                "{shown:?} is not a node name (1 to {MAX_NODE_NAME} characters, no spaces or \
+                 control characters)"
+            ));
+        }
+        if seen.insert(node.clone()) {
+            unique.push(node);
+        }
+    }
+    Ok(unique)
+}
+
+/// A node name, an address or `HOST:PORT`: printable, no spaces, DNS-name length.
+pub fn is_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NODE_NAME
+        && name.chars().all(|c| !c.is_whitespace() && !c.is_control())
+}
+
+fn too_many(wait: Duration, why: &str) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(RETRY_AFTER, seconds.to_string())],
+        format!("{why}: retry in {seconds}s\n"),
+    )
+        .into_response()
+}
+
+fn not_answering() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the monitor is not answering verifies (the agent is stopping)\n",
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests;
