@@ -27,7 +27,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::monitor::verify::{VerifyAnswer, VerifyRequest, MAX_VERIFY_NODES};
+pub use crate::monitor::verify::{
+    is_node_name, VerifyAnswer, VerifyRequest, MAX_NODE_NAME, MAX_VERIFY_NODES,
+};
 
 /// The largest body accepted: [`MAX_VERIFY_NODES`] names of a DNS name's length, and room.
 pub const MAX_VERIFY_BODY: usize = 80 * 1024;
@@ -37,9 +39,6 @@ pub const VERIFY_BURST: f64 = 5.0;
 
 /// Verifies accepted per second, sustained.
 pub const VERIFY_PER_SECOND: f64 = 2.0;
-
-/// The longest a node name may be (a DNS name's).
-const MAX_NODE_NAME: usize = 253;
 
 /// A token bucket: `capacity` tokens, refilled at `per_second`; each verify takes one.
 #[derive(Debug)]
@@ -195,13 +194,6 @@ fn checked_nodes(nodes: Vec<String>) -> Result<Vec<String>, String> {
         }
     }
     Ok(unique)
-}
-
-/// A node name, an address or `HOST:PORT`: printable, no spaces, DNS-name length.
-pub fn is_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NODE_NAME
-        && name.chars().all(|c| !c.is_whitespace() && !c.is_control())
 }
 
 fn too_many(wait: Duration, why: &str) -> Response {

@@ -36,6 +36,9 @@ use crate::verdict::{PeerState, PeerVerdict, Round, VerdictPolicy};
 /// Node names one verify may name, at most.
 pub const MAX_VERIFY_NODES: usize = 256;
 
+/// The longest a node name may be (a DNS name's).
+pub const MAX_NODE_NAME: usize = 253;
+
 /// Peers of one verify probed at once, at most: the fabric engine's transmit slots are
 /// shared with the schedule's probes.
 const VERIFY_CONCURRENCY: usize = 32;
@@ -374,6 +377,14 @@ fn judge(
         ip: (&ip.status).into(),
         fabric: (&fabric_status).into(),
     }
+}
+
+/// A node name, an address or `HOST:PORT`: printable, no spaces, a DNS name's length at
+/// most.
+pub fn is_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NODE_NAME
+        && name.chars().all(|c| !c.is_whitespace() && !c.is_control())
 }
 
 /// The host of `HOST:PORT` (`[v6]:PORT` without brackets); the whole text without a port.
