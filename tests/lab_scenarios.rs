@@ -669,7 +669,7 @@ fn preflight_names_the_failing_node_and_reason_and_a_verify_flood_is_limited() {
     lab.run(&["break", "cross_subnet"]);
     let (code, text, took) = lab.preflight(&["--nodes", "gpu2,gpu3"]);
     assert_eq!(code, 1, "{text}");
-    println!("preflight after the cross_subnet break: exit 1 in {took:?}");
+    println!("preflight after the cross_subnet break: exit 1 in {took:?}:\n{text}");
     assert!(took < Duration::from_secs(3), "took {took:?}: {text}");
     let row = text
         .lines()

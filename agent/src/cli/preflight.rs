@@ -27,6 +27,9 @@ const EXIT_FAILED: u8 = 1;
 /// Exit code: the preflight could not ask, or named nodes the agent does not know.
 const EXIT_CANNOT_ASK: u8 = 2;
 
+/// How long to wait before asking an agent that is not ready yet again.
+const NOT_READY_RETRY: Duration = Duration::from_secs(1);
+
 /// The largest answer read: 256 nodes' results with their error texts.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
@@ -98,8 +101,9 @@ struct JsonReport<'a> {
     answer: Option<&'a VerifyAnswer>,
 }
 
-/// POSTs the verify to the agent and reads its answer, within `timeout`; a 429 is tried
-/// again after its Retry-After while the time allows.
+/// POSTs the verify to the agent and reads its answer, within `timeout`. Asked again while
+/// the time allows: after a 429's Retry-After, and when an agent not ready yet (its first
+/// round not done) does not know some of the names.
 async fn ask(
     agent: &AgentUrl,
     nodes: &[String],
@@ -127,9 +131,18 @@ async fn ask(
         let excerpt: String = text.trim().chars().take(300).collect();
         match response.status.as_u16() {
             200 => {
-                return serde_json::from_slice(&response.body).map_err(|e| {
+                let answer: VerifyAnswer = serde_json::from_slice(&response.body).map_err(|e| {
                     format!("the agent at {agent} answered something that is not a verify: {e}")
-                })
+                })?;
+                // An agent still starting (an init container on a node that just came up)
+                // may not know its peers yet: ask again while the time allows another verify.
+                let another = NOT_READY_RETRY
+                    + Duration::from_secs_f64(answer.probe_timeout_seconds.clamp(0.0, 600.0) * 2.0);
+                if answer.ready || answer.unknown.is_empty() || Instant::now() + another >= deadline
+                {
+                    return Ok(answer);
+                }
+                tokio::time::sleep(NOT_READY_RETRY).await;
             }
             429 => {
                 let wait = response
@@ -345,6 +358,7 @@ mod tests {
     fn answer(verified: Vec<NodeVerified>, unknown: &[&str]) -> VerifyAnswer {
         VerifyAnswer {
             node: "gpu1".into(),
+            ready: true,
             probe_timeout_seconds: 1.0,
             probed: "ip and fabric".into(),
             verified,
@@ -427,5 +441,85 @@ mod tests {
         let j = judge(&asked(&["gpu2", "gpu4"]), Ok(a));
         assert_eq!(j.code, 2);
         assert!(j.text().contains("bad answer") && j.text().contains("gpu4"));
+    }
+
+    /// A stand-in agent on loopback that answers each POST /v1/verify with the next of
+    /// `answers` (status, Retry-After, body), and counts them.
+    async fn scripted_agent(
+        answers: Vec<(u16, Option<&'static str>, String)>,
+    ) -> (AgentUrl, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let asked = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        let answers = std::sync::Arc::new(answers);
+        let app = axum::Router::new().route(
+            "/v1/verify",
+            axum::routing::post(move || {
+                let (answers, count) = (answers.clone(), count.clone());
+                async move {
+                    let i = count.fetch_add(1, Ordering::SeqCst).min(answers.len() - 1);
+                    let (status, retry, body) = answers[i].clone();
+                    let mut response =
+                        (StatusCode::from_u16(status).unwrap(), body).into_response();
+                    if let Some(retry) = retry {
+                        response
+                            .headers_mut()
+                            .insert("retry-after", retry.parse().unwrap());
+                    }
+                    response
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (AgentUrl { authority }, asked)
+    }
+
+    #[tokio::test]
+    async fn a_starting_agent_and_a_rate_limit_are_asked_again() {
+        let mut starting = answer(vec![], &["gpu2"]);
+        starting.ready = false;
+        let ready = answer(vec![node("gpu2", up(), None)], &[]);
+        let (agent, asked) = scripted_agent(vec![
+            (429, Some("1"), "over this agent's verify rate limit".into()),
+            (200, None, serde_json::to_string(&starting).unwrap()),
+            (200, None, serde_json::to_string(&ready).unwrap()),
+        ])
+        .await;
+        let got = ask(&agent, &["gpu2".into()], Duration::from_secs(10)).await;
+        assert_eq!(got, Ok(ready));
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_asked_says_why() {
+        let (agent, _) = scripted_agent(vec![(200, None, "{\"not\": \"a verify\"}".into())]).await;
+        let got = ask(&agent, &["gpu2".into()], Duration::from_secs(2)).await;
+        assert!(got.unwrap_err().contains("not a verify"));
+
+        // A rate limit the timeout leaves no time to wait out.
+        let (agent, _) = scripted_agent(vec![(429, Some("30"), "slow down".into())]).await;
+        let got = ask(&agent, &["gpu2".into()], Duration::from_secs(2)).await;
+        assert!(got.unwrap_err().contains("rate-limiting"));
+
+        let (agent, _) = scripted_agent(vec![(400, None, "\"nodes\" names no node".into())]).await;
+        let got = ask(&agent, &["gpu2".into()], Duration::from_secs(2)).await;
+        let why = got.unwrap_err();
+        assert!(
+            why.contains("HTTP 400") && why.contains("names no node"),
+            "{why}"
+        );
+
+        // A still-starting agent whose names stay unknown: its answer once time runs out.
+        let mut starting = answer(vec![], &["gpu2"]);
+        starting.ready = false;
+        let (agent, asked) =
+            scripted_agent(vec![(200, None, serde_json::to_string(&starting).unwrap())]).await;
+        let got = ask(&agent, &["gpu2".into()], Duration::from_millis(2500)).await;
+        assert_eq!(got.unwrap().unknown, ["gpu2"]);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -38,10 +37,6 @@ pub const MAX_VERIFY_NODES: usize = 256;
 
 /// The longest a node name may be (a DNS name's).
 pub const MAX_NODE_NAME: usize = 253;
-
-/// Peers of one verify probed at once, at most: the fabric engine's transmit slots are
-/// shared with the schedule's probes.
-const VERIFY_CONCURRENCY: usize = 32;
 
 /// Verifies waiting for the monitor's task, at most; the HTTP side rate-limits before this.
 pub const VERIFY_QUEUE: usize = 8;
@@ -65,6 +60,9 @@ pub struct VerifyRequest {
 pub struct VerifyAnswer {
     /// The node of the agent that probed.
     pub node: String,
+    /// Whether the agent has finished its first round: before, it may not know its peers
+    /// yet, and a preflight asks again for names it does not know.
+    pub ready: bool,
     /// Each probe's deadline; the verify took at most twice this.
     pub probe_timeout_seconds: f64,
     /// What was probed (see [`PROBED`]).
@@ -170,17 +168,22 @@ pub async fn serve(
 }
 
 impl VerifyContext {
-    /// Probes each named peer now, at once (bounded), and answers for all of them.
+    /// Probes each named peer now, all at once (so that the verify takes twice the probe
+    /// timeout at most, however many time out; [`MAX_VERIFY_NODES`] bounds them), and answers
+    /// for all of them. Pings the engine cannot send at once wait in its queue, not fail.
     pub async fn verify(&self, nodes: &[String]) -> VerifyAnswer {
         let (targets, unknown, this_node) = self.resolve(nodes);
         let local = self.placement.borrow().clone();
-        let verified = stream::iter(targets)
-            .map(|t| self.verify_one(local.as_ref(), t))
-            .buffered(VERIFY_CONCURRENCY)
-            .collect()
-            .await;
+        let verified = futures::future::join_all(
+            targets
+                .into_iter()
+                .take(MAX_VERIFY_NODES)
+                .map(|t| self.verify_one(local.as_ref(), t)),
+        )
+        .await;
         VerifyAnswer {
             node: self.state.node_name().to_owned(),
+            ready: self.state.is_ready(),
             probe_timeout_seconds: self.timeout.as_secs_f64(),
             probed: PROBED.to_owned(),
             verified,
