@@ -286,7 +286,8 @@ impl Judged {
         for node in &self.failing {
             let reason = node.reason.clone().unwrap_or_else(|| "-".into());
             for (path, result) in [("ip", &node.ip), ("fabric", &node.fabric)] {
-                if result.reachable == Some(true) {
+                // A path that answers small probes can still fail larger ones (probe_size).
+                if result.reachable == Some(true) && result.failure.is_none() {
                     continue;
                 }
                 let failure = result

@@ -567,6 +567,8 @@ impl PeerMonitor {
         verify::VerifyContext {
             state: self.state.clone(),
             pinger: self.pinger.clone(),
+            large_pinger: self.large_pinger.clone(),
+            large_probe_sizes: self.settings.large_probe_sizes.clone(),
             provider: self.settings.provider.clone(),
             placement,
             timeout: self.settings.timeout,

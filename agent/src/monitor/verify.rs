@@ -4,10 +4,11 @@
 //! The requests come over a channel to a task of the monitor's own ([`serve`], spawned by
 //! [`super::run`]) which never touches the round loop: it resolves names from the agent's
 //! state (the same peers the monitor probes), and probes with a clone of the monitor's
-//! fabric endpoint and handles of its own in the engine (address-vector entries are counted,
-//! so the monitor's stay). A verify is what a round probes of a peer: the hello (IP) and the
-//! small fabric ping pair. Larger probe sizes are not sent, and rails are not implemented in
-//! this codebase yet: a verify says so in its answer (`probed`).
+//! fabric endpoints and handles of its own in the engines (address-vector entries are
+//! counted, so the monitor's stay). A verify is what a round probes of a peer: the hello (IP),
+//! the small fabric ping pair and, once that answered, each larger probe size
+//! (`--large-probe-sizes`, all at once where a round sends one in turn). Rails are not
+//! implemented in this codebase yet: a verify says so in its answer (`probed`).
 //!
 //! Timing: the fabric ping starts with the hello when an address is known from the peer's
 //! last hello; else, or when it failed, one more ping to the address the fresh hello gave
@@ -45,8 +46,8 @@ pub const VERIFY_QUEUE: usize = 8;
 const MIN_RETRY: Duration = Duration::from_millis(100);
 
 /// What a verify probes, said in every answer.
-pub const PROBED: &str = "ip (GET /v1/hello) and fabric (a small ping pair), as a round \
-                          does; larger probe sizes are not sent; rails are not implemented";
+pub const PROBED: &str = "ip (GET /v1/hello) and fabric (a small ping pair, then each larger \
+                          probe size configured), as a round does; rails are not implemented";
 
 /// One verify, with where its answer goes.
 #[derive(Debug)]
@@ -122,6 +123,9 @@ impl From<&PathStatus> for PathResult {
 pub struct VerifyContext {
     pub(super) state: Arc<AgentState>,
     pub(super) pinger: Option<FabricPinger>,
+    /// The monitor's endpoint for larger probes, and their sizes.
+    pub(super) large_pinger: Option<FabricPinger>,
+    pub(super) large_probe_sizes: Vec<usize>,
     pub(super) provider: Option<String>,
     /// This node's placement, as the round loop gets it.
     pub(super) placement: watch::Receiver<Option<Placement>>,
@@ -246,11 +250,18 @@ impl VerifyContext {
             .and_then(|(h, _)| self.fabric_address(h));
         let answered = matches!(early, Some(Ok(ProbeOutcome::Pong { .. })));
         let left = deadline.saturating_duration_since(Instant::now());
-        let fabric = match fresh {
+        let (fabric, pinged) = match fresh {
             Some(address) if !answered && left >= MIN_RETRY => {
-                Some(self.ping(&address, deadline).await)
+                (Some(self.ping(&address, deadline).await), Some(address))
             }
-            _ => early,
+            _ => (early, known),
+        };
+        // The larger sizes only where the small probe answered, as in a round.
+        let lost_size = match (&fabric, &pinged) {
+            (Some(Ok(ProbeOutcome::Pong { .. })), Some(address)) => {
+                self.lost_size(address, deadline).await
+            }
+            _ => None,
         };
         let peer_hello = hello
             .as_ref()
@@ -260,16 +271,46 @@ impl VerifyContext {
         judge(
             (node, key),
             &hello,
-            fabric,
+            (fabric, lost_size),
             FabricContext {
                 local_fabric: self.pinger.is_some(),
                 provider: self.provider.as_deref(),
                 hello: peer_hello,
                 measured: None,
             },
-            local,
+            (local, self.probe_size),
             self.policy,
         )
+    }
+
+    /// Every larger probe size at once, on the large-probe endpoint, before `deadline`: the
+    /// smallest that got no answer. Sizes that could not be sent say nothing.
+    async fn lost_size(&self, address: &[u8], deadline: Instant) -> Option<usize> {
+        let pinger = self.large_pinger.as_ref()?;
+        if self.large_probe_sizes.is_empty() {
+            return None;
+        }
+        let handle = pinger.add_peer(address).get().await?.ok()?;
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.timeout);
+        let outcomes = futures::future::join_all(
+            self.large_probe_sizes
+                .iter()
+                .map(|&size| async move { (size, pinger.reach(handle, size, wait).get().await) }),
+        )
+        .await;
+        pinger.remove_peer(handle);
+        let mut results = std::collections::BTreeMap::new();
+        for (size, outcome) in outcomes {
+            if let Some(outcome) = outcome {
+                observe::large_probe(&mut results, Some(&(size, outcome)));
+            }
+        }
+        results
+            .into_iter()
+            .find(|(_, ok)| !ok)
+            .map(|(size, _)| size)
     }
 
     /// The peer's fabric address this node can ping, as the monitor picks it.
@@ -313,13 +354,13 @@ impl VerifyContext {
 fn judge(
     (node, address): (String, String),
     hello: &Result<(Hello, Duration), crate::probe::ProbeFailure>,
-    fabric: Option<Result<ProbeOutcome, String>>,
+    (fabric, lost_size): (Option<Result<ProbeOutcome, String>>, Option<usize>),
     ctx: FabricContext<'_>,
-    local: Option<&Placement>,
+    (local, probe_size): (Option<&Placement>, usize),
     policy: VerdictPolicy,
 ) -> NodeVerified {
     let ip = observe::ip_path(hello);
-    let (fabric_observation, fabric_status) = match &fabric {
+    let (fabric_observation, mut fabric_status) = match &fabric {
         Some(Err(refused)) => (
             crate::verdict::FabricObservation::Failed,
             observe::not_probed(PathFailure::BadAddress, refused.clone()),
@@ -348,6 +389,9 @@ fn judge(
         .and_then(|h| h.topology.as_ref())
         .and_then(Placement::of);
     let relation = relate(local, placement.as_ref());
+    if let Some(size) = lost_size {
+        observe::size_lost(&mut fabric_status, size, probe_size);
+    }
     let mut verdict = PeerVerdict::new(VerdictPolicy {
         hysteresis: 1,
         ..policy
@@ -356,11 +400,13 @@ fn judge(
         ip: ip.observation,
         fabric: fabric_observation,
         relation: relation.clone(),
-        lost_size: None,
+        lost_size,
     });
     let state = verdict.state();
+    // Slow is still answering; larger packets lost is not (NCCL's are large).
     let ok = ip.status.reachable == Some(true)
         && fabric_status.reachable == Some(true)
+        && lost_size.is_none()
         && matches!(state, PeerState::Healthy | PeerState::Degraded);
     let summary = summarize(
         state,
@@ -417,6 +463,8 @@ mod tests {
         VerifyContext {
             state,
             pinger: None,
+            large_pinger: None,
+            large_probe_sizes: vec![],
             provider: None,
             placement: watch::channel(None).1,
             timeout: Duration::from_millis(300),
@@ -482,5 +530,105 @@ mod tests {
         assert_eq!(peer.ip.reachable, Some(false));
         assert_eq!(peer.ip.failure.as_deref(), Some("refused"));
         assert_eq!(peer.fabric.reachable, None);
+    }
+
+    fn hello_in(subnet: &str) -> Hello {
+        Hello {
+            node_name: "gpu3".into(),
+            agent_version: "0.1.0".into(),
+            instance_id: 3,
+            fabric: crate::hello::HelloFabric {
+                provider: "efa".into(),
+                available: true,
+                error: None,
+                endpoints: vec![],
+            },
+            topology: Some(crate::topology::Topology {
+                instance_id: "i-3".into(),
+                instance_type: "p5.48xlarge".into(),
+                availability_zone: "us-east-1a".into(),
+                availability_zone_id: None,
+                placement_group: None,
+                primary_mac: "0e:00:00:00:00:03".into(),
+                interfaces: vec![crate::topology::NetworkInterface {
+                    mac: "0e:00:00:00:00:03".into(),
+                    subnet_id: subnet.into(),
+                    vpc_id: "vpc-1".into(),
+                    security_group_ids: vec!["sg-1".into()],
+                    subnet_cidr: None,
+                }],
+            }),
+            node_actions: None,
+        }
+    }
+
+    fn pong() -> ProbeOutcome {
+        let ms = Duration::from_millis(1);
+        ProbeOutcome::Pong {
+            rtt: ms,
+            cold_rtt: ms,
+            dwell: Duration::ZERO,
+            responder_id: 3,
+            warm: true,
+        }
+    }
+
+    /// One verify's results judged: `fabric` and the smallest larger size lost, with gpu1
+    /// in subnet-a and the peer's hello placing it in `peer_subnet`.
+    fn judged(
+        peer_subnet: &str,
+        fabric: Option<Result<ProbeOutcome, String>>,
+        lost: Option<usize>,
+    ) -> NodeVerified {
+        let hello = hello_in(peer_subnet);
+        let local = Placement::of(hello_in("subnet-a").topology.as_ref().unwrap());
+        let ip = Ok((hello.clone(), Duration::from_millis(1)));
+        judge(
+            ("gpu3".into(), "198.18.101.13:9476".into()),
+            &ip,
+            (fabric, lost),
+            FabricContext {
+                local_fabric: true,
+                provider: Some("efa"),
+                hello: Some(&hello),
+                measured: None,
+            },
+            (local.as_ref(), 64),
+            VerdictPolicy::default(),
+        )
+    }
+
+    #[test]
+    fn one_probe_per_path_is_judged_without_hysteresis() {
+        let healthy = judged("subnet-a", Some(Ok(pong())), None);
+        assert!(healthy.ok, "{healthy:?}");
+        assert_eq!((healthy.state.as_str(), healthy.reason), ("healthy", None));
+        assert_eq!(healthy.fabric.reachable, Some(true));
+
+        // The fabric drops while IP answers: the placement says why.
+        let cross = judged("subnet-b", Some(Ok(ProbeOutcome::Timeout)), None);
+        assert!(!cross.ok);
+        assert_eq!(cross.state, "fabric_dropped");
+        assert_eq!(cross.reason.as_deref(), Some("cross_subnet"));
+        assert_eq!(cross.fabric.failure.as_deref(), Some("timeout"));
+        assert_eq!(cross.ip.reachable, Some(true));
+        assert!(cross.summary.contains("subnet-b"), "{}", cross.summary);
+        let same = judged("subnet-a", Some(Ok(ProbeOutcome::Timeout)), None);
+        assert_eq!(same.reason.as_deref(), Some("security_group"));
+
+        // Small probes answer, larger ones are lost: not ok (NCCL's messages are large).
+        let sized = judged("subnet-a", Some(Ok(pong())), Some(9000));
+        assert!(!sized.ok);
+        assert_eq!(sized.reason.as_deref(), Some("probe_size"));
+        assert_eq!(sized.fabric.reachable, Some(true));
+        assert_eq!(sized.fabric.failure.as_deref(), Some("probe_size"));
+
+        // An address the provider refuses, and no fabric address at all.
+        let refused = judged("subnet-a", Some(Err("bad address".into())), None);
+        assert!(!refused.ok);
+        assert_eq!(refused.fabric.failure.as_deref(), Some("bad_address"));
+        let never = judged("subnet-a", None, None);
+        assert!(!never.ok);
+        assert_eq!(never.fabric.reachable, None);
     }
 }
