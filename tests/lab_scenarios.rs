@@ -730,6 +730,20 @@ fn preflight_names_the_failing_node_and_reason_and_a_verify_flood_is_limited() {
         accepted >= 5 && accepted as f64 <= allowed,
         "{accepted} accepted in {seconds:.1}s: {flood}"
     );
+    // The agent counts what it refused (a preflight's retried 429 would count too).
+    let counted = lab
+        .metrics("gpu1")
+        .iter()
+        .find(|s| {
+            s.name == "efa_verify_requests_total"
+                && s.labels.get("result").map(String::as_str) == Some("rate_limited")
+        })
+        .map(|s| s.value)
+        .unwrap_or_default();
+    assert!(
+        counted >= limited as f64,
+        "{counted} counted, {limited} seen"
+    );
     // Two peers, one IP probe each per 1 s round; a round may be under way at either end.
     let rounds = (seconds / INTERVAL.as_secs_f64()).floor() - 1.0;
     assert!(

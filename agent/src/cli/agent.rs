@@ -169,7 +169,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
 
     // Verifies (POST /v1/verify) go to the monitor's verify task.
     let (verify_tx, verify_rx) = tokio::sync::mpsc::channel(monitor::verify::VERIFY_QUEUE);
-    let verify_gate = VerifyGate::new(verify_tx, config.timeout);
+    let verify_gate = VerifyGate::new(verify_tx, config.timeout, metrics.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -13,6 +13,8 @@
 //! | 413 | the body is over [`MAX_VERIFY_BODY`] |
 //! | 429 | over the rate limit, or too many verifies waiting (`Retry-After` says when to try) |
 //! | 503 | the monitor is not answering verifies (stopping) |
+//!
+//! Each request is counted by its result in `efa_verify_requests_total{result}`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +29,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::verify::VerifyResult;
+use crate::metrics::Metrics;
 pub use crate::monitor::verify::{
     is_node_name, VerifyAnswer, VerifyRequest, MAX_NODE_NAME, MAX_VERIFY_NODES,
 };
@@ -81,6 +85,8 @@ impl TokenBucket {
 pub struct VerifyGate {
     requests: mpsc::Sender<VerifyRequest>,
     bucket: Arc<Mutex<TokenBucket>>,
+    /// Counts each request by result (`efa_verify_requests_total`).
+    metrics: Arc<Metrics>,
     /// How long the handler waits for the monitor's answer (its verifies take at most twice
     /// the probe timeout).
     answer_within: Duration,
@@ -88,19 +94,29 @@ pub struct VerifyGate {
 
 impl VerifyGate {
     /// Verifies go to `requests`; `probe_timeout` is the agent's.
-    pub fn new(requests: mpsc::Sender<VerifyRequest>, probe_timeout: Duration) -> VerifyGate {
-        VerifyGate::with_limit(requests, probe_timeout, VERIFY_BURST, VERIFY_PER_SECOND)
+    pub fn new(
+        requests: mpsc::Sender<VerifyRequest>,
+        probe_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> VerifyGate {
+        VerifyGate::with_limit(
+            requests,
+            probe_timeout,
+            metrics,
+            (VERIFY_BURST, VERIFY_PER_SECOND),
+        )
     }
 
     /// [`VerifyGate::new`] with another rate limit.
     pub fn with_limit(
         requests: mpsc::Sender<VerifyRequest>,
         probe_timeout: Duration,
-        burst: f64,
-        per_second: f64,
+        metrics: Arc<Metrics>,
+        (burst, per_second): (f64, f64),
     ) -> VerifyGate {
         VerifyGate {
             requests,
+            metrics,
             bucket: Arc::new(Mutex::new(TokenBucket::new(
                 burst,
                 per_second,
@@ -131,6 +147,15 @@ async fn verify(
     State(gate): State<VerifyGate>,
     body: Result<Json<VerifyBody>, JsonRejection>,
 ) -> Response {
+    let (result, response) = answer(&gate, body).await;
+    gate.metrics.verify_requests().record(result);
+    response
+}
+
+async fn answer(
+    gate: &VerifyGate,
+    body: Result<Json<VerifyBody>, JsonRejection>,
+) -> (VerifyResult, Response) {
     // The limit comes first: a flood of bad bodies costs no more than one of good ones.
     let taken = gate
         .bucket
@@ -138,12 +163,16 @@ async fn verify(
         .unwrap_or_else(|p| p.into_inner())
         .take(Instant::now());
     if let Err(wait) = taken {
-        return too_many(wait, "over this agent's verify rate limit");
+        let response = too_many(wait, "over this agent's verify rate limit");
+        return (VerifyResult::RateLimited, response);
     }
     let nodes = match body {
         Ok(Json(body)) => match checked_nodes(body.nodes) {
             Ok(nodes) => nodes,
-            Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+            Err(why) => {
+                let response = (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
+                return (VerifyResult::BadRequest, response);
+            }
         },
         Err(rejection) => {
             let status = rejection.status();
@@ -151,20 +180,23 @@ async fn verify(
                 "expected a JSON body {{\"nodes\": [\"NODE\", ...]}}: {}\n",
                 rejection.body_text()
             );
-            return (status, text).into_response();
+            return (VerifyResult::BadRequest, (status, text).into_response());
         }
     };
     let (reply, answer) = oneshot::channel();
     match gate.requests.try_send(VerifyRequest { nodes, reply }) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
-            return too_many(Duration::from_secs(1), "too many verifies waiting");
+            let response = too_many(Duration::from_secs(1), "too many verifies waiting");
+            return (VerifyResult::Busy, response);
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => return not_answering(),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            return (VerifyResult::Unavailable, not_answering())
+        }
     }
     match tokio::time::timeout(gate.answer_within, answer).await {
-        Ok(Ok(answer)) => Json(answer).into_response(),
-        Ok(Err(_)) | Err(_) => not_answering(),
+        Ok(Ok(answer)) => (VerifyResult::Answered, Json(answer).into_response()),
+        Ok(Err(_)) | Err(_) => (VerifyResult::Unavailable, not_answering()),
     }
 }
 

@@ -20,6 +20,14 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 
 /// An agent `gpu1` that knows `gpu2` at a port nobody listens on, and no fabric.
 fn agent(burst: f64, per_second: f64) -> (Router, tokio_util::sync::CancellationToken) {
+    let (router, stop, _) = agent_with_metrics(burst, per_second);
+    (router, stop)
+}
+
+fn agent_with_metrics(
+    burst: f64,
+    per_second: f64,
+) -> (Router, tokio_util::sync::CancellationToken, Arc<Metrics>) {
     let state = Arc::new(AgentState::new("gpu1", FabricStatus::default()));
     state.set_peer(
         "127.0.0.1:9",
@@ -43,7 +51,7 @@ fn agent(burst: f64, per_second: f64) -> (Router, tokio_util::sync::Cancellation
     let monitor = PeerMonitor::new(
         PeerProbeSettings::new("gpu1", Duration::from_secs(1), TIMEOUT),
         state,
-        metrics,
+        metrics.clone(),
         None,
     );
     let (tx, rx) = mpsc::channel(monitor_verify::VERIFY_QUEUE);
@@ -53,8 +61,8 @@ fn agent(burst: f64, per_second: f64) -> (Router, tokio_util::sync::Cancellation
         rx,
         stop.clone(),
     ));
-    let gate = VerifyGate::with_limit(tx, TIMEOUT, burst, per_second);
-    (routes(gate), stop)
+    let gate = VerifyGate::with_limit(tx, TIMEOUT, metrics.clone(), (burst, per_second));
+    (routes(gate), stop, metrics)
 }
 
 async fn post(router: &Router, body: impl Into<Body>) -> (StatusCode, Option<String>, String) {
@@ -95,7 +103,7 @@ async fn known_nodes_are_probed_and_unknown_ones_listed() {
 
 #[tokio::test]
 async fn bad_bodies_are_refused_saying_why() {
-    let (router, _stop) = agent(100.0, 100.0);
+    let (router, _stop, metrics) = agent_with_metrics(100.0, 100.0);
     let too_many: Vec<String> = (0..=MAX_VERIFY_NODES).map(|i| format!("n{i}")).collect();
     let too_many = serde_json::json!({ "nodes": too_many }).to_string();
     let huge = format!(r#"{{"nodes": ["{}"]}}"#, "a".repeat(MAX_VERIFY_BODY));
@@ -123,11 +131,12 @@ async fn bad_bodies_are_refused_saying_why() {
         assert_eq!(status, want, "{}: {text}", &body[..body.len().min(40)]);
         assert!(text.contains(needle), "{text}");
     }
+    assert_eq!(metrics.verify_requests().get(VerifyResult::BadRequest), 6);
 }
 
 #[tokio::test]
 async fn a_flood_gets_the_burst_then_429_with_retry_after() {
-    let (router, _stop) = agent(3.0, 0.5);
+    let (router, _stop, metrics) = agent_with_metrics(3.0, 0.5);
     let mut accepted = 0;
     for _ in 0..20 {
         let (status, retry, body) = post(&router, r#"{"nodes": ["gpu7"]}"#).await;
@@ -142,15 +151,22 @@ async fn a_flood_gets_the_burst_then_429_with_retry_after() {
         }
     }
     assert_eq!(accepted, 3);
+    let counted = metrics.verify_requests();
+    assert_eq!(counted.get(VerifyResult::Answered), 3);
+    assert_eq!(counted.get(VerifyResult::RateLimited), 17);
+    assert!(metrics
+        .encode()
+        .contains("efa_verify_requests_total{result=\"rate_limited\"} 17"));
 }
 
 #[tokio::test]
 async fn a_stopped_monitor_is_503() {
-    let (router, stop) = agent(10.0, 10.0);
+    let (router, stop, metrics) = agent_with_metrics(10.0, 10.0);
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (status, _, body) = post(&router, r#"{"nodes": ["gpu2"]}"#).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(metrics.verify_requests().get(VerifyResult::Unavailable), 1);
 }
 
 #[test]
