@@ -27,8 +27,8 @@ const EXIT_FAILED: u8 = 1;
 /// Exit code: the preflight could not ask, or named nodes the agent does not know.
 const EXIT_CANNOT_ASK: u8 = 2;
 
-/// How long to wait before asking an agent that is not ready yet again.
-const NOT_READY_RETRY: Duration = Duration::from_secs(1);
+/// How long to wait before asking again an agent that is not listening or not ready yet.
+const AGAIN: Duration = Duration::from_secs(1);
 
 /// The largest answer read: 256 nodes' results with their error texts.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -102,8 +102,8 @@ struct JsonReport<'a> {
 }
 
 /// POSTs the verify to the agent and reads its answer, within `timeout`. Asked again while
-/// the time allows: after a 429's Retry-After, and when an agent not ready yet (its first
-/// round not done) does not know some of the names.
+/// the time allows: when it does not listen yet, after a 429's Retry-After, and when an agent
+/// not ready yet (its first round not done) does not know some of the names.
 async fn ask(
     agent: &AgentUrl,
     nodes: &[String],
@@ -114,9 +114,22 @@ async fn ask(
         .map_err(|e| format!("cannot encode the request: {e}"))?;
     loop {
         let addr = resolve(&agent.authority, deadline).await?;
-        let conn = connect_tcp(addr, deadline)
-            .await
-            .map_err(|e| format!("the agent at {agent} is unreachable: {}", e.message))?;
+        let conn = match connect_tcp(addr, deadline).await {
+            Ok(conn) => conn,
+            // An agent still starting (or not ready, behind the node-local Service) is not
+            // listening yet: try again while the time allows.
+            Err(e) if Instant::now() + AGAIN < deadline => {
+                tracing::debug!(error = %e.message, "agent unreachable; trying again");
+                tokio::time::sleep(AGAIN).await;
+                continue;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "the agent at {agent} is unreachable: {}",
+                    e.message
+                ))
+            }
+        };
         let response = http_post_json(
             conn.stream,
             &agent.authority,
@@ -136,13 +149,13 @@ async fn ask(
                 })?;
                 // An agent still starting (an init container on a node that just came up)
                 // may not know its peers yet: ask again while the time allows another verify.
-                let another = NOT_READY_RETRY
+                let another = AGAIN
                     + Duration::from_secs_f64(answer.probe_timeout_seconds.clamp(0.0, 600.0) * 2.0);
                 if answer.ready || answer.unknown.is_empty() || Instant::now() + another >= deadline
                 {
                     return Ok(answer);
                 }
-                tokio::time::sleep(NOT_READY_RETRY).await;
+                tokio::time::sleep(AGAIN).await;
             }
             429 => {
                 let wait = response
@@ -493,6 +506,47 @@ mod tests {
         let got = ask(&agent, &["gpu2".into()], Duration::from_secs(10)).await;
         assert_eq!(got, Ok(ready));
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_starts_listening_late_is_asked_once_it_does() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ready = answer(vec![node("gpu2", up(), None)], &[]);
+        let body = serde_json::to_string(&ready).unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let app = axum::Router::new().route(
+                "/v1/verify",
+                axum::routing::post(move || {
+                    let body = body.clone();
+                    async move { body }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            axum::serve(listener, app).await
+        });
+        let agent = AgentUrl {
+            authority: format!("127.0.0.1:{port}"),
+        };
+        let started = std::time::Instant::now();
+        let got = ask(&agent, &["gpu2".into()], Duration::from_secs(5)).await;
+        assert_eq!(got, Ok(ready));
+        assert!(started.elapsed() >= Duration::from_millis(1200));
+
+        // Nobody ever: unreachable, once the time is up.
+        let nobody = AgentUrl {
+            authority: "127.0.0.1:9".into(),
+        };
+        let started = std::time::Instant::now();
+        let got = ask(&nobody, &["gpu2".into()], Duration::from_millis(1500)).await;
+        assert!(got.unwrap_err().contains("unreachable"));
+        assert!(started.elapsed() < Duration::from_millis(1700));
     }
 
     #[tokio::test]
