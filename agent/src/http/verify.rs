@@ -11,7 +11,7 @@
 //! | 200 | the [`VerifyAnswer`]: each known node's paths, the unknown names |
 //! | 400 | not JSON of that shape, no names, too many, or a name that cannot be a node's |
 //! | 413 | the body is over [`MAX_VERIFY_BODY`] |
-//! | 429 | over the rate limit, or too many verifies waiting (`Retry-After` says when to try) |
+//! | 429 | over the rate limit, or too many verifies running and waiting (`Retry-After` says when to try) |
 //! | 503 | the monitor is not answering verifies (stopping) |
 //!
 //! Each request is counted by its result in `efa_verify_requests_total{result}`.
@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 pub use crate::monitor::verify::{
     is_node_name, VerifyAnswer, VerifyRequest, MAX_NODE_NAME, MAX_VERIFY_NODES,
 };
+use crate::monitor::verify::{VERIFIES_AT_ONCE, VERIFY_QUEUE};
 
 /// The largest body accepted: [`MAX_VERIFY_NODES`] names of a DNS name's length, and room.
 pub const MAX_VERIFY_BODY: usize = 80 * 1024;
@@ -87,8 +88,8 @@ pub struct VerifyGate {
     bucket: Arc<Mutex<TokenBucket>>,
     /// Counts each request by result (`efa_verify_requests_total`).
     metrics: Arc<Metrics>,
-    /// How long the handler waits for the monitor's answer (its verifies take at most twice
-    /// the probe timeout).
+    /// How long the handler waits for the monitor's answer (a verify takes at most twice the
+    /// probe timeout, once those ahead of it are done).
     answer_within: Duration,
 }
 
@@ -122,7 +123,9 @@ impl VerifyGate {
                 per_second,
                 Instant::now(),
             ))),
-            answer_within: probe_timeout * 2 + Duration::from_secs(1),
+            // Its own verify's twice the probe timeout, after those queued ahead of it.
+            answer_within: probe_timeout * 2 * (1 + VERIFY_QUEUE.div_ceil(VERIFIES_AT_ONCE) as u32)
+                + Duration::from_secs(1),
         }
     }
 }

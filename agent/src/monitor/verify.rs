@@ -42,6 +42,9 @@ pub const MAX_NODE_NAME: usize = 253;
 /// Verifies waiting for the monitor's task, at most; the HTTP side rate-limits before this.
 pub const VERIFY_QUEUE: usize = 8;
 
+/// Verifies running at once, at most: each probes up to [`MAX_VERIFY_NODES`] peers.
+pub const VERIFIES_AT_ONCE: usize = 4;
+
 /// The shortest time worth a second fabric ping.
 const MIN_RETRY: Duration = Duration::from_millis(100);
 
@@ -144,13 +147,23 @@ struct Target {
 }
 
 /// Answers verifies until `stop` is cancelled or every sender is gone; each verify runs as
-/// its own task, so that one slow verify holds up neither the next nor the rounds.
+/// its own task, so that one slow verify holds up neither the next nor the rounds. At most
+/// [`VERIFIES_AT_ONCE`] run; the next wait in the channel ([`VERIFY_QUEUE`]), and beyond
+/// that the HTTP side answers 429.
 pub async fn serve(
     ctx: VerifyContext,
     mut requests: mpsc::Receiver<VerifyRequest>,
     stop: CancellationToken,
 ) {
+    let running = Arc::new(tokio::sync::Semaphore::new(VERIFIES_AT_ONCE));
     loop {
+        let permit = tokio::select! {
+            p = running.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
         let request = tokio::select! {
             r = requests.recv() => match r {
                 Some(r) => r,
@@ -161,6 +174,7 @@ pub async fn serve(
         let ctx = ctx.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _running = permit;
             tokio::select! {
                 answer = ctx.verify(&request.nodes) => {
                     let _ = request.reply.send(answer);

@@ -18,7 +18,8 @@ use crate::verdict::PeerState;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 
-/// An agent `gpu1` that knows `gpu2` at a port nobody listens on, and no fabric.
+/// An agent `gpu1` that knows `gpu2` at a port nobody listens on, `gpu4` at one that
+/// accepts and never answers (its verify takes the probe timeout), and no fabric.
 fn agent(burst: f64, per_second: f64) -> (Router, tokio_util::sync::CancellationToken) {
     let (router, stop, _) = agent_with_metrics(burst, per_second);
     (router, stop)
@@ -47,6 +48,14 @@ fn agent_with_metrics(
             probed: false,
         },
     );
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_key = silent.local_addr().unwrap().to_string();
+    // Kept open (and never accepted from) for the test's life.
+    std::mem::forget(silent);
+    let mut gpu4 = state.peer("127.0.0.1:9").unwrap();
+    gpu4.name = "gpu4".into();
+    gpu4.address = silent_key.clone();
+    state.set_peer(&silent_key, gpu4);
     let metrics = Arc::new(Metrics::new("0.1.0", state.clone()));
     let monitor = PeerMonitor::new(
         PeerProbeSettings::new("gpu1", Duration::from_secs(1), TIMEOUT),
@@ -157,6 +166,46 @@ async fn a_flood_gets_the_burst_then_429_with_retry_after() {
     assert!(metrics
         .encode()
         .contains("efa_verify_requests_total{result=\"rate_limited\"} 17"));
+}
+
+/// Slow verifies: four run at once and eight wait; the rest are 429 `busy` at once, while
+/// the bucket would let them through.
+#[tokio::test]
+async fn verifies_at_once_are_bounded() {
+    let (router, _stop, metrics) = agent_with_metrics(100.0, 100.0);
+    // Started 5 ms apart, all within the first verifies' 300 ms, so that the monitor's task
+    // takes each as it comes while it has room.
+    let mut started = Vec::new();
+    for _ in 0..20 {
+        let router = router.clone();
+        started.push(tokio::spawn(async move {
+            post(&router, r#"{"nodes": ["gpu4"]}"#).await
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut all = Vec::new();
+    for request in started {
+        all.push(request.await.unwrap());
+    }
+    let answered = all.iter().filter(|r| r.0 == StatusCode::OK).count();
+    let busy: Vec<_> = all
+        .iter()
+        .filter(|r| r.0 == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    let waiting = monitor_verify::VERIFY_QUEUE + monitor_verify::VERIFIES_AT_ONCE;
+    let statuses: Vec<u16> = all.iter().map(|r| r.0.as_u16()).collect();
+    assert_eq!(answered, waiting, "{statuses:?}");
+    assert_eq!(busy.len(), 20 - waiting, "{all:?}");
+    assert!(busy
+        .iter()
+        .all(|r| r.2.contains("too many verifies waiting")));
+    assert_eq!(
+        metrics.verify_requests().get(VerifyResult::Busy),
+        (20 - waiting) as u64
+    );
+    let answer: VerifyAnswer =
+        serde_json::from_str(&all.iter().find(|r| r.0 == StatusCode::OK).unwrap().2).unwrap();
+    assert_eq!(answer.verified[0].ip.failure.as_deref(), Some("timeout"));
 }
 
 #[tokio::test]
