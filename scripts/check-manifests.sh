@@ -15,7 +15,10 @@
 #    the Pod Security level its namespace enforces); the cluster-wide RBAC is exactly what the
 #    node actions turned on need: none in the base, all three in the EFA and monitoring overlays;
 # 4. `promtool check rules` on each rendered PrometheusRule's spec;
-# 5. the dashboard JSON parses.
+# 5. the dashboard JSON parses;
+# 6. the examples (manifests/examples): built-in kinds validate strictly, the PyTorchJob (a
+#    Kubeflow custom resource, no schema here) parses, and every pod template runs
+#    `efaprobe preflight` as an init container (validate-examples.py).
 # Any failure ends it with a non-zero status and says what failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -153,4 +156,7 @@ for f in manifests/grafana/*.json manifests/overlays/monitoring/*.json; do
   python3 -m json.tool "$f" >/dev/null || fail "$f is not JSON"
   echo "$f: ok"
 done
+echo "== examples (Kubernetes ${k8s_versions[*]}, strict; the PyTorchJob parsed only)"
+"$venv_python" scripts/validate-examples.py "${versions[@]}" manifests/examples/*.yaml \
+  || fail "example validation"
 echo "check-manifests: all passed"

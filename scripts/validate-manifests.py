@@ -245,7 +245,12 @@ def invariants(objs, stem=None):
             errs.append(f"DaemonSet/{ds['metadata']['name']}: Pod Security {level!r} of its namespace: {problem}")
 
     for svc in by_kind.get("Service", []):
-        if svc["spec"].get("clusterIP") != "None":
+        # The node-local one (the preflight's way to its own node's agent) routes only to the
+        # agent on the caller's node; every other is headless.
+        if svc["metadata"]["name"] == "efaprobe-local":
+            if svc["spec"].get("internalTrafficPolicy") != "Local" or svc["spec"].get("clusterIP") == "None":
+                errs.append("Service/efaprobe-local: not a ClusterIP with internalTrafficPolicy Local")
+        elif svc["spec"].get("clusterIP") != "None":
             errs.append(f"Service/{svc['metadata']['name']}: not headless")
         if {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"} not in svc["spec"]["ports"]:
             errs.append(f"Service/{svc['metadata']['name']}: no port http {PORT}")

@@ -6,6 +6,9 @@
 //!
 //! The dashboard's queries run against the same Prometheus: each must parse everywhere and
 //! return data in at least one scenario.
+//!
+//! `efaprobe preflight` runs in gpu1's namespace against its agent's `POST /v1/verify`:
+//! healthy, after a fault, for unknown names, and under a flood of verifies.
 
 use crate::support;
 
@@ -599,4 +602,158 @@ fn a_stray_datagram_from_outside_the_agents_is_dropped_and_one_from_an_agent_is_
         before + 4,
         "the guard dropped gpu2's datagrams"
     );
+}
+
+/// Issue #13, item 4: `efaprobe preflight` from gpu1 asks its agent to verify peers now.
+impl Lab {
+    /// `efaprobe preflight ARGS` in gpu1's namespace, HOST_IP as the downward API sets it:
+    /// (exit code, stdout and stderr, how long it took).
+    fn preflight(&self, args: &[&str]) -> (i32, String, Duration) {
+        let started = Instant::now();
+        let out = self
+            .in_ns("gpu1", BIN)
+            .arg("preflight")
+            .args(args)
+            .env("HOST_IP", ip("gpu1"))
+            .output()
+            .expect("efaprobe preflight");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text, started.elapsed())
+    }
+
+    /// The sum of `efa_probes_total{path}` on `node`: the schedule's probes (a verify's are
+    /// not counted there).
+    fn probes(&self, node: &str, path: &str) -> f64 {
+        self.metrics(node)
+            .iter()
+            .filter(|s| {
+                s.name == "efa_probes_total"
+                    && s.labels.get("path").map(String::as_str) == Some(path)
+            })
+            .map(|s| s.value)
+            .sum()
+    }
+}
+
+#[test]
+fn preflight_names_the_failing_node_and_reason_and_a_verify_flood_is_limited() {
+    let test = "preflight_names_the_failing_node_and_reason_and_a_verify_flood_is_limited";
+    if !can_run(test) {
+        return;
+    }
+    assert_lab_tools();
+    let lab = Lab::up("efp-lp");
+    wait_until("lab healthy", Duration::from_secs(30), || all_healthy(&lab));
+
+    let (code, text, _) = lab.preflight(&["--nodes", "gpu2,gpu3"]);
+    assert_eq!(code, 0, "healthy: {text}");
+    let hostfile = lab.dir.join("hostfile");
+    std::fs::write(
+        &hostfile,
+        "# the job\ngpu1 slots=8\ngpu2 slots=8\n\ngpu3 slots=8\n",
+    )
+    .unwrap();
+    let (code, text, _) = lab.preflight(&["--nodes-file", hostfile.to_str().unwrap()]);
+    assert_eq!(
+        code, 0,
+        "healthy, from a hostfile naming gpu1 itself too: {text}"
+    );
+
+    let (code, text, _) = lab.preflight(&["--nodes", "gpu2,gpu9"]);
+    assert_eq!(code, 2, "an unknown node: {text}");
+    assert!(text.contains("gpu9"), "{text}");
+
+    // No waiting for the verdicts' hysteresis: the first preflight after the break says it.
+    lab.run(&["break", "cross_subnet"]);
+    let (code, text, took) = lab.preflight(&["--nodes", "gpu2,gpu3"]);
+    assert_eq!(code, 1, "{text}");
+    println!("preflight after the cross_subnet break: exit 1 in {took:?}:\n{text}");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("gpu3 "))
+        .unwrap_or_else(|| panic!("no row for gpu3: {text}"));
+    assert!(
+        row.contains("fabric") && row.contains("cross_subnet"),
+        "{row}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("gpu2 ")),
+        "gpu2 answers: {text}"
+    );
+    let (code, json, _) = lab.preflight(&["--nodes", "gpu3", "--json"]);
+    assert_eq!(code, 1, "{json}");
+    let report: serde_json::Value = serde_json::from_str(&json).expect(&json);
+    assert_eq!(report["failing"], serde_json::json!(["gpu3"]), "{json}");
+    let gpu3 = &report["answer"]["verified"][0];
+    assert_eq!(gpu3["reason"], "cross_subnet", "{json}");
+    assert_eq!(gpu3["ip"]["reachable"], true, "{json}");
+    assert_eq!(gpu3["fabric"]["reachable"], false, "{json}");
+    lab.run(&["heal"]);
+
+    // A flood: 200 verifies over about 4 s. Accepted: at most the burst (5) and 2 a second;
+    // the rest 429. Meanwhile gpu1's schedule keeps its pace: its IP probes (one per peer
+    // per round, the verifies' not counted) go on at the interval.
+    let probes_before = lab.probes("gpu1", "ip");
+    let out = lab
+        .in_ns("gpu1", "python3")
+        .args([
+            "-c",
+            "import http.client, json, sys, time\n\
+             codes = {}\n\
+             started = time.monotonic()\n\
+             for i in range(200):\n\
+             \x20   c = http.client.HTTPConnection(sys.argv[1], 9476, timeout=5)\n\
+             \x20   c.request('POST', '/v1/verify', body='{\"nodes\": [\"gpu2\"]}',\n\
+             \x20             headers={'Content-Type': 'application/json'})\n\
+             \x20   r = c.getresponse(); r.read(); c.close()\n\
+             \x20   codes[r.status] = codes.get(r.status, 0) + 1\n\
+             \x20   time.sleep(0.02)\n\
+             print(json.dumps({'codes': codes, 'seconds': time.monotonic() - started}))",
+            ip("gpu1"),
+        ])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{out:?}");
+    let probes_after = lab.probes("gpu1", "ip");
+    let flood: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the flood's summary");
+    let seconds = flood["seconds"].as_f64().unwrap();
+    let count = |code: &str| flood["codes"][code].as_u64().unwrap_or(0);
+    let (accepted, limited) = (count("200"), count("429"));
+    println!("verify flood: {flood}; gpu1's ip probes {probes_before} -> {probes_after}");
+    assert_eq!(accepted + limited, 200, "only 200 and 429: {flood}");
+    let allowed = 5.0 + 2.0 * seconds + 1.0;
+    assert!(
+        accepted >= 5 && accepted as f64 <= allowed,
+        "{accepted} accepted in {seconds:.1}s: {flood}"
+    );
+    // The agent counts what it refused (a preflight's retried 429 would count too).
+    let counted = lab
+        .metrics("gpu1")
+        .iter()
+        .find(|s| {
+            s.name == "efa_verify_requests_total"
+                && s.labels.get("result").map(String::as_str) == Some("rate_limited")
+        })
+        .map(|s| s.value)
+        .unwrap_or_default();
+    assert!(
+        counted >= limited as f64,
+        "{counted} counted, {limited} seen"
+    );
+    // Two peers, one IP probe each per 1 s round; a round may be under way at either end.
+    let rounds = (seconds / INTERVAL.as_secs_f64()).floor() - 1.0;
+    assert!(
+        probes_after - probes_before >= 2.0 * rounds,
+        "the schedule fell behind during the flood: {} IP probes in {seconds:.1}s",
+        probes_after - probes_before
+    );
+    wait_until("healthy after the flood", Duration::from_secs(10), || {
+        all_healthy(&lab)
+    });
 }

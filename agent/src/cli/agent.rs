@@ -10,7 +10,8 @@ use crate::config::discovery::ListenArgs;
 use crate::config::{AgentArgs, AgentConfig, ConfigError, ConfigErrors};
 use crate::fabric_ping::{self, FabricPinger, PingerConfig};
 use crate::hello::{Hello, HelloEndpoint, HelloFabric};
-use crate::http::{router, AppState, ServeLimits};
+use crate::http::verify::VerifyGate;
+use crate::http::{router_with_verify, AppState, ServeLimits};
 use crate::metrics::Metrics;
 use crate::monitor::{self, PeerMonitor, PeerProbeSettings, RoundInputs};
 use crate::retry;
@@ -173,6 +174,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         hello: hello.clone(),
     };
 
+    // Verifies (POST /v1/verify) go to the monitor's verify task.
+    let (verify_tx, verify_rx) = tokio::sync::mpsc::channel(monitor::verify::VERIFY_QUEUE);
+    let verify_gate = VerifyGate::new(verify_tx, config.timeout, metrics.clone());
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!(listen_failure(config.listen, &e)))?;
@@ -181,7 +186,13 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         let stop = shutdown.clone();
         let limits = ServeLimits::after_raising_open_files_limit();
         tokio::spawn(async move {
-            crate::http::serve(listener, router(app), limits, stop.cancelled_owned()).await
+            crate::http::serve(
+                listener,
+                router_with_verify(app, verify_gate),
+                limits,
+                stop.cancelled_owned(),
+            )
+            .await
         })
     };
 
@@ -272,6 +283,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             targets: config.targets.clone(),
             target_timeout: config.timeout,
             sysfs_root: config.sysfs_root.clone(),
+            verify: Some(verify_rx),
         },
         shutdown.clone(),
     ));

@@ -1,4 +1,5 @@
-//! Command line: `efaprobe fabric-ping`, `efaprobe check`, `efaprobe agent`.
+//! Command line: `efaprobe fabric-ping`, `efaprobe check`, `efaprobe agent`,
+//! `efaprobe preflight`, ...
 
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ pub mod agent;
 pub mod check;
 pub mod discover;
 pub mod fabric_ping;
+pub mod preflight;
 pub mod simulate;
 
 #[derive(Debug, Parser)]
@@ -36,6 +38,10 @@ pub enum Command {
     /// For measurement: serve N simulated peer agents (a hello each, one shared fabric
     /// responder) on loopback or in a test namespace, and print their list for `--peers`.
     SimulatePeers(simulate::Args),
+    /// Before a job starts: ask the local agent to verify the job's nodes now, over the
+    /// fabric and over IP; exit 0 when all answer, 1 naming the failing nodes, paths and
+    /// reasons, 2 when it cannot ask.
+    Preflight(preflight::Args),
 }
 
 /// Exit code for a bad command line or configuration (EX_USAGE).
@@ -78,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => agent::run(*args, refused),
         Command::Discover(args) => discover::run(args, refused),
         Command::SimulatePeers(args) => simulate::run(args, refused),
+        Command::Preflight(args) => preflight::run(args, refused),
     }
 }
 

@@ -22,6 +22,7 @@ pub mod check;
 pub mod discovery;
 pub mod fabric_ping;
 pub mod node_actions;
+pub mod preflight;
 pub mod simulate;
 pub mod values;
 

@@ -10,12 +10,15 @@
 //! | `GET /v1/hello` | this agent's [`Hello`] (peers fetch it as their IP probe) |
 //! | `GET /v1/peers` | every [`crate::state::PeerStatus`] |
 //! | `GET /v1/targets` | every [`crate::probe::TargetReport`] of the last round |
+//! | `POST /v1/verify` | `{"nodes": [...]}`: those peers probed now, both paths (see [`verify`]); rate-limited |
 //!
-//! Handlers only read the shared snapshot; nothing here waits on a probe.
+//! Handlers only read the shared snapshot, except the verify, which waits for the monitor's
+//! verify task (at most twice the probe timeout; never for a round).
 
 mod scrape_cache;
 mod serve;
 mod status_page;
+pub mod verify;
 
 use std::sync::{Arc, RwLock};
 
@@ -73,6 +76,11 @@ pub fn router_sharing(app: AppState, scrapes: Arc<ScrapeCache>) -> Router {
         .route("/v1/targets", get(targets))
         .fallback(not_found)
         .with_state(Served { app, scrapes })
+}
+
+/// [`router`] with `POST /v1/verify` answered through `gate`.
+pub fn router_with_verify(app: AppState, gate: verify::VerifyGate) -> Router {
+    router(app).merge(verify::routes(gate))
 }
 
 async fn metrics(State(served): State<Served>, headers: HeaderMap) -> Response {
@@ -147,7 +155,7 @@ async fn not_found() -> (StatusCode, &'static str) {
     (
         StatusCode::NOT_FOUND,
         "not found; this agent serves /, /metrics, /healthz, /readyz, /v1/hello, /v1/peers, \
-         /v1/targets\n",
+         /v1/targets, POST /v1/verify\n",
     )
 }
 

@@ -34,6 +34,7 @@
 //! | `efa_probe_budget_peers` | gauge | (peers a round may probe: budget × interval) |
 //! | `efa_fabric_rtt_pairs_total` | counter | `result` (`measured`; `unsettled`: a side let a message wait unread, no RTT taken) |
 //! | `efa_node_action_errors_total` | counter | `action`, `reason` (see [`node_actions`]; only for actions that are on) |
+//! | `efa_verify_requests_total` | counter | `result` (`answered`, `rate_limited`, `busy`, `bad_request`, `unavailable`; see [`verify`]) |
 //!
 //! ¹ Per-peer: which peers have these series is the per-peer mode's choice
 //! ([`PerPeerMetrics`], `--per-peer-metrics`): every peer, only peers in a fault state, or
@@ -67,6 +68,7 @@ mod labels;
 pub mod node_actions;
 mod peers;
 mod per_peer;
+pub mod verify;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
@@ -133,6 +135,7 @@ pub struct Metrics {
     agent_ready: Gauge,
     rtt_pairs: Family<PairResultLabels, Counter>,
     node_action_errors: node_actions::NodeActionErrors,
+    verify_requests: verify::VerifyRequests,
 
     /// The probe groups seen so far; its own lock, so probes never wait for an encode.
     probe_groups: Mutex<ProbeGroups>,
@@ -258,6 +261,7 @@ impl Metrics {
             let _ = rtt_pairs.get_or_create(&PairResultLabels { result });
         }
         let node_action_errors = node_actions::NodeActionErrors::register(&mut register);
+        let verify_requests = verify::VerifyRequests::register(&mut register);
 
         // Collectors: encoded after every registered family, so registered last.
         let peers = PeerCollector::new(state);
@@ -294,6 +298,7 @@ impl Metrics {
             agent_ready,
             rtt_pairs,
             node_action_errors,
+            verify_requests,
             probe_groups: Mutex::default(),
             series: Mutex::default(),
         };
@@ -542,6 +547,11 @@ impl Metrics {
     /// Failed writes of the node actions (`efa_node_action_errors_total`).
     pub fn node_action_errors(&self) -> &node_actions::NodeActionErrors {
         &self.node_action_errors
+    }
+
+    /// Verifies asked of this agent (`efa_verify_requests_total`).
+    pub fn verify_requests(&self) -> &verify::VerifyRequests {
+        &self.verify_requests
     }
 
     /// A fabric ping pair's end: `measured` (its RTT taken) or not (unsettled).

@@ -685,9 +685,12 @@ fn every_registered_family_is_updated_by_a_setter() {
         super::node_actions::NodeAction::Condition,
         super::node_actions::NodeActionFailure::Forbidden,
     );
+    m.verify_requests()
+        .record(super::verify::VerifyResult::RateLimited);
     let after = m.encode();
 
-    assert_eq!(m.family_names().len(), 28);
+    // 28 families, and efa_verify_requests (issue #13, the preflight's verifies).
+    assert_eq!(m.family_names().len(), 29);
     for family in m.family_names() {
         assert!(
             after.contains(&format!("\n# TYPE {family} ")),

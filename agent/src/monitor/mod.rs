@@ -7,6 +7,7 @@
 //! reported verdict is decided and overridden (grace, rotated out). The monitor keeps only
 //! what it needs to probe and judge each peer; what is reported of it lives in the agent's
 //! state ([`AgentState`]), the one table `/metrics`, `/v1/peers` and the status page read.
+//! [`verify`] answers verifies on request (`POST /v1/verify`), beside the rounds.
 
 mod job;
 mod judge;
@@ -15,6 +16,7 @@ mod rounds;
 pub mod schedule;
 mod summary;
 pub mod targets;
+pub mod verify;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -557,6 +559,25 @@ impl PeerMonitor {
                 });
             }
             None => {}
+        }
+    }
+
+    /// What a verify probes with (see [`verify`]): copies, so that verifies run beside the
+    /// rounds and never wait for one.
+    pub(crate) fn verify_context(
+        &self,
+        placement: tokio::sync::watch::Receiver<Option<Placement>>,
+    ) -> verify::VerifyContext {
+        verify::VerifyContext {
+            state: self.state.clone(),
+            pinger: self.pinger.clone(),
+            large_pinger: self.large_pinger.clone(),
+            large_probe_sizes: self.settings.large_probe_sizes.clone(),
+            provider: self.settings.provider.clone(),
+            placement,
+            timeout: self.settings.timeout,
+            probe_size: self.settings.probe_size,
+            policy: self.settings.policy,
         }
     }
 

@@ -1,13 +1,15 @@
 //! The round loop: every interval, the latest peer set and placement, one round of peer
-//! probes and target checks, the device counters; until shutdown.
+//! probes and target checks, the device counters; until shutdown. Beside them, the task that
+//! answers verifies.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::verify::{self, VerifyRequest};
 use super::{targets, PeerMonitor};
 use crate::discovery::PeerSet;
 use crate::inventory::read_hw_counters;
@@ -33,6 +35,8 @@ pub struct RoundInputs {
     pub target_timeout: Duration,
     /// Where the devices' hardware counters are read (`/sys`).
     pub sysfs_root: PathBuf,
+    /// Verifies asked for over HTTP (`POST /v1/verify`), answered beside the rounds.
+    pub verify: Option<mpsc::Receiver<VerifyRequest>>,
 }
 
 /// Runs rounds every `inputs.interval` until `stop` is cancelled (a round under way is
@@ -50,7 +54,14 @@ pub async fn run(mut monitor: PeerMonitor, inputs: RoundInputs, stop: Cancellati
         targets,
         target_timeout,
         sysfs_root,
+        verify,
     } = inputs;
+    // Verifies run as a task of their own, from copies of what they need: a round under
+    // way never waits for one, nor one for a round.
+    if let Some(requests) = verify {
+        let context = monitor.verify_context(placement.clone());
+        tokio::spawn(verify::serve(context, requests, stop.clone()));
+    }
     let mut placement = Some(placement);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

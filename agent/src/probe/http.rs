@@ -1,4 +1,4 @@
-//! One HTTP/1.1 request (a GET, mostly) over a stream that is already connected.
+//! One HTTP/1.1 request (a GET, mostly; a JSON POST for `efaprobe preflight`) over a stream that is already connected.
 //!
 //! Connecting is done separately (see [`super::tcp`]) so that the connect time and the
 //! reason a connect failed stay visible; this module only speaks HTTP. It serves the
@@ -13,8 +13,8 @@ use std::error::Error as StdError;
 use std::io;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{HeaderMap, HeaderValue, HOST, USER_AGENT};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -74,13 +74,67 @@ pub async fn http_request(
     max_body_bytes: usize,
     deadline: Instant,
 ) -> Result<HttpResponse, ProbeFailure> {
+    send(
+        stream,
+        method,
+        authority,
+        path,
+        headers,
+        Empty::<Bytes>::new(),
+        max_body_bytes,
+        deadline,
+    )
+    .await
+}
+
+/// `POST path` with a JSON body (`POST /v1/verify`, from `efaprobe preflight`), bounded as
+/// [`http_get`] is.
+pub async fn http_post_json(
+    stream: TcpStream,
+    authority: &str,
+    path: &str,
+    json: Vec<u8>,
+    max_body_bytes: usize,
+    deadline: Instant,
+) -> Result<HttpResponse, ProbeFailure> {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    send(
+        stream,
+        Method::POST,
+        authority,
+        path,
+        headers,
+        Full::new(Bytes::from(json)),
+        max_body_bytes,
+        deadline,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send<B>(
+    stream: TcpStream,
+    method: Method,
+    authority: &str,
+    path: &str,
+    headers: HeaderMap,
+    body: B,
+    max_body_bytes: usize,
+    deadline: Instant,
+) -> Result<HttpResponse, ProbeFailure>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let what = format!("{method} {path}");
     let mut request = Request::builder()
         .method(method)
         .uri(path)
         .header(HOST, authority)
         .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
-        .body(Empty::<Bytes>::new())
+        .body(body)
         .map_err(|e| {
             ProbeFailure::new(
                 FailureReason::Protocol,
@@ -98,12 +152,17 @@ pub async fn http_request(
     }
 }
 
-async fn exchange(
+async fn exchange<B>(
     stream: TcpStream,
-    request: Request<Empty<Bytes>>,
+    request: Request<B>,
     what: &str,
     max_body_bytes: usize,
-) -> Result<HttpResponse, ProbeFailure> {
+) -> Result<HttpResponse, ProbeFailure>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(MAX_HEAD_BYTES)
         .handshake(TokioIo::new(stream))
