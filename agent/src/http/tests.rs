@@ -69,6 +69,7 @@ fn dropped_peer(name: &str) -> PeerStatus {
         since_unix: 1,
         rounds: 4,
         probed: true,
+        name_conflict: None,
     }
 }
 

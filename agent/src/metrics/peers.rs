@@ -10,6 +10,11 @@
 //!
 //! Only peers this node probes now ([`PeerStatus::probed`]) have per-peer series and count in
 //! `efa_peers_by_state`; every known peer counts in `efa_peers`.
+//!
+//! The state is keyed by agent address, the series by node name. A peer that claims a name
+//! another peer holds ([`crate::state::PeerStatus::name_conflict`]) has no per-peer series, so
+//! those under `peer=NAME` stay the holder's and do not flip between the two; it still counts
+//! once, by its own verdict, in the aggregates.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +24,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
 };
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
@@ -31,7 +37,7 @@ use crate::state::{AgentState, PeerTable, ProbeSchedule};
 use crate::verdict::{DiagnosisReason, PeerState};
 
 /// The families this collector encodes, as named in `# TYPE`.
-pub(super) const NAMES: [&str; 13] = [
+pub(super) const NAMES: [&str; 14] = [
     "efa_peer_reachable",
     "efa_peer_ip_reachable",
     "efa_peer_state",
@@ -45,6 +51,7 @@ pub(super) const NAMES: [&str; 13] = [
     "efa_peers_probed",
     "efa_probe_schedule_peers",
     "efa_probe_budget_peers",
+    "efa_peer_name_conflicts",
 ];
 
 /// Reads the state at each scrape; shared with the registry (which calls it).
@@ -116,16 +123,34 @@ impl Collector for PeerCollector {
                 .map(|(name, series)| (*name, series))
                 .collect();
             encode_per_peer(&mut encoder, &exported)?;
-            encode_aggregates(&mut encoder, peers.len(), &probed, mode, schedule.as_ref())
-        })
+            let states: Vec<PeerState> = peers
+                .values()
+                .filter(|p| p.probed)
+                .map(|p| p.state)
+                .collect();
+            encode_aggregates(&mut encoder, peers.len(), &states, mode, schedule.as_ref())
+        })?;
+        let conflicts = encoder.encode_descriptor(
+            "efa_peer_name_conflicts",
+            "Peers found claiming a node name another peer held (a misconfigured or hostile \
+             agent); the claimant keeps its own verdict in /v1/peers (name_conflict) and has \
+             no per-peer series.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.state.name_conflicts()).encode(conflicts)
     }
 }
 
-/// What the series of each probed peer show, by name. Two peers claiming one name share
-/// one set of series (the first by address), as a name is all a series is keyed by.
+/// What the series of each probed peer show, by name: the name's holder's. A peer that
+/// claims a name another holds has none; should two still share a name (both named by
+/// discovery, before either hello), the first by address has the series.
 fn probed_by_name(peers: &PeerTable) -> BTreeMap<&str, PeerSeries> {
     let mut by_name = BTreeMap::new();
-    for status in peers.values().filter(|p| p.probed) {
+    for status in peers
+        .values()
+        .filter(|p| p.probed && p.name_conflict.is_none())
+    {
         by_name
             .entry(status.name.as_str())
             .or_insert_with(|| PeerSeries::of(status));
@@ -215,7 +240,7 @@ fn by_name<'a, V: 'a>(
 fn encode_aggregates(
     encoder: &mut DescriptorEncoder,
     known: usize,
-    probed: &BTreeMap<&str, PeerSeries>,
+    probed: &[PeerState],
     mode: PerPeerMode,
     schedule: Option<&ProbeSchedule>,
 ) -> Result<(), std::fmt::Error> {
@@ -226,7 +251,7 @@ fn encode_aggregates(
         "Peers this agent knows, configured or discovered",
         count(known),
     )?;
-    let in_state = |state: PeerState| probed.values().filter(|s| s.state == state).count();
+    let in_state = |state: PeerState| probed.iter().filter(|s| **s == state).count();
     let unreachable = PeerState::VARIANTS
         .iter()
         .copied()
