@@ -106,6 +106,7 @@ fn peer(i: usize) -> PeerStatus {
         since_unix: 1_700_000_000,
         rounds: 100,
         probed: true,
+        name_conflict: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! the probe loops write.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -128,6 +128,35 @@ pub struct PeerStatus {
     /// probe, and again once the sample rotates it out. Only such peers have per-peer series
     /// and count in `efa_peers_by_state` (see `metrics`).
     pub probed: bool,
+    /// Set while another peer held this one's node name first: this peer keeps its own
+    /// verdict and counts in the aggregates, but has no per-peer series (they are keyed by
+    /// name, and belong to the first claimant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_conflict: Option<NameConflict>,
+}
+
+/// A second claimant of a node name: who holds it, and what this peer's hello said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NameConflict {
+    /// The reason, as a word (`name_conflict`), for tools reading `/v1/peers`.
+    pub reason: &'static str,
+    /// The agent address of the peer exported under the name.
+    pub held_by: String,
+    /// That peer's instance id, once its hello said.
+    pub held_by_instance_id: Option<u64>,
+    /// The instance id in this peer's hello.
+    pub instance_id: u64,
+}
+
+/// What [`AgentState::claim_name`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameClaim {
+    /// The peer holds the name (as before, or now).
+    Held,
+    /// Another peer holds it; newly so when `new` (to log and count once).
+    Conflict { conflict: NameConflict, new: bool },
+    /// No peer under that key.
+    Unknown,
 }
 
 /// Which peers the current round probes, as it starts.
@@ -176,6 +205,8 @@ pub struct AgentState {
     /// `None` until the first round starts.
     schedule: RwLock<Option<ProbeSchedule>>,
     targets: RwLock<Vec<TargetReport>>,
+    /// Peers found claiming a node name another peer held (`efa_peer_name_conflicts_total`).
+    name_conflicts: AtomicU64,
 }
 
 impl AgentState {
@@ -216,8 +247,71 @@ impl AgentState {
         write(&self.peers).insert(key.to_owned(), Box::new(status));
     }
 
+    /// Removes a peer; a peer that claimed its name second takes the name over.
     pub fn remove_peer(&self, key: &str) -> Option<PeerStatus> {
-        write(&self.peers).remove(key).map(|p| *p)
+        let mut peers = write(&self.peers);
+        let removed = peers.remove(key).map(|p| *p)?;
+        if removed.name_conflict.is_none() {
+            hand_over(&mut peers, &removed.name);
+        }
+        Some(removed)
+    }
+
+    /// Gives the peer under `key` the node name its hello says (`node_name`, from an agent
+    /// started as `instance_id`), unless another peer holds that name: then the peer keeps
+    /// the name but is marked as its second claimant ([`PeerStatus::name_conflict`]). The
+    /// first to claim a name holds it until it leaves or says another name; a peer whose
+    /// name came from discovery holds it from the start. Each keeps its own verdict.
+    pub fn claim_name(&self, key: &str, node_name: &str, instance_id: u64) -> NameClaim {
+        let mut peers = write(&self.peers);
+        let Some(status) = peers.get(key) else {
+            return NameClaim::Unknown;
+        };
+        let same_agent = status
+            .hello
+            .as_ref()
+            .is_some_and(|h| h.instance_id == instance_id && h.node_name == node_name);
+        if same_agent && status.name == node_name && status.name_conflict.is_none() {
+            return NameClaim::Held;
+        }
+        let old_name = (status.name != node_name && status.name_conflict.is_none())
+            .then(|| status.name.clone());
+        let was_conflict = status.name_conflict.is_some();
+        // Who else holds the name: the first other peer by that name not itself a claimant.
+        let holder = peers
+            .iter()
+            .find(|(k, p)| *k != key && p.name == node_name && p.name_conflict.is_none())
+            .map(|(k, p)| (k.clone(), p.hello.as_ref().map(|h| h.instance_id)));
+        let conflict = holder.map(|(held_by, held_by_instance_id)| NameConflict {
+            reason: "name_conflict",
+            held_by,
+            held_by_instance_id,
+            instance_id,
+        });
+        if let Some(status) = peers.get_mut(key) {
+            if status.name != node_name {
+                status.name = node_name.to_owned();
+            }
+            status.name_conflict.clone_from(&conflict);
+        }
+        if let Some(old) = old_name {
+            hand_over(&mut peers, &old);
+        }
+        match conflict {
+            None => NameClaim::Held,
+            Some(conflict) => {
+                let new = !was_conflict;
+                if new {
+                    self.name_conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                NameClaim::Conflict { conflict, new }
+            }
+        }
+    }
+
+    /// Peers found claiming a node name another peer held, since start.
+    pub fn name_conflicts(&self) -> u64 {
+        self.name_conflicts.load(Ordering::Relaxed)
     }
 
     /// The peer's status, if it is known.
@@ -256,6 +350,42 @@ impl AgentState {
 
     pub fn set_targets(&self, reports: Vec<TargetReport>) {
         *write(&self.targets) = reports;
+    }
+}
+
+/// `name` is free (its holder left or took another): the first of its other claimants (by
+/// address) holds it now.
+fn hand_over(peers: &mut PeerTable, name: &str) {
+    if peers
+        .values()
+        .any(|p| p.name == name && p.name_conflict.is_none())
+    {
+        return;
+    }
+    if let Some((key, status)) = peers
+        .iter_mut()
+        .find(|(_, p)| p.name == name && p.name_conflict.is_some())
+    {
+        status.name_conflict = None;
+        tracing::info!(
+            peer = %status.name,
+            address = %key,
+            instance_id = status.hello.as_ref().map(|h| h.instance_id),
+            "peer now holds its node name: the peer that held it left or took another name"
+        );
+    }
+    // The others still name a holder that is gone: point them at the new one.
+    let holder = peers
+        .iter()
+        .find(|(_, p)| p.name == name && p.name_conflict.is_none())
+        .map(|(k, p)| (k.clone(), p.hello.as_ref().map(|h| h.instance_id)));
+    if let Some((held_by, held_by_instance_id)) = holder {
+        for status in peers.values_mut().filter(|p| p.name == name) {
+            if let Some(conflict) = status.name_conflict.as_mut() {
+                conflict.held_by.clone_from(&held_by);
+                conflict.held_by_instance_id = held_by_instance_id;
+            }
+        }
     }
 }
 

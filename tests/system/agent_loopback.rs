@@ -711,3 +711,118 @@ fn crafted_fabric_pings_leave_the_agent_answering_and_probing() {
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
 }
+
+/// A hello naming the node `twin`, from an agent started as `instance_id`.
+fn twin_hello(s: TcpStream, instance_id: u64) {
+    let hello = format!(
+        r#"{{"node_name":"twin","agent_version":"1","instance_id":{instance_id},
+        "fabric":{{"provider":"none","available":false,"endpoints":[]}}}}"#
+    );
+    serve_hello(s, &hello);
+}
+
+/// `twin`, answering every hello.
+fn twin_one(s: TcpStream) {
+    twin_hello(s, 1);
+}
+
+/// Another agent saying it is `twin`: it answers its first two hellos, then closes every
+/// connection at once, so that its verdict (`down`) differs from the first's.
+fn twin_two(s: TcpStream) {
+    static SERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 2 {
+        twin_hello(s, 2);
+    }
+}
+
+#[test]
+fn two_peers_saying_one_node_name_keep_their_own_verdicts() {
+    let (one_port, two_port) = (fake_peer(twin_one), fake_peer(twin_two));
+    let a_port = 27_977;
+    let a = start_agent(&[
+        "--node-name",
+        "node-a",
+        "--listen",
+        &format!("127.0.0.1:{a_port}"),
+        "--fabric-provider",
+        "none",
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+        "--peers",
+        &format!("127.0.0.1:{one_port},127.0.0.1:{two_port}"),
+    ]);
+    let (one, two) = (
+        format!("127.0.0.1:{one_port}"),
+        format!("127.0.0.1:{two_port}"),
+    );
+    // Both said `twin`; the second has stopped answering and is judged down.
+    let peers = wait_for("both twins judged", Duration::from_secs(30), || {
+        let peers = peer_json(a_port);
+        let state = |a: &str| {
+            peers
+                .iter()
+                .find(|p| p["address"] == a)
+                .map(|p| p["state"].clone())
+        };
+        (peers.len() == 2
+            && peers.iter().all(|p| p["name"] == "twin")
+            && state(&one) == Some("unknown".into())
+            && state(&two) == Some("down".into()))
+        .then_some(peers)
+    });
+    let conflicted: Vec<&serde_json::Value> = peers
+        .iter()
+        .filter(|p| !p["name_conflict"].is_null())
+        .collect();
+    assert_eq!(conflicted.len(), 1, "one second claimant: {peers:?}");
+    let claimant = conflicted[0];
+    let holder = peers.iter().find(|p| p["name_conflict"].is_null()).unwrap();
+    let conflict = &claimant["name_conflict"];
+    assert_eq!(conflict["reason"], "name_conflict", "{claimant}");
+    assert_eq!(conflict["held_by"], holder["address"], "{claimant}");
+    assert_eq!(
+        conflict["instance_id"], claimant["hello"]["instance_id"],
+        "{claimant}"
+    );
+    let holder_state = holder["state"].as_str().unwrap().to_owned();
+
+    // Scrape after scrape, `peer="twin"` is the holder's verdict, and both count once.
+    for _ in 0..4 {
+        let (_, text) = get(a_port, "/metrics").unwrap();
+        let samples = parse(&text);
+        let twin_states: Vec<(String, f64)> = samples
+            .iter()
+            .filter(|s| {
+                s.name == "efa_peer_state"
+                    && s.labels.get("peer").map(String::as_str) == Some("twin")
+            })
+            .map(|s| (s.labels["state"].clone(), s.value))
+            .collect();
+        assert_eq!(twin_states.len(), 6, "one series per state: {text}");
+        let on: Vec<&str> = twin_states
+            .iter()
+            .filter(|(_, v)| *v == 1.0)
+            .map(|(s, _)| s.as_str())
+            .collect();
+        assert_eq!(on, [holder_state.as_str()], "{text}");
+        let by_state = |s: &str| value(&samples, "efa_peers_by_state", &[("state", s)]);
+        assert_eq!(by_state("unknown"), Some(1.0), "{text}");
+        assert_eq!(by_state("down"), Some(1.0), "{text}");
+        assert_eq!(
+            value(&samples, "efa_peer_name_conflicts_total", &[]),
+            Some(1.0),
+            "{text}"
+        );
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    // The claimant is still the same one.
+    let later = peer_json(a_port);
+    let still = later
+        .iter()
+        .find(|p| p["address"] == claimant["address"])
+        .unwrap();
+    assert_eq!(still["name_conflict"]["held_by"], holder["address"]);
+    assert_eq!(a.stop(), Some(0));
+}

@@ -98,6 +98,7 @@ fn realistic_app() -> AppState {
         since_unix: 1_700_000_000,
         rounds: 40,
         probed: true,
+        name_conflict: None,
     };
     let dropped = PeerStatus {
         name: "gpu-node-3.ec2.internal".into(),
@@ -117,6 +118,7 @@ fn realistic_app() -> AppState {
         since_unix: 1_700_000_100,
         rounds: 40,
         probed: true,
+        name_conflict: None,
     };
     for peer in [&healthy, &dropped] {
         state.set_peer(&peer.address, peer.clone());

@@ -271,6 +271,7 @@ fn peer(name: &str, state: PeerState, reason: Option<DiagnosisReason>) -> PeerSt
         since_unix: 1,
         rounds: 3,
         probed: true,
+        name_conflict: None,
     }
 }
 

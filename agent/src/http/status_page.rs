@@ -221,6 +221,14 @@ fn write_peers(out: &mut String, s: &StatusSnapshot) -> fmt::Result {
                 Escaped(&p.address)
             )?;
         }
+        if let Some(conflict) = &p.name_conflict {
+            write!(
+                out,
+                "<br><span class=\"muted\">name_conflict: the name is held by <span \
+                 class=\"mono\">{}</span></span>",
+                Escaped(&conflict.held_by)
+            )?;
+        }
         let state = p.state.as_str();
         write!(
             out,

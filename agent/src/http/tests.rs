@@ -69,6 +69,7 @@ fn dropped_peer(name: &str) -> PeerStatus {
         since_unix: 1,
         rounds: 4,
         probed: true,
+        name_conflict: None,
     }
 }
 
@@ -210,6 +211,28 @@ async fn status_page_escapes_what_peers_and_servers_say() {
     assert!(page.contains("1 of 1 peers not healthy (1 fabric_dropped)"));
     assert!(page.contains("1 of 1 target addresses failing"));
     assert!(page.contains(">FAIL<"));
+}
+
+#[tokio::test]
+async fn a_second_claimant_of_a_name_is_shown_with_its_address_and_the_holders() {
+    let app = app();
+    let (holder, claimant) = ("198.18.0.2:9464", "198.18.0.3:9464");
+    for (address, instance_id) in [(holder, 1), (claimant, 2)] {
+        let mut peer = dropped_peer(address);
+        peer.address = address.into();
+        app.state.set_peer(address, peer);
+        app.state.claim_name(address, "gpu-twin", instance_id);
+    }
+    let (_, _, page) = get(&app, "/", None).await;
+    assert_eq!(page.matches("name_conflict").count(), 1, "{page}");
+    assert!(page.contains(&format!("held by <span class=\"mono\">{holder}</span>")));
+    let (_, _, body) = get(&app, "/v1/peers", None).await;
+    let peers: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let conflict = &peers[1]["name_conflict"];
+    assert_eq!(peers[1]["address"], claimant, "{body}");
+    assert_eq!(conflict["held_by"], holder, "{body}");
+    assert_eq!(conflict["instance_id"], 2, "{body}");
+    assert!(peers[0].get("name_conflict").is_none(), "{body}");
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@
 //! | `efa_peers` | gauge | |
 //! | `efa_node_unreachable_peers` | gauge | (peers in `down`, `fabric_dropped`, `ip_blocked`) |
 //! | `efa_peers_by_state` | gauge | `state` (every state, 0 included) |
+//! | `efa_peer_name_conflicts_total` | counter | (peers found saying a node name another peer held) |
 //! | `efa_per_peer_metrics_mode` | gauge, one-hot | `mode` (`all`, `unhealthy`, `none`) |
 //! | `efa_peers_probed` | gauge | (peers the current round probes: the schedule's picks, set as it starts) |
 //! | `efa_probe_schedule_peers` | gauge | `role` (`watch`, `mesh`, `sample`, `learn`) |

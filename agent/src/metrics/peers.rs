@@ -10,6 +10,11 @@
 //!
 //! Only peers this node probes now ([`PeerStatus::probed`]) have per-peer series and count in
 //! `efa_peers_by_state`; every known peer counts in `efa_peers`.
+//!
+//! The state is keyed by agent address, the series by node name. A peer that claims a name
+//! another peer holds ([`crate::state::PeerStatus::name_conflict`]) has no per-peer series, so
+//! those under `peer=NAME` stay the holder's and do not flip between the two; it still counts
+//! once, by its own verdict, in the aggregates.
 
 use std::sync::{Arc, Mutex};
 use strum::VariantArray;
@@ -18,6 +23,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
 };
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
@@ -30,7 +36,7 @@ use crate::state::{AgentState, PeerTable, ProbeSchedule};
 use crate::verdict::{DiagnosisReason, PeerState};
 
 /// The families this collector encodes, as named in `# TYPE`.
-pub(super) const NAMES: [&str; 13] = [
+pub(super) const NAMES: [&str; 14] = [
     "efa_peer_reachable",
     "efa_peer_ip_reachable",
     "efa_peer_state",
@@ -44,6 +50,7 @@ pub(super) const NAMES: [&str; 13] = [
     "efa_peers_probed",
     "efa_probe_schedule_peers",
     "efa_probe_budget_peers",
+    "efa_peer_name_conflicts",
 ];
 
 /// Reads the state at each scrape; shared with the registry (which calls it).
@@ -121,20 +128,30 @@ impl Collector for PeerCollector {
                 mode,
                 schedule.as_ref(),
             )
-        })
+        })?;
+        let conflicts = encoder.encode_descriptor(
+            "efa_peer_name_conflicts",
+            "Peers found claiming a node name another peer held (a misconfigured or hostile \
+             agent); the claimant keeps its own verdict in /v1/peers (name_conflict) and has \
+             no per-peer series.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.state.name_conflicts()).encode(conflicts)
     }
 }
 
 /// The probed peers counted by state, and what the series of those `mode` exports show, by
-/// name. One pass, and work only for what is encoded: in `none` a scrape costs a count. Two
-/// peers claiming one name share one set of series (the first by address), as a name is all
-/// a series is keyed by; each is counted.
+/// name: the name's holder's. One pass, and work only for what is encoded: in `none` a scrape
+/// costs a count. A peer that claims a name another holds (`name_conflict`) has no series of
+/// its own, and is counted; should two still share a name (both named by discovery, before
+/// either hello), the first by address has the series.
 fn read_probed(peers: &PeerTable, mode: PerPeerMode) -> (ByState, Vec<(&str, PeerSeries)>) {
     let mut by_state = ByState::default();
     let mut exported = Vec::new();
     for status in peers.values().filter(|p| p.probed) {
         by_state.0[state_index(status.state)] += 1;
-        if mode.exports(status.state) {
+        if status.name_conflict.is_none() && mode.exports(status.state) {
             exported.push((status.name.as_str(), PeerSeries::of(status)));
         }
     }

@@ -150,6 +150,7 @@ fn peer(name: &str, state: PeerState, reason: Option<DiagnosisReason>) -> PeerSt
         since_unix: 0,
         rounds: 3,
         probed: true,
+        name_conflict: None,
     }
 }
 
@@ -687,10 +688,12 @@ fn every_registered_family_is_updated_by_a_setter() {
     );
     m.verify_requests()
         .record(super::verify::VerifyResult::RateLimited);
+    claimed(&m, "198.18.0.7:9476", "gpu-1", 7, PeerState::Healthy);
     let after = m.encode();
 
-    // 28 families, and efa_verify_requests (issue #13, the preflight's verifies).
-    assert_eq!(m.family_names().len(), 29);
+    // 28 families, efa_verify_requests (issue #13, the preflight's verifies) and
+    // efa_peer_name_conflicts (issue #15).
+    assert_eq!(m.family_names().len(), 30);
     for family in m.family_names() {
         assert!(
             after.contains(&format!("\n# TYPE {family} ")),
@@ -1397,4 +1400,129 @@ fn two_peers_claiming_one_name_share_its_series_and_are_both_counted() {
     );
     assert_eq!(by_state(&m), counts(&[("healthy", 1.0), ("down", 1.0)]));
     assert_eq!(value(&text, "efa_peers", &[]), Some(2.0));
+}
+
+/// Two agents say one node name (issue 15, item 6): a status per address, each claiming the
+/// name as the monitor does when a hello arrives.
+fn claimed(m: &Fixture, address: &str, name: &str, instance_id: u64, state: PeerState) {
+    let reason = (state == PeerState::FabricDropped).then_some(DiagnosisReason::FabricTimeout);
+    if !m.state.update_peer(address, |status| {
+        status.state = state;
+        status.reason = reason;
+    }) {
+        let mut status = peer(address, state, reason);
+        status.address = address.into();
+        m.state.set_peer(address, status);
+    }
+    m.state.claim_name(address, name, instance_id);
+}
+
+#[test]
+fn a_second_claimant_of_a_name_keeps_its_verdict_without_taking_the_names_series() {
+    let m = metrics();
+    // The holder sorts after the claimant by address: the first to claim holds the name.
+    let (holder, claimant) = ("198.18.0.9:9476", "198.18.0.1:9476");
+    claimed(&m, holder, "gpu-1", 1, PeerState::Healthy);
+    claimed(&m, claimant, "gpu-1", 2, PeerState::FabricDropped);
+    let by_state = |text: &str, state: &str| value(text, "efa_peers_by_state", &[("state", state)]);
+    let peer_state = |text: &str, state: &str| {
+        value(
+            text,
+            "efa_peer_state",
+            &[("peer", "gpu-1"), ("state", state)],
+        )
+    };
+    for round in 0..3 {
+        // The claimant's verdict changes; the series under the name stay the holder's.
+        let state = [
+            PeerState::FabricDropped,
+            PeerState::Down,
+            PeerState::Degraded,
+        ][round];
+        claimed(&m, claimant, "gpu-1", 2, state);
+        let text = m.encode();
+        assert_eq!(peer_state(&text, "healthy"), Some(1.0), "{text}");
+        assert_eq!(peer_state(&text, state.as_str()), Some(0.0), "{text}");
+        assert_eq!(
+            with_label(&text, "peer", "gpu-1")
+                .iter()
+                .filter(|s| s.name == "efa_peer_diagnosis")
+                .count(),
+            0,
+            "{text}"
+        );
+        // Both count once, each by its own verdict.
+        assert_eq!(by_state(&text, "healthy"), Some(1.0), "{text}");
+        assert_eq!(by_state(&text, state.as_str()), Some(1.0), "{text}");
+        let total: f64 = PeerState::VARIANTS
+            .iter()
+            .filter_map(|s| by_state(&text, s.as_str()))
+            .sum();
+        assert_eq!(total, 2.0, "{text}");
+        // Found once, however often it says the name again.
+        assert_eq!(
+            value(&text, "efa_peer_name_conflicts_total", &[]),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    // `/v1/peers` shows the conflict on the claimant, and only there.
+    let peers = serde_json::to_value(m.state.peers()).unwrap();
+    let by_address = |a: &str| {
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["address"] == a)
+            .unwrap()
+            .clone()
+    };
+    let conflict = &by_address(claimant)["name_conflict"];
+    assert_eq!(conflict["reason"], "name_conflict");
+    assert_eq!(conflict["held_by"], holder);
+    assert_eq!(conflict["instance_id"], 2);
+    assert_eq!(by_address(claimant)["name"], "gpu-1");
+    assert!(by_address(holder).get("name_conflict").is_none());
+
+    // The holder leaves: the claimant holds the name now, its verdict under it.
+    m.state.remove_peer(holder);
+    let text = m.encode();
+    assert_eq!(peer_state(&text, "degraded"), Some(1.0), "{text}");
+    assert_eq!(peer_state(&text, "healthy"), Some(0.0), "{text}");
+    assert!(m.state.peer(claimant).unwrap().name_conflict.is_none());
+    assert_eq!(
+        value(&text, "efa_peer_name_conflicts_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_peer_that_changes_its_name_hands_the_old_one_to_its_claimant() {
+    let m = metrics();
+    claimed(&m, "198.18.0.1:9476", "gpu-1", 1, PeerState::Healthy);
+    claimed(&m, "198.18.0.2:9476", "gpu-1", 2, PeerState::Down);
+    // A third claimant is told who holds it.
+    claimed(&m, "198.18.0.3:9476", "gpu-1", 3, PeerState::Down);
+    assert_eq!(m.state.name_conflicts(), 2);
+    // The holder restarts under another name: the first other claimant by address takes
+    // the old name, the other is pointed at it.
+    claimed(&m, "198.18.0.1:9476", "gpu-7", 4, PeerState::Healthy);
+    let conflict = |a: &str| m.state.peer(a).unwrap().name_conflict;
+    assert_eq!(conflict("198.18.0.1:9476"), None);
+    assert_eq!(conflict("198.18.0.2:9476"), None);
+    let third = conflict("198.18.0.3:9476").expect("still a second claimant");
+    assert_eq!(third.held_by, "198.18.0.2:9476");
+    let text = m.encode();
+    for (name, state) in [("gpu-7", "healthy"), ("gpu-1", "down")] {
+        assert_eq!(
+            value(&text, "efa_peer_state", &[("peer", name), ("state", state)]),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        value(&text, "efa_peers_by_state", &[("state", "down")]),
+        Some(2.0)
+    );
 }

@@ -11,6 +11,7 @@
 
 mod job;
 mod judge;
+mod name;
 mod observe;
 mod rounds;
 pub mod schedule;
@@ -252,7 +253,7 @@ impl PeerMonitor {
             }
             let name = self.state.remove_peer(key).map(|s| s.name);
             peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
-            tracing::info!(peer = %name.as_deref().unwrap_or(key), "peer left");
+            tracing::info!(peer = %name.as_deref().unwrap_or(key), address = %key, "peer left");
             false
         });
         for (addr, candidate) in set.iter().filter(|(addr, _)| keep(addr)) {
@@ -279,6 +280,7 @@ impl PeerMonitor {
                     since_unix: unix_now(),
                     rounds: 0,
                     probed: false,
+                    name_conflict: None,
                 },
             );
             self.peers
@@ -485,6 +487,9 @@ impl PeerMonitor {
                 .collect();
         let probe_size = self.settings.probe_size;
         let (verdict, hello) = (&probing.verdict, &peer.hello);
+        if let Some(hello) = hello {
+            name::claim(&self.state, &result.key, hello);
+        }
         self.state.update_peer(&result.key, |status| {
             status.ip = ip.status;
             if let Some(path) = fabric.status {
@@ -496,9 +501,6 @@ impl PeerMonitor {
             if let Some(hello) = hello {
                 if !status.hello.as_ref().is_some_and(|h| Arc::ptr_eq(h, hello)) {
                     status.hello = Some(hello.clone());
-                }
-                if status.name != hello.node_name {
-                    status.name.clone_from(&hello.node_name);
                 }
             }
             status.fabric_loss = verdict.fabric_loss();
@@ -517,6 +519,8 @@ impl PeerMonitor {
         if changed {
             tracing::info!(
                 peer = %hello.as_ref().map_or(result.key.as_str(), |h| h.node_name.as_str()),
+                address = %result.key,
+                instance_id = hello.as_ref().map(|h| h.instance_id),
                 state = verdict.state().as_str(),
                 reason = verdict.reason().map(|r| r.as_str()),
                 "peer state changed"

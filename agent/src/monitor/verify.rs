@@ -504,6 +504,7 @@ mod tests {
                 since_unix: 0,
                 rounds: 0,
                 probed: false,
+                name_conflict: None,
             },
         );
     }

@@ -46,6 +46,7 @@ fn agent_with_metrics(
             since_unix: 0,
             rounds: 0,
             probed: false,
+            name_conflict: None,
         },
     );
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

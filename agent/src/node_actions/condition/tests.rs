@@ -59,6 +59,7 @@ pub(crate) fn peer(
         since_unix: 1_000,
         rounds: 10,
         probed: true,
+        name_conflict: None,
     }
 }
 
