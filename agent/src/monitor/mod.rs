@@ -13,6 +13,7 @@ mod judge;
 mod observe;
 mod rounds;
 pub mod schedule;
+mod stable_group;
 mod summary;
 pub mod targets;
 
@@ -95,6 +96,8 @@ impl PeerProbeSettings {
 struct Peer {
     /// Its latest hello, shared with its entry in the state.
     hello: Option<Arc<Hello>>,
+    /// The group its probes are counted under: its hellos' group, once steady.
+    counted_group: stable_group::StableGroup,
     /// Until then the peer is reported `unknown`, whatever its probes say.
     grace_until: std::time::Instant,
     /// The round that last probed this peer.
@@ -123,6 +126,7 @@ impl Peer {
     fn new(grace_until: std::time::Instant) -> Peer {
         Peer {
             hello: None,
+            counted_group: stable_group::StableGroup::default(),
             grace_until,
             last_probed: None,
             probing: None,
@@ -429,8 +433,12 @@ impl PeerMonitor {
         }
         // Where it runs, from the hello just fetched if there is one.
         let placement = peer.placement();
-        let group = placement.as_ref().map(Placement::group);
-        let group = group.as_deref().unwrap_or(UNKNOWN_GROUP);
+        if result.hello.is_ok() {
+            let named = placement.as_ref().map(Placement::group);
+            peer.counted_group
+                .observe(named.as_deref(), std::time::Instant::now());
+        }
+        let group = peer.counted_group.current().unwrap_or(UNKNOWN_GROUP);
 
         let policy = self.settings.policy;
         let probing = peer
