@@ -342,8 +342,9 @@ impl Metrics {
     }
 
     /// Counts one peer probe under the peer's topology group (`pg:NAME`, `subnet:ID`,
-    /// `unknown`: the caller's words). The first [`MAX_PROBE_GROUPS`] groups seen keep their
-    /// name; probes of any later group are counted under `other`.
+    /// `unknown`: the caller's words). At most [`MAX_PROBE_GROUPS`] groups hold a name at
+    /// once; probes of any later group are counted under `other`. A name idle for
+    /// [`groups::GROUP_IDLE_RELEASE`] is given up (its series removed) when a new group comes.
     pub fn record_probe_in_group(
         &self,
         path: ProbePath,
@@ -567,7 +568,26 @@ impl Metrics {
     /// time gets its series created at zero, so its first failure is an increase.
     fn probe_group(&self, group: &str) -> LabelText {
         let mut groups = self.probe_groups.lock().unwrap_or_else(|p| p.into_inner());
-        let (label, new) = groups.admit(group);
+        let groups::Admitted {
+            label,
+            new,
+            released,
+        } = groups.admit(group, std::time::Instant::now());
+        for gone in released {
+            for path in ProbePath::VARIANTS.iter().copied() {
+                for &result in ProbeResult::possible_on(path) {
+                    self.probes.remove(&ProbeLabels {
+                        path,
+                        group: gone.clone(),
+                        result,
+                    });
+                }
+                self.probe_rtt.remove(&PathGroupLabels {
+                    path,
+                    group: gone.clone(),
+                });
+            }
+        }
         if new {
             for path in ProbePath::VARIANTS.iter().copied() {
                 for &result in ProbeResult::possible_on(path) {

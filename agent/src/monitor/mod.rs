@@ -15,6 +15,7 @@ mod name;
 mod observe;
 mod rounds;
 pub mod schedule;
+mod stable_group;
 mod summary;
 pub mod targets;
 pub mod verify;
@@ -98,6 +99,8 @@ impl PeerProbeSettings {
 struct Peer {
     /// Its latest hello, shared with its entry in the state.
     hello: Option<Arc<Hello>>,
+    /// The group its probes are counted under: its hellos' group, once steady.
+    counted_group: stable_group::StableGroup,
     /// Until then the peer is reported `unknown`, whatever its probes say.
     grace_until: std::time::Instant,
     /// The round that last probed this peer.
@@ -117,12 +120,16 @@ struct Probing {
     /// The latest outcome of each larger probe size (true: answered).
     large_results: BTreeMap<usize, bool>,
     rtts: PeerRtts,
+    /// The address the engine refused and why: reported (`fabric_bad_address`) while the
+    /// peer's hello names it, and not offered to the engine again.
+    refused: Option<(Vec<u8>, String)>,
 }
 
 impl Peer {
     fn new(grace_until: std::time::Instant) -> Peer {
         Peer {
             hello: None,
+            counted_group: stable_group::StableGroup::default(),
             grace_until,
             last_probed: None,
             probing: None,
@@ -141,11 +148,6 @@ impl Peer {
             .topology
             .as_ref()
             .and_then(Placement::of)
-    }
-
-    /// Its name for the log: its node name once it said, else its address.
-    fn name<'a>(&'a self, key: &'a str) -> &'a str {
-        self.hello.as_ref().map_or(key, |h| h.node_name.as_str())
     }
 
     /// Forgets its fabric handles (the engines drop their address-vector entries).
@@ -172,6 +174,7 @@ impl Probing {
             large_handle: None,
             large_results: BTreeMap::new(),
             rtts: PeerRtts::default(),
+            refused: None,
         }
     }
 
@@ -434,8 +437,12 @@ impl PeerMonitor {
         }
         // Where it runs, from the hello just fetched if there is one.
         let placement = peer.placement();
-        let group = placement.as_ref().map(Placement::group);
-        let group = group.as_deref().unwrap_or(UNKNOWN_GROUP);
+        if result.hello.is_ok() {
+            let named = placement.as_ref().map(Placement::group);
+            peer.counted_group
+                .observe(named.as_deref(), std::time::Instant::now());
+        }
+        let group = peer.counted_group.current().unwrap_or(UNKNOWN_GROUP);
 
         let policy = self.settings.policy;
         let probing = peer
@@ -445,22 +452,52 @@ impl PeerMonitor {
         if let Ok((_, rtt)) = &result.hello {
             probing.rtts.ip = Some(*rtt);
         }
-        if let Some(outcome) = &result.fabric {
+        // A hello that withdraws or changes the address in use wins over this round's ping
+        // of the old one: the peer is judged from what it says now, not on a stale path.
+        let provider = self.settings.provider.as_deref();
+        let held = probing.fabric.as_ref().map(|(a, _)| a.as_slice());
+        let fresh = result.hello.as_ref().ok().map(|(h, _)| h);
+        let withdrawn = observe::withdraws(held, fresh, provider);
+        if withdrawn {
+            probing.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
+            probing.large_results.clear();
+            probing.verdict.fabric_path_changed();
+            tracing::info!(
+                peer = %fresh.map_or(result.key.as_str(), |h| h.node_name.as_str()),
+                "the peer's hello withdrew or changed its fabric address: the old one is released"
+            );
+        }
+        let (fabric_outcome, large_outcome) = if withdrawn {
+            (None, None)
+        } else {
+            (result.fabric.as_ref(), result.large.as_ref())
+        };
+        let offered = peer
+            .hello
+            .as_deref()
+            .and_then(|h| observe::offered_address(h, provider));
+        let refused = probing
+            .refused
+            .as_ref()
+            .filter(|(address, _)| offered.as_ref() == Some(address))
+            .map(|(_, why)| why.as_str());
+        if let Some(outcome) = fabric_outcome {
             let measured = probing.rtts.learn_fabric(outcome, result.confirmation);
             if let (Some(measured), true) = (measured, result.pair) {
                 self.metrics.record_rtt_pair(measured);
             }
         }
         let fabric = observe::fabric_path(
-            result.fabric.as_ref(),
+            fabric_outcome,
             FabricContext {
                 local_fabric: self.pinger.is_some(),
-                provider: self.settings.provider.as_deref(),
+                provider,
                 hello: peer.hello.as_deref(),
                 measured: probing.rtts.fabric,
+                refused,
             },
         );
-        let large = observe::large_probe(&mut probing.large_results, result.large.as_ref());
+        let large = observe::large_probe(&mut probing.large_results, large_outcome);
         let counted = [
             (ProbePath::Ip, Some(ip.counted)),
             (ProbePath::Fabric, fabric.counted),
@@ -537,13 +574,17 @@ impl PeerMonitor {
         };
         let wanted = peer
             .hello
-            .as_ref()
-            .filter(|h| h.fabric.available && Some(h.fabric.provider.as_str()) == provider)
-            .and_then(|h| h.fabric_address(0));
+            .as_deref()
+            .and_then(|h| observe::offered_address(h, provider));
+        let hello = peer.hello.clone(); // for its name in the log
         let (Some(address), Some(probing)) = (wanted, peer.probing.as_deref_mut()) else {
             return;
         };
         if probing.fabric.as_ref().map(|(a, _)| a.as_slice()) == Some(address.as_slice()) {
+            return;
+        }
+        // Refused once: the same address is refused again (and would warn every round).
+        if probing.refused.as_ref().is_some_and(|(a, _)| *a == address) {
             return;
         }
         if probing.fabric.is_some() {
@@ -555,12 +596,22 @@ impl PeerMonitor {
             probing.large_handle = lp.add_peer(&address).get().await.and_then(Result::ok);
         }
         match pinger.add_peer(&address).get().await {
-            Some(Ok(handle)) => probing.fabric = Some((address, handle)),
+            Some(Ok(handle)) => {
+                probing.fabric = Some((address, handle));
+                probing.refused = None;
+            }
             Some(Err(e)) => {
-                tracing::warn!(peer = %peer.name(key), error = %e, "peer's fabric address refused");
+                let name = hello.as_deref().map_or(key, |h| h.node_name.as_str());
+                tracing::warn!(peer = %name, error = %e, "peer's fabric address refused");
+                let why = e.to_string();
                 self.state.update_peer(key, |status| {
-                    status.fabric = observe::not_probed(PathFailure::BadAddress, e.to_string());
+                    status.fabric = observe::not_probed(PathFailure::BadAddress, why.clone());
                 });
+                // The large-probe engine may have taken it: nothing is probed on it alone.
+                if let (Some(lp), Some(h)) = (&self.large_pinger, probing.large_handle.take()) {
+                    lp.remove_peer(h);
+                }
+                probing.refused = Some((address, why));
             }
             None => {}
         }

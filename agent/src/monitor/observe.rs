@@ -63,6 +63,30 @@ pub(super) struct FabricContext<'a> {
     pub hello: Option<&'a Hello>,
     /// The peer's latest measured RTT, reported for a path a single ping proved.
     pub measured: Option<Duration>,
+    /// Why this node's engine refused the address the peer's hello names, if it did.
+    pub refused: Option<&'a str>,
+}
+
+/// The fabric address `hello` offers a node using `provider`: its first endpoint's, while
+/// its fabric is available and of that provider.
+pub(super) fn offered_address(hello: &Hello, provider: Option<&str>) -> Option<Vec<u8>> {
+    Some(hello)
+        .filter(|h| h.fabric.available && Some(h.fabric.provider.as_str()) == provider)
+        .and_then(|h| h.fabric_address(0))
+}
+
+/// Whether a hello just fetched (`fresh`) no longer offers `held`, the address in use: it
+/// withdrew its fabric, names another provider or another address. Such a hello wins over
+/// a ping of the old address in the same round; a failed fetch (`None`) withdraws nothing.
+pub(super) fn withdraws(
+    held: Option<&[u8]>,
+    fresh: Option<&Hello>,
+    provider: Option<&str>,
+) -> bool {
+    match (held, fresh) {
+        (Some(held), Some(hello)) => offered_address(hello, provider).as_deref() != Some(held),
+        _ => false,
+    }
 }
 
 /// The fabric path's result.
@@ -113,6 +137,11 @@ pub(super) fn fabric_path(outcome: Option<&ProbeOutcome>, ctx: FabricContext<'_>
                 hello.fabric.provider,
                 ctx.provider.unwrap_or("none")
             ),
+        ),
+        (None, Some(_)) if ctx.refused.is_some() => not_probed(
+            FabricObservation::BadAddress,
+            PathFailure::BadAddress,
+            ctx.refused.unwrap_or_default().to_owned(),
         ),
         (None, _) => FabricSeen {
             observation: FabricObservation::NotLearned,
@@ -312,6 +341,7 @@ mod tests {
             provider: Some("efa"),
             hello,
             measured: Some(Duration::from_micros(25)),
+            refused: None,
         }
     }
 
@@ -402,6 +432,73 @@ mod tests {
             (seen.observation, seen.status, seen.counted),
             (FabricObservation::LocalNoFabric, None, None)
         );
+    }
+
+    fn with_address(mut hello: Hello, hex: &str) -> Hello {
+        hello.fabric.endpoints = vec![crate::hello::HelloEndpoint {
+            domain: "d0".into(),
+            address: hex.into(),
+            display: hex.into(),
+        }];
+        hello
+    }
+
+    #[test]
+    fn a_fresh_hello_that_withdraws_or_changes_the_address_wins() {
+        let efa = Some("efa");
+        let offering = with_address(hello("efa", true), "0a0b");
+        let held = offered_address(&offering, efa).expect("offered");
+        assert_eq!(held, vec![0x0a, 0x0b]);
+        // The same address: kept. A failed fetch (no fresh hello) withdraws nothing.
+        assert!(!withdraws(Some(&held), Some(&offering), efa));
+        assert!(!withdraws(Some(&held), None, efa));
+        // Nothing held: nothing to withdraw.
+        assert!(!withdraws(None, Some(&hello("efa", false)), efa));
+        // Fabric gone, another provider, another address: the old one goes at once.
+        let gone = with_address(hello("efa", false), "0a0b");
+        let other_provider = with_address(hello("tcp", true), "0a0b");
+        let moved = with_address(hello("efa", true), "0c0d");
+        let no_endpoint = hello("efa", true);
+        for fresh in [&gone, &other_provider, &moved, &no_endpoint] {
+            assert!(withdraws(Some(&held), Some(fresh), efa), "{fresh:?}");
+        }
+        assert_eq!(offered_address(&gone, efa), None);
+        assert_eq!(offered_address(&other_provider, efa), None);
+        // Withdrawn: nothing is pinged this round, and the hello says why.
+        let seen = fabric_path(None, ctx(Some(&gone)));
+        assert_eq!(seen.observation, FabricObservation::PeerNoFabric);
+        let seen = fabric_path(None, ctx(Some(&other_provider)));
+        assert_eq!(seen.observation, FabricObservation::ProviderMismatch);
+        let seen = fabric_path(None, ctx(Some(&moved)));
+        assert_eq!(seen.observation, FabricObservation::NotLearned);
+    }
+
+    #[test]
+    fn a_refused_address_is_reported_as_such() {
+        let offering = with_address(hello("efa", true), "0a0b");
+        let refused = FabricContext {
+            refused: Some("fi_av_insert: invalid argument"),
+            ..ctx(Some(&offering))
+        };
+        let seen = fabric_path(None, refused);
+        assert_eq!(seen.observation, FabricObservation::BadAddress);
+        let status = seen.status.unwrap();
+        assert_eq!(status.last_failure, Some(PathFailure::BadAddress));
+        assert_eq!(
+            status.last_error.as_deref(),
+            Some("fi_av_insert: invalid argument")
+        );
+        assert_eq!(seen.counted, None);
+        // A hello that withdrew its fabric says so first.
+        let gone = hello("efa", false);
+        let seen = fabric_path(
+            None,
+            FabricContext {
+                hello: Some(&gone),
+                ..refused
+            },
+        );
+        assert_eq!(seen.observation, FabricObservation::PeerNoFabric);
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub fn summarize(
         (PeerState::FabricDropped, Some(R::ProviderMismatch)) => {
             format!("IP path works but the peer uses another fabric provider: {fabric_err}")
         }
+        (PeerState::FabricDropped, Some(R::FabricBadAddress)) => format!(
+            "IP path works but this node's provider refused the fabric address the peer's \
+             hello names: {fabric_err}"
+        ),
         (PeerState::FabricDropped, _) => "IP path works but fabric (OS-bypass) probes are \
              silently dropped: check that both nodes are in one subnet and that the security \
              group allows all traffic to and from itself"
@@ -59,6 +63,10 @@ pub fn summarize(
         (PeerState::Unknown, Some(R::LocalNoFabric)) => {
             "this node has no usable fabric, so only the IP path is probed".into()
         }
+        (PeerState::Unknown, Some(R::IpProtocol)) => format!(
+            "the peer's agent answers, but not with a hello this agent reads ({ip_err}): \
+             another agent version? Its fabric cannot be learned"
+        ),
         (PeerState::Unknown, _) => "waiting for the peer's first answer".into(),
     }
 }

@@ -70,4 +70,30 @@ mod tests {
         let addr = resolve("[::1]:9476", deadline).await.unwrap();
         assert_eq!(addr, "[::1]:9476".parse().unwrap());
     }
+
+    /// Another agent version's hello (JSON, not ours) is a protocol failure: the peer's
+    /// agent answered, in words this one does not read.
+    #[tokio::test]
+    async fn a_hello_of_another_shape_is_a_protocol_failure() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = r#"{"version":2,"node":{"name":"peer"},"fabrics":[]}"#;
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request).await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(response.as_bytes()).await.unwrap();
+        });
+        let failure = fetch_hello(&addr.to_string(), Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.reason, FailureReason::Protocol, "{failure:?}");
+        server.await.unwrap();
+    }
 }

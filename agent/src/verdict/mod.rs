@@ -6,6 +6,8 @@
 //! | ok | timeouts or error completions | `fabric_dropped` |
 //! | fails | ok | `ip_blocked` |
 //! | fails | fails, or never learned | `down` |
+//! | answers, but not a hello this agent reads | never learned | `unknown` (`ip_protocol`) |
+//! | ok | the peer's address refused by this node's provider | `fabric_dropped` |
 //! | ok | this node has no fabric, or nothing known yet | `unknown` |
 //!
 //! A state changes only after `hysteresis` consecutive rounds agree, so one lost probe does
@@ -85,6 +87,8 @@ pub enum DiagnosisReason {
     LocalNoFabric,
     /// The peer runs another provider than this node.
     ProviderMismatch,
+    /// This node's provider refused the fabric address the peer's hello named.
+    FabricBadAddress,
     /// The peer's hello timed out: IP packets silently dropped.
     IpTimeout,
     /// The peer's agent refused the connection: host up, agent not listening.
@@ -132,6 +136,8 @@ pub enum FabricObservation {
     ProviderMismatch,
     /// Not probed: the peer's fabric address was never learned.
     NotLearned,
+    /// Not probed: this node's provider refused the address the peer's hello named.
+    BadAddress,
 }
 
 /// What the IP path showed this round.
@@ -328,7 +334,11 @@ impl PeerVerdict {
             }
             (F::PeerNoFabric, None) => (PeerState::FabricDropped, Some(R::PeerNoFabric)),
             (F::ProviderMismatch, None) => (PeerState::FabricDropped, Some(R::ProviderMismatch)),
+            (F::BadAddress, None) => (PeerState::FabricDropped, Some(R::FabricBadAddress)),
             (F::NotLearned, None) => (PeerState::Unknown, None),
+            // Its agent answers, in words this one does not read (another version): the
+            // host and agent are up, and nothing is known of its fabric.
+            (F::NotLearned, Some(R::IpProtocol)) => (PeerState::Unknown, Some(R::IpProtocol)),
             (_, Some(reason)) => (PeerState::Down, Some(reason)),
         }
     }
@@ -407,6 +417,16 @@ mod tests {
                 Some(R::LocalNoFabric),
             ),
             (round(ok(), F::NotLearned), PeerState::Unknown, None),
+            (
+                round(I::Protocol, F::NotLearned),
+                PeerState::Unknown,
+                Some(R::IpProtocol),
+            ),
+            (
+                round(ok(), F::BadAddress),
+                PeerState::FabricDropped,
+                Some(R::FabricBadAddress),
+            ),
             (
                 round(I::Answered(Duration::from_secs(1)), F::Answered(MS)),
                 PeerState::Degraded,
