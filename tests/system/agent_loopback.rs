@@ -1,7 +1,8 @@
 //! `efaprobe agent` on loopback: hostile peers (garbage, a huge body, silence) give `protocol`
 //! or `timeout` and leave the agent unaffected; a missing provider means IP-only, said in a
 //! metric; bad settings exit 64, all reported at once; a taken port is said plainly; SIGTERM
-//! exits 0.
+//! exits 0. A hello withdrawing its fabric wins over the old address; another version's hello is
+//! `ip_protocol`, not `down`.
 
 use crate::support;
 
@@ -792,4 +793,47 @@ fn a_hello_that_withdraws_its_fabric_wins_over_the_old_address() {
     assert_eq!(peer["reason"], "peer_no_fabric", "{peer}");
     assert_eq!(a.stop(), Some(0));
     assert_eq!(responder.stop(), Some(0));
+}
+
+/// A peer of another agent version: it answers `/v1/hello` with JSON that is not our hello.
+fn foreign_hello(s: TcpStream) {
+    serve_hello(s, r#"{"version":2,"node":{"name":"peer"},"fabrics":[]}"#);
+}
+
+/// Issue #15 item 7: a peer whose agent answers with another version's hello is `unknown`
+/// with `ip_protocol` (its host and agent are up), not `down`.
+#[test]
+fn a_hello_of_another_agent_version_is_ip_protocol_not_down() {
+    let foreign_port = fake_peer(foreign_hello);
+    let a_port = 27_773;
+    let a = start_agent(&[
+        "--node-name",
+        "node-a",
+        "--listen",
+        &format!("127.0.0.1:{a_port}"),
+        "--fabric-provider",
+        "udp;ofi_rxd",
+        "--fabric-bind",
+        "127.0.0.1",
+        "--peers",
+        &format!("127.0.0.1:{foreign_port}"),
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+    ]);
+    let peer = wait_for(
+        "a verdict on the foreign peer",
+        Duration::from_secs(15),
+        || {
+            peer_json(a_port)
+                .first()
+                .filter(|p| p["probed"] == true && p["rounds"].as_u64() >= Some(3))
+                .cloned()
+        },
+    );
+    assert_eq!(peer["state"], "unknown", "{peer}");
+    assert_eq!(peer["reason"], "ip_protocol", "{peer}");
+    assert_eq!(peer["ip"]["last_failure"], "protocol", "{peer}");
+    assert_eq!(a.stop(), Some(0));
 }
