@@ -299,7 +299,7 @@ impl Metrics {
         };
         metrics.set_fabric(fabric);
         // Zeroed, so the first probe without a group is an increase.
-        metrics.probe_group(UNKNOWN_GROUP);
+        metrics.probe_group(UNKNOWN_GROUP, std::time::Instant::now());
         metrics
     }
 
@@ -346,7 +346,19 @@ impl Metrics {
         result: ProbeResult,
         rtt: Option<Duration>,
     ) {
-        let group = self.probe_group(group);
+        self.record_probe_in_group_at(path, group, result, rtt, std::time::Instant::now());
+    }
+
+    /// [`Metrics::record_probe_in_group`] at `now` (tests give their own clock).
+    fn record_probe_in_group_at(
+        &self,
+        path: ProbePath,
+        group: &str,
+        result: ProbeResult,
+        rtt: Option<Duration>,
+        now: std::time::Instant,
+    ) {
+        let group = self.probe_group(group, now);
         if let Some(rtt) = rtt {
             self.probe_rtt
                 .get_or_create(&PathGroupLabels {
@@ -555,13 +567,13 @@ impl Metrics {
 
     /// The label value probes of `group` are counted under; a group seen for the first
     /// time gets its series created at zero, so its first failure is an increase.
-    fn probe_group(&self, group: &str) -> LabelText {
+    fn probe_group(&self, group: &str, now: std::time::Instant) -> LabelText {
         let mut groups = self.probe_groups.lock().unwrap_or_else(|p| p.into_inner());
         let groups::Admitted {
             label,
             new,
             released,
-        } = groups.admit(group, std::time::Instant::now());
+        } = groups.admit(group, now);
         for gone in released {
             for path in ProbePath::VARIANTS.iter().copied() {
                 for &result in ProbeResult::possible_on(path) {
