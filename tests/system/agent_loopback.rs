@@ -1,7 +1,8 @@
 //! `efaprobe agent` on loopback: hostile peers (garbage, a huge body, silence) give `protocol`
 //! or `timeout` and leave the agent unaffected; a missing provider means IP-only, said in a
 //! metric; bad settings exit 64, all reported at once; a taken port is said plainly; SIGTERM
-//! exits 0.
+//! exits 0. A hello withdrawing its fabric wins over the old address; another version's hello is
+//! `ip_protocol`, not `down`.
 
 use crate::support;
 
@@ -824,5 +825,130 @@ fn two_peers_saying_one_node_name_keep_their_own_verdicts() {
         .find(|p| p["address"] == claimant["address"])
         .unwrap();
     assert_eq!(still["name_conflict"]["held_by"], holder["address"]);
+    assert_eq!(a.stop(), Some(0));
+}
+
+/// Issue #15 item 7: a peer whose hello withdraws its fabric is judged from that hello at
+/// once. A fake peer serves a hello naming a real agent's fabric endpoint (so the probing
+/// agent's pings are answered: `healthy`), then `available: false`; within two rounds the
+/// probing agent reads `peer_no_fabric`, not a drop of the old address.
+#[test]
+fn a_hello_that_withdraws_its_fabric_wins_over_the_old_address() {
+    use std::sync::{Arc, Mutex};
+    let (a_port, responder_port) = (27_771, 27_772);
+    let fabric_agent = |name: &str, port: u16, peer: &str| {
+        start_agent(&[
+            "--node-name",
+            name,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--fabric-provider",
+            "udp;ofi_rxd",
+            "--fabric-bind",
+            "127.0.0.1",
+            "--peers",
+            peer,
+            "--interval",
+            "1s",
+            "--timeout",
+            "500ms",
+        ])
+    };
+    // The responder: a real agent whose fabric endpoint answers the pings.
+    let responder = fabric_agent("responder", responder_port, &format!("127.0.0.1:{a_port}"));
+    let endpoint = wait_for("the responder's hello", Duration::from_secs(10), || {
+        let hello: serde_json::Value =
+            serde_json::from_str(&get(responder_port, "/v1/hello")?.1).ok()?;
+        Some(hello["fabric"]["endpoints"][0].clone()).filter(|e| e.is_object())
+    });
+    let hello_of = |available: bool| {
+        serde_json::json!({
+            "node_name": "moving-peer",
+            "agent_version": "test",
+            "instance_id": 7,
+            "fabric": {
+                "provider": "udp;ofi_rxd",
+                "available": available,
+                "endpoints": if available { vec![endpoint.clone()] } else { vec![] },
+            },
+        })
+        .to_string()
+    };
+    let served = Arc::new(Mutex::new(hello_of(true)));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_port = listener.local_addr().unwrap().port();
+    let serving = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let hello = serving.lock().unwrap().clone();
+            std::thread::spawn(move || serve_hello(stream, &hello));
+        }
+    });
+    let a = fabric_agent("node-a", a_port, &format!("127.0.0.1:{fake_port}"));
+    let state_of = || peer_json(a_port).first().cloned();
+    wait_for("the moving peer healthy", Duration::from_secs(20), || {
+        state_of().filter(|p| p["state"] == "healthy")
+    });
+    *served.lock().unwrap() = hello_of(false);
+    let withdrawn = Instant::now();
+    let peer = wait_for("peer_no_fabric", Duration::from_secs(10), || {
+        state_of().filter(|p| p["reason"] == "peer_no_fabric")
+    });
+    // Within two rounds (1 s each) and a hello fetch, with slack for a loaded machine.
+    let took = withdrawn.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "peer_no_fabric after {took:?}"
+    );
+    assert_eq!(peer["state"], "fabric_dropped", "{peer}");
+    assert_eq!(peer["fabric"]["last_failure"], "peer_no_fabric", "{peer}");
+    // Never judged on the old address meanwhile, and it stays so.
+    std::thread::sleep(Duration::from_secs(2));
+    let peer = state_of().unwrap();
+    assert_eq!(peer["reason"], "peer_no_fabric", "{peer}");
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(responder.stop(), Some(0));
+}
+
+/// A peer of another agent version: it answers `/v1/hello` with JSON that is not our hello.
+fn foreign_hello(s: TcpStream) {
+    serve_hello(s, r#"{"version":2,"node":{"name":"peer"},"fabrics":[]}"#);
+}
+
+/// Issue #15 item 7: a peer whose agent answers with another version's hello is `unknown`
+/// with `ip_protocol` (its host and agent are up), not `down`.
+#[test]
+fn a_hello_of_another_agent_version_is_ip_protocol_not_down() {
+    let foreign_port = fake_peer(foreign_hello);
+    let a_port = 27_773;
+    let a = start_agent(&[
+        "--node-name",
+        "node-a",
+        "--listen",
+        &format!("127.0.0.1:{a_port}"),
+        "--fabric-provider",
+        "udp;ofi_rxd",
+        "--fabric-bind",
+        "127.0.0.1",
+        "--peers",
+        &format!("127.0.0.1:{foreign_port}"),
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+    ]);
+    let peer = wait_for(
+        "a verdict on the foreign peer",
+        Duration::from_secs(15),
+        || {
+            peer_json(a_port)
+                .first()
+                .filter(|p| p["probed"] == true && p["rounds"].as_u64() >= Some(3))
+                .cloned()
+        },
+    );
+    assert_eq!(peer["state"], "unknown", "{peer}");
+    assert_eq!(peer["reason"], "ip_protocol", "{peer}");
+    assert_eq!(peer["ip"]["last_failure"], "protocol", "{peer}");
     assert_eq!(a.stop(), Some(0));
 }

@@ -69,6 +69,7 @@ mod labels;
 pub mod node_actions;
 mod peers;
 mod per_peer;
+mod targets;
 pub mod verify;
 
 use std::collections::HashSet;
@@ -305,7 +306,7 @@ impl Metrics {
         };
         metrics.set_fabric(fabric);
         // Zeroed, so the first probe without a group is an increase.
-        metrics.probe_group(UNKNOWN_GROUP);
+        metrics.probe_group(UNKNOWN_GROUP, std::time::Instant::now());
         metrics
     }
 
@@ -352,7 +353,19 @@ impl Metrics {
         result: ProbeResult,
         rtt: Option<Duration>,
     ) {
-        let group = self.probe_group(group);
+        self.record_probe_in_group_at(path, group, result, rtt, std::time::Instant::now());
+    }
+
+    /// [`Metrics::record_probe_in_group`] at `now` (tests give their own clock).
+    fn record_probe_in_group_at(
+        &self,
+        path: ProbePath,
+        group: &str,
+        result: ProbeResult,
+        rtt: Option<Duration>,
+        now: std::time::Instant,
+    ) {
+        let group = self.probe_group(group, now);
         if let Some(rtt) = rtt {
             self.probe_rtt
                 .get_or_create(&PathGroupLabels {
@@ -368,107 +381,6 @@ impl Metrics {
                 result,
             })
             .inc();
-    }
-
-    /// Sets the target series from one round's reports (all configured targets), counts
-    /// the round's failures, and removes the gauges of addresses and targets not in it.
-    pub fn set_targets(&self, reports: &[TargetReport]) {
-        let mut book = self.book();
-        let mut up = HashSet::new();
-        let mut rtt = HashSet::new();
-        let mut jetstream = HashSet::new();
-        let mut failures = HashSet::new();
-
-        for report in reports {
-            let target = LabelText::from(report.spec.name.as_str());
-            let as_configured = LabelText(report.spec.authority());
-            if report.spec.ip().is_none() {
-                // Zeroed, so the first resolution failure is an increase.
-                let dns = TargetFailureLabels {
-                    target: target.clone(),
-                    address: as_configured.clone(),
-                    reason: FailureLabel(FailureReason::Dns),
-                };
-                create_series(&self.target_failures, &dns);
-                failures.insert(dns);
-            }
-            let addresses = match &report.addresses {
-                Ok(addresses) => addresses,
-                Err(failure) => {
-                    let labels = TargetAddressLabels {
-                        target: target.clone(),
-                        address: as_configured.clone(),
-                    };
-                    self.target_up.get_or_create(&labels).set(0);
-                    up.insert(labels);
-                    let counted = TargetFailureLabels {
-                        target: target.clone(),
-                        address: as_configured,
-                        reason: FailureLabel(failure.reason),
-                    };
-                    self.target_failures.get_or_create(&counted).inc();
-                    failures.insert(counted);
-                    continue;
-                }
-            };
-            for address in addresses {
-                let labels = TargetAddressLabels {
-                    target: target.clone(),
-                    address: LabelText(address.address.to_string()),
-                };
-                let failure_labels = |reason| TargetFailureLabels {
-                    target: labels.target.clone(),
-                    address: labels.address.clone(),
-                    reason: FailureLabel(reason),
-                };
-                for &reason in address_failures(&report.spec.check) {
-                    let zeroed = failure_labels(reason);
-                    create_series(&self.target_failures, &zeroed);
-                    failures.insert(zeroed);
-                }
-                self.target_up
-                    .get_or_create(&labels)
-                    .set(i64::from(address.is_ok()));
-                up.insert(labels.clone());
-                match &address.result {
-                    Ok(success) => {
-                        self.target_rtt
-                            .get_or_create(&labels)
-                            .set(success.connect_rtt.as_secs_f64());
-                        rtt.insert(labels.clone());
-                        if let (TargetCheck::Nats, Some(info)) = (&report.spec.check, &success.nats)
-                        {
-                            self.target_nats_jetstream
-                                .get_or_create(&labels)
-                                .set(i64::from(info.jetstream));
-                            jetstream.insert(labels.clone());
-                        }
-                    }
-                    Err(failure) => {
-                        let counted = failure_labels(failure.reason);
-                        self.target_failures.get_or_create(&counted).inc();
-                        failures.insert(counted);
-                    }
-                }
-            }
-        }
-
-        // Counters of a target still configured stay (see the module docs).
-        let configured: HashSet<&str> = reports.iter().map(|r| r.spec.name.as_str()).collect();
-        failures.extend(
-            book.target_failures
-                .iter()
-                .filter(|labels| configured.contains(labels.target.0.as_str()))
-                .cloned(),
-        );
-        remove_departed(&self.target_up, &mut book.target_up, up);
-        remove_departed(&self.target_rtt, &mut book.target_rtt, rtt);
-        remove_departed(
-            &self.target_nats_jetstream,
-            &mut book.target_nats_jetstream,
-            jetstream,
-        );
-        remove_departed(&self.target_failures, &mut book.target_failures, failures);
     }
 
     /// Sets the fabric series; devices (and a provider) no longer open lose theirs.
@@ -566,13 +478,13 @@ impl Metrics {
 
     /// The label value probes of `group` are counted under; a group seen for the first
     /// time gets its series created at zero, so its first failure is an increase.
-    fn probe_group(&self, group: &str) -> LabelText {
+    fn probe_group(&self, group: &str, now: std::time::Instant) -> LabelText {
         let mut groups = self.probe_groups.lock().unwrap_or_else(|p| p.into_inner());
         let groups::Admitted {
             label,
             new,
             released,
-        } = groups.admit(group, std::time::Instant::now());
+        } = groups.admit(group, now);
         for gone in released {
             for path in ProbePath::VARIANTS.iter().copied() {
                 for &result in ProbeResult::possible_on(path) {
@@ -616,20 +528,6 @@ impl Metrics {
     /// (each series is set atomically), so a poisoned lock is still good to use.
     fn book(&self) -> MutexGuard<'_, SeriesBook> {
         self.series.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The reasons a check of one address can fail with (`dns` is the name's, not an
-/// address's): the failure series created at 0 for each address.
-fn address_failures(check: &TargetCheck) -> &'static [FailureReason] {
-    use FailureReason::*;
-    match check {
-        // A bare connect: nothing is read, so no protocol to get wrong.
-        TargetCheck::Tcp => &[Timeout, Refused, Unreachable, Reset],
-        TargetCheck::Nats => &[Timeout, Refused, Unreachable, Reset, Protocol],
-        TargetCheck::Prometheus | TargetCheck::Http { .. } => {
-            &[Timeout, Refused, Unreachable, Reset, Protocol, HttpStatus]
-        }
     }
 }
 

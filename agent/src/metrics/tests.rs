@@ -1526,3 +1526,44 @@ fn a_peer_that_changes_its_name_hands_the_old_one_to_its_claimant() {
         Some(2.0)
     );
 }
+
+#[test]
+fn an_idle_probe_group_gives_its_name_and_series_up() {
+    let m = metrics();
+    let start = std::time::Instant::now();
+    let fabric = ProbePath::Fabric;
+    for g in 0..MAX_PROBE_GROUPS {
+        let group = format!("pg:{g:02}");
+        m.record_probe_in_group_at(fabric, &group, ProbeResult::Ok, None, start);
+    }
+    let groups = |m: &Metrics| -> std::collections::BTreeSet<String> {
+        samples(&m.encode())
+            .into_iter()
+            .filter(|s| s.name == "efa_probes_total" || s.name.starts_with("efa_probe_rtt_seconds"))
+            .map(|s| s.labels["group"].clone())
+            .collect()
+    };
+    let later = start + Duration::from_secs(60);
+    m.record_probe_in_group_at(fabric, "pg:late", ProbeResult::Ok, None, later);
+    assert!(groups(&m).contains("other"));
+    assert!(!groups(&m).contains("pg:late"));
+    // pg:00 stays in use; the rest go idle for ten minutes.
+    let idle = start + groups::GROUP_IDLE_RELEASE;
+    m.record_probe_in_group_at(fabric, "pg:00", ProbeResult::Ok, None, idle);
+    m.record_probe_in_group_at(fabric, "pg:new", ProbeResult::Timeout, None, idle);
+    let now = groups(&m);
+    assert!(now.contains("pg:new") && now.contains("pg:00") && now.contains("other"));
+    assert!(!now.contains("pg:01"), "{now:?}");
+    assert_eq!(now.len(), 3, "{now:?}");
+    let text = m.encode();
+    let count = |group: &str, result: &str| {
+        value(
+            &text,
+            "efa_probes_total",
+            &[("path", "fabric"), ("group", group), ("result", result)],
+        )
+    };
+    assert_eq!(count("pg:00", "ok"), Some(2.0));
+    assert_eq!(count("pg:new", "timeout"), Some(1.0));
+    assert_eq!(count("pg:01", "ok"), None);
+}

@@ -8,8 +8,7 @@ use super::observe::PeerRtts;
 use super::{PeerMonitor, MIN_CONFIRM_DEADLINE};
 use crate::fabric_ping::{FabricPinger, PeerHandle, ProbeOutcome};
 use crate::hello::Hello;
-use crate::probe::hello::fetch_hello;
-use crate::probe::ProbeFailure;
+use crate::probe::hello::{fetch_hello, HelloFailure};
 
 /// One peer probe to run: what it needs, owned, so that it runs while results are applied.
 pub(super) struct Job {
@@ -34,7 +33,7 @@ pub(super) struct RoundResult {
     pub fabric_attempted: bool,
     /// The fabric probe was a ping pair (an RTT measurement), not a single ping.
     pub pair: bool,
-    pub hello: Result<(Hello, Duration), ProbeFailure>,
+    pub hello: Result<(Hello, Duration), HelloFailure>,
     pub fabric: Option<ProbeOutcome>,
     /// A larger probe sent after the small one answered: (size, outcome).
     pub large: Option<(usize, ProbeOutcome)>,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::fabric_ping::ProbeOutcome;
 use crate::hello::Hello;
 use crate::metrics::ProbeResult;
-use crate::probe::{FailureReason, ProbeFailure};
+use crate::probe::hello::HelloFailure;
+use crate::probe::FailureReason;
 use crate::state::{PathFailure, PathStatus};
 use crate::verdict::{FabricObservation, IpObservation};
 
@@ -22,7 +23,7 @@ pub(super) struct IpSeen {
     pub counted: Counted,
 }
 
-pub(super) fn ip_path(hello: &Result<(Hello, Duration), ProbeFailure>) -> IpSeen {
+pub(super) fn ip_path(hello: &Result<(Hello, Duration), HelloFailure>) -> IpSeen {
     match hello {
         Ok((_, rtt)) => IpSeen {
             observation: IpObservation::Answered(*rtt),
@@ -34,8 +35,9 @@ pub(super) fn ip_path(hello: &Result<(Hello, Duration), ProbeFailure>) -> IpSeen
             },
             counted: (ProbeResult::Ok, Some(*rtt)),
         },
-        Err(failure) => IpSeen {
+        Err(HelloFailure { failure, foreign }) => IpSeen {
             observation: match failure.reason {
+                _ if *foreign => IpObservation::ForeignHello,
                 FailureReason::Timeout => IpObservation::Timeout,
                 FailureReason::Refused => IpObservation::Refused,
                 FailureReason::Protocol | FailureReason::HttpStatus => IpObservation::Protocol,
@@ -306,6 +308,7 @@ mod tests {
     use super::*;
     use crate::hello::HelloFabric;
     use crate::metrics::ProbeResult;
+    use crate::probe::ProbeFailure;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -377,13 +380,22 @@ mod tests {
                 PathFailure::Dns,
             ),
         ] {
-            let seen = ip_path(&Err(ProbeFailure::new(reason, "why")));
+            let seen = ip_path(&Err(ProbeFailure::new(reason, "why").into()));
             assert_eq!(seen.observation, observation);
             assert_eq!(seen.counted, (counted, None));
             assert_eq!(seen.status.reachable, Some(false));
             assert_eq!(seen.status.last_failure, Some(failure));
             assert_eq!(seen.status.last_error.as_deref(), Some("why"));
         }
+        // Another agent version's hello: a protocol failure, of an agent that is up.
+        let foreign = HelloFailure {
+            failure: ProbeFailure::new(FailureReason::Protocol, "missing field"),
+            foreign: true,
+        };
+        let seen = ip_path(&Err(foreign));
+        assert_eq!(seen.observation, IpObservation::ForeignHello);
+        assert_eq!(seen.counted, (ProbeResult::Protocol, None));
+        assert_eq!(seen.status.last_failure, Some(PathFailure::Protocol));
     }
 
     #[test]

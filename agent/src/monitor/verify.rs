@@ -368,7 +368,7 @@ impl VerifyContext {
 /// one round) and what it reports.
 fn judge(
     (node, address): (String, String),
-    hello: &Result<(Hello, Duration), crate::probe::ProbeFailure>,
+    hello: &Result<(Hello, Duration), crate::probe::hello::HelloFailure>,
     (fabric, lost_size): (Option<Result<ProbeOutcome, String>>, Option<usize>),
     ctx: FabricContext<'_>,
     (local, probe_size): (Option<&Placement>, usize),

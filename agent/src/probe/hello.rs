@@ -11,9 +11,27 @@ use super::tcp::connect_tcp;
 use super::{FailureReason, ProbeFailure};
 use crate::hello::{Hello, MAX_HELLO_BYTES};
 
+/// Why a hello fetch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloFailure {
+    pub failure: ProbeFailure,
+    /// The peer answered `200` with a JSON object that is not a hello this agent reads:
+    /// another agent version, most likely. Its host and agent are up.
+    pub foreign: bool,
+}
+
+impl From<ProbeFailure> for HelloFailure {
+    fn from(failure: ProbeFailure) -> HelloFailure {
+        HelloFailure {
+            failure,
+            foreign: false,
+        }
+    }
+}
+
 /// GET the peer agent's `/v1/hello` at `peer` (`HOST:PORT`) within `timeout`: its hello and
 /// the time the exchange took (connect to answer, the name's resolution aside).
-pub async fn fetch_hello(peer: &str, timeout: Duration) -> Result<(Hello, Duration), ProbeFailure> {
+pub async fn fetch_hello(peer: &str, timeout: Duration) -> Result<(Hello, Duration), HelloFailure> {
     let deadline = Instant::now() + timeout;
     let addr = resolve(peer, deadline).await?;
     let started = Instant::now();
@@ -24,10 +42,16 @@ pub async fn fetch_hello(peer: &str, timeout: Duration) -> Result<(Hello, Durati
         return Err(ProbeFailure::new(
             FailureReason::HttpStatus,
             format!("{peer} answered /v1/hello with HTTP {}", response.status),
-        ));
+        )
+        .into());
     }
-    let hello = Hello::parse(&response.body)
-        .map_err(|e| ProbeFailure::new(FailureReason::Protocol, format!("{peer}: {e}")))?;
+    let hello = Hello::parse(&response.body).map_err(|e| HelloFailure {
+        failure: ProbeFailure::new(FailureReason::Protocol, format!("{peer}: {e}")),
+        foreign: serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
+            &response.body,
+        )
+        .is_ok(),
+    })?;
     Ok((hello, rtt))
 }
 
@@ -57,7 +81,12 @@ mod tests {
         let refused = fetch_hello("127.0.0.1:9", Duration::from_millis(500))
             .await
             .unwrap_err();
-        assert_eq!(refused.reason, FailureReason::Refused, "{refused:?}");
+        assert_eq!(
+            refused.failure.reason,
+            FailureReason::Refused,
+            "{refused:?}"
+        );
+        assert!(!refused.foreign);
     }
 
     #[tokio::test]
@@ -93,7 +122,12 @@ mod tests {
         let failure = fetch_hello(&addr.to_string(), Duration::from_secs(2))
             .await
             .unwrap_err();
-        assert_eq!(failure.reason, FailureReason::Protocol, "{failure:?}");
+        assert_eq!(
+            failure.failure.reason,
+            FailureReason::Protocol,
+            "{failure:?}"
+        );
+        assert!(failure.foreign, "{failure:?}");
         server.await.unwrap();
     }
 }

@@ -6,7 +6,7 @@
 //! | ok | timeouts or error completions | `fabric_dropped` |
 //! | fails | ok | `ip_blocked` |
 //! | fails | fails, or never learned | `down` |
-//! | answers, but not a hello this agent reads | never learned | `unknown` (`ip_protocol`) |
+//! | answers JSON, but not a hello this agent reads | never learned | `unknown` (`ip_protocol`) |
 //! | ok | the peer's address refused by this node's provider | `fabric_dropped` |
 //! | ok | this node has no fabric, or nothing known yet | `unknown` |
 //!
@@ -147,6 +147,9 @@ pub enum IpObservation {
     Timeout,
     Refused,
     Protocol,
+    /// The peer's agent answered with JSON that is not a hello this agent reads (another
+    /// version): its host and agent are up.
+    ForeignHello,
     OtherError,
 }
 
@@ -297,7 +300,7 @@ impl PeerVerdict {
             I::Answered(_) => None,
             I::Timeout => Some(R::IpTimeout),
             I::Refused => Some(R::IpRefused),
-            I::Protocol => Some(R::IpProtocol),
+            I::Protocol | I::ForeignHello => Some(R::IpProtocol),
             I::OtherError => Some(R::IpError),
         };
         match (&round.fabric, ip_reason) {
@@ -338,7 +341,9 @@ impl PeerVerdict {
             (F::NotLearned, None) => (PeerState::Unknown, None),
             // Its agent answers, in words this one does not read (another version): the
             // host and agent are up, and nothing is known of its fabric.
-            (F::NotLearned, Some(R::IpProtocol)) => (PeerState::Unknown, Some(R::IpProtocol)),
+            (F::NotLearned, Some(reason)) if round.ip == I::ForeignHello => {
+                (PeerState::Unknown, Some(reason))
+            }
             (_, Some(reason)) => (PeerState::Down, Some(reason)),
         }
     }
@@ -418,8 +423,14 @@ mod tests {
             ),
             (round(ok(), F::NotLearned), PeerState::Unknown, None),
             (
-                round(I::Protocol, F::NotLearned),
+                round(I::ForeignHello, F::NotLearned),
                 PeerState::Unknown,
+                Some(R::IpProtocol),
+            ),
+            // Not HTTP, not JSON: nothing says an agent is there.
+            (
+                round(I::Protocol, F::NotLearned),
+                PeerState::Down,
                 Some(R::IpProtocol),
             ),
             (
