@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use strum::VariantArray;
 
 /// The family's name in `# TYPE`; its samples are `<name>_total`.
 pub(super) const NAME: &str = "efa_verify_requests";
@@ -12,7 +13,8 @@ const HELP: &str = "Verifies asked of this agent (POST /v1/verify), by result (a
                     unavailable: the monitor did not answer)";
 
 /// What became of one verify request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum VerifyResult {
     Answered,
     RateLimited,
@@ -22,22 +24,8 @@ pub enum VerifyResult {
 }
 
 impl VerifyResult {
-    pub const ALL: [VerifyResult; 5] = [
-        VerifyResult::Answered,
-        VerifyResult::RateLimited,
-        VerifyResult::Busy,
-        VerifyResult::BadRequest,
-        VerifyResult::Unavailable,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            VerifyResult::Answered => "answered",
-            VerifyResult::RateLimited => "rate_limited",
-            VerifyResult::Busy => "busy",
-            VerifyResult::BadRequest => "bad_request",
-            VerifyResult::Unavailable => "unavailable",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -57,7 +45,7 @@ impl VerifyRequests {
         let requests = VerifyRequests {
             family: register.add(NAME, HELP, None, Family::default()),
         };
-        for result in VerifyResult::ALL {
+        for result in VerifyResult::VARIANTS.iter().copied() {
             let _ = requests.family.get_or_create(&labels(result));
         }
         requests
