@@ -19,6 +19,25 @@ fn start_agent(args: &[&str]) -> RunningAgent<'static> {
     Agent::unnamed().args(args).spawn()
 }
 
+/// An IP-only agent (`--fabric-provider none`) named `name` on loopback `port`, probing
+/// `peers` (HOST:PORT, comma-separated) every second.
+fn ip_only_agent(name: &str, port: u16, peers: &str) -> RunningAgent<'static> {
+    start_agent(&[
+        "--node-name",
+        name,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--fabric-provider",
+        "none",
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+        "--peers",
+        peers,
+    ])
+}
+
 /// A plain HTTP GET on loopback, bounded.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -214,20 +233,7 @@ fn hostile_peers_are_classified_and_do_not_hurt_the_agent() {
 #[test]
 fn a_peer_without_fabric_is_diagnosed_peer_no_fabric() {
     let (a_port, c_port) = (27_764, 27_765);
-    let c = start_agent(&[
-        "--node-name",
-        "no-fabric",
-        "--listen",
-        &format!("127.0.0.1:{c_port}"),
-        "--fabric-provider",
-        "none",
-        "--interval",
-        "1s",
-        "--timeout",
-        "500ms",
-        "--peers",
-        &format!("127.0.0.1:{a_port}"),
-    ]);
+    let c = ip_only_agent("no-fabric", c_port, &format!("127.0.0.1:{a_port}"));
     let a = start_agent(&[
         "--node-name",
         "node-a",
@@ -506,20 +512,11 @@ fn device_counters_from_sysfs_are_exported_each_round() {
 fn control_characters_in_a_peers_hello_are_not_shown() {
     let (dirty_port, name_port) = (fake_peer(dirty_hello), fake_peer(dirty_name));
     let a_port = 27_843;
-    let a = start_agent(&[
-        "--node-name",
+    let a = ip_only_agent(
         "node-a",
-        "--listen",
-        &format!("127.0.0.1:{a_port}"),
-        "--fabric-provider",
-        "none",
-        "--interval",
-        "1s",
-        "--timeout",
-        "500ms",
-        "--peers",
+        a_port,
         &format!("127.0.0.1:{dirty_port},127.0.0.1:{name_port}"),
-    ]);
+    );
     let peers = wait_for("both peers judged", Duration::from_secs(15), || {
         let peers = peer_json(a_port);
         let judged = |p: &serde_json::Value| p["rounds"].as_u64().unwrap_or(0) >= 2;
@@ -740,20 +737,11 @@ fn twin_two(s: TcpStream) {
 fn two_peers_saying_one_node_name_keep_their_own_verdicts() {
     let (one_port, two_port) = (fake_peer(twin_one), fake_peer(twin_two));
     let a_port = 27_977;
-    let a = start_agent(&[
-        "--node-name",
+    let a = ip_only_agent(
         "node-a",
-        "--listen",
-        &format!("127.0.0.1:{a_port}"),
-        "--fabric-provider",
-        "none",
-        "--interval",
-        "1s",
-        "--timeout",
-        "500ms",
-        "--peers",
+        a_port,
         &format!("127.0.0.1:{one_port},127.0.0.1:{two_port}"),
-    ]);
+    );
     let (one, two) = (
         format!("127.0.0.1:{one_port}"),
         format!("127.0.0.1:{two_port}"),
