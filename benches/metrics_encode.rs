@@ -107,6 +107,8 @@ fn peer(i: usize) -> PeerStatus {
         rounds: 100,
         probed: true,
         name_conflict: None,
+        rails: Vec::new(),
+        peer_rails: None,
     }
 }
 
@@ -142,9 +144,11 @@ fn filled(n: usize, mode: PerPeerMetrics) -> Metrics {
         available: true,
         error: None,
         devices: vec![FabricDevice {
+            rail: 0,
             domain: "rdmap0s6-rdm".into(),
             provider: "efa".into(),
             address: "fi_addr_efa://[fe80::4a:2bff:fe3c:1d2e]:0:0".into(),
+            mac: None,
         }],
     };
     let state = Arc::new(AgentState::new("ip-10-0-0-1.ec2.internal", fabric.clone()));

@@ -72,6 +72,14 @@ pub struct HelloFabric {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloEndpoint {
+    /// The rail: this endpoint's position in the list (rail `i` is probed from the peers'
+    /// rail `i`). Hellos of agents before rails omit it.
+    #[serde(default)]
+    pub rail: u16,
+    /// The MAC of the network interface the rail's device sits on, where the system says:
+    /// it names the rail's ENI (subnet, security groups) in the topology.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     /// The libfabric domain (device).
     pub domain: String,
     /// Raw fabric address, hex ([`EndpointAddress::to_hex`]).
@@ -81,9 +89,15 @@ pub struct HelloEndpoint {
 }
 
 impl HelloEndpoint {
-    /// How a local fabric engine is published to peers.
-    pub fn of(pinger: &crate::fabric_ping::FabricPinger) -> HelloEndpoint {
+    /// How a local fabric engine, rail `rail` of this node, is published to peers.
+    pub fn of(
+        rail: u16,
+        pinger: &crate::fabric_ping::FabricPinger,
+        mac: Option<String>,
+    ) -> HelloEndpoint {
         HelloEndpoint {
+            rail,
+            mac,
             domain: pinger.domain().to_owned(),
             address: pinger.address().to_hex(),
             display: pinger.address_display().to_owned(),
@@ -210,7 +224,22 @@ impl Hello {
                 return invalid("topology", e);
             }
         }
-        for ep in &self.fabric.endpoints {
+        for (position, ep) in self.fabric.endpoints.iter().enumerate() {
+            // The rail is the position; 0 is what hellos from before rails carry.
+            if usize::from(ep.rail) != position && ep.rail != 0 {
+                return invalid(
+                    "fabric.endpoints.rail",
+                    format!("rail {} listed at position {position}", ep.rail),
+                );
+            }
+            if let Some(mac) = &ep.mac {
+                crate::topology::check_mac("fabric.endpoints.mac", mac).map_err(|detail| {
+                    HelloError::Invalid {
+                        field: "fabric.endpoints.mac",
+                        detail,
+                    }
+                })?;
+            }
             if ep.address.len() > MAX_ADDRESS_HEX || EndpointAddress::from_hex(&ep.address).is_err()
             {
                 return invalid(
@@ -255,6 +284,8 @@ mod tests {
                 available: true,
                 error: None,
                 endpoints: vec![HelloEndpoint {
+                    rail: 0,
+                    mac: Some("0e:00:00:00:00:01".into()),
                     domain: "rdmap0s6-rdm".into(),
                     address: "fe80000000000000".into(),
                     display: "fi_addr_efa://[fe80::]:0:0".into(),
@@ -315,6 +346,29 @@ mod tests {
         let mut h = hello();
         h.fabric.endpoints[0].address = "xyz".into();
         assert!(Hello::parse(&serde_json::to_vec(&h).unwrap()).is_err());
+        // A rail listed out of place, or a MAC that is none, is refused.
+        let mut h = hello();
+        let mut second = h.fabric.endpoints[0].clone();
+        second.rail = 2;
+        h.fabric.endpoints.push(second.clone());
+        assert!(matches!(
+            Hello::parse(&serde_json::to_vec(&h).unwrap()),
+            Err(HelloError::Invalid {
+                field: "fabric.endpoints.rail",
+                ..
+            })
+        ));
+        second.rail = 1;
+        h.fabric.endpoints[1] = second;
+        assert!(Hello::parse(&serde_json::to_vec(&h).unwrap()).is_ok());
+        h.fabric.endpoints[1].mac = Some("0E:00:00:00:00:02\n".into());
+        assert!(matches!(
+            Hello::parse(&serde_json::to_vec(&h).unwrap()),
+            Err(HelloError::Invalid {
+                field: "fabric.endpoints.mac",
+                ..
+            })
+        ));
         let mut h = hello();
         h.fabric.endpoints = vec![h.fabric.endpoints[0].clone(); MAX_ENDPOINTS + 1];
         assert!(Hello::parse(&serde_json::to_vec(&h).unwrap()).is_err());

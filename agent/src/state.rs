@@ -133,6 +133,29 @@ pub struct PeerStatus {
     /// name, and belong to the first claimant).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name_conflict: Option<NameConflict>,
+    /// The fabric path rail by rail: one entry per rail paired with this peer (rail `i` of
+    /// this node to rail `i` of the peer, `i` below both nodes' rail counts), in rail order.
+    /// Empty until the peer's hello is known and while the fabric is not probed.
+    pub rails: Vec<RailStatus>,
+    /// How many rails the peer's hello lists, once known: when it differs from this node's,
+    /// only the common ones are paired (and `rails` says which).
+    pub peer_rails: Option<u16>,
+}
+
+/// One rail's latest result for a peer: rail `rail` of this node to the same rail of the
+/// peer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RailStatus {
+    pub rail: u16,
+    /// This node's device (libfabric domain) for the rail, shared with [`FabricDevice`].
+    pub domain: Arc<str>,
+    /// The peer's device for the rail, as its hello names it.
+    pub peer_domain: Arc<str>,
+    #[serde(flatten)]
+    pub path: PathStatus,
+    /// Why this rail drops while IP works, from the rail's own placement on both sides (its
+    /// network interface's subnet and security groups); `None` while it answers.
+    pub reason: Option<DiagnosisReason>,
 }
 
 /// A second claimant of a node name: who holds it, and what this peer's hello said.
@@ -182,10 +205,16 @@ pub struct FabricStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FabricDevice {
+    /// The rail: the device's position in this node's rail order (see `fabric_ping`).
+    pub rail: u16,
     pub domain: String,
     /// The provider's name for itself on this device (`efa`, `udp;ofi_rxd`).
     pub provider: String,
     pub address: String,
+    /// The MAC of the network interface the device sits on, where the system says (the
+    /// interface holding the bind address on IP providers; sysfs on EFA): it names the
+    /// rail's ENI in the instance topology.
+    pub mac: Option<String>,
 }
 
 /// Every known peer's status, by its key (the agent address it was configured or discovered

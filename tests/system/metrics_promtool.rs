@@ -51,14 +51,18 @@ fn fabric() -> FabricStatus {
         error: None,
         devices: vec![
             FabricDevice {
+                rail: 0,
                 domain: "rdmap0s6-rdm".into(),
                 provider: "efa".into(),
                 address: "fi_addr_efa://[fe80::4a1:2bff:fe3c:1]:1:0x1234".into(),
+                mac: None,
             },
             FabricDevice {
+                rail: 1,
                 domain: "rdmap0s7-rdm".into(),
                 provider: "efa".into(),
                 address: "fi_addr_efa://[fe80::4a1:2bff:fe3c:2]:1:0x5678".into(),
+                mac: None,
             },
         ],
     }
@@ -99,6 +103,8 @@ fn realistic_app() -> AppState {
         rounds: 40,
         probed: true,
         name_conflict: None,
+        rails: Vec::new(),
+        peer_rails: None,
     };
     let dropped = PeerStatus {
         name: "gpu-node-3.ec2.internal".into(),
@@ -119,6 +125,8 @@ fn realistic_app() -> AppState {
         rounds: 40,
         probed: true,
         name_conflict: None,
+        rails: Vec::new(),
+        peer_rails: None,
     };
     for peer in [&healthy, &dropped] {
         state.set_peer(&peer.address, peer.clone());

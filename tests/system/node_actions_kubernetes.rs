@@ -272,6 +272,8 @@ fn peer(name: &str, state: PeerState, reason: Option<DiagnosisReason>) -> PeerSt
         rounds: 3,
         probed: true,
         name_conflict: None,
+        rails: Vec::new(),
+        peer_rails: None,
     }
 }
 

@@ -92,7 +92,10 @@ fn open_fabric(config: &AgentConfig, responder: bool) -> (Vec<FabricPinger>, Fab
         Ok(pingers) if !pingers.is_empty() => {
             let devices = pingers
                 .iter()
-                .map(|p| FabricDevice {
+                .enumerate()
+                .map(|(rail, p)| FabricDevice {
+                    rail: rail as u16,
+                    mac: None,
                     domain: p.domain().to_owned(),
                     provider: p.provider().to_owned(),
                     address: p.address_display().to_owned(),
@@ -158,7 +161,11 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             provider: fabric.provider.clone(),
             available: fabric.available,
             error: fabric.error.clone(),
-            endpoints: pingers.iter().map(HelloEndpoint::of).collect(),
+            endpoints: pingers
+                .iter()
+                .zip(&fabric.devices)
+                .map(|(p, device)| HelloEndpoint::of(device.rail, p, device.mac.clone()))
+                .collect(),
         },
         topology: None,
         node_actions: None,

@@ -156,7 +156,10 @@ pub fn sim_hello(name: String, provider: &str, pinger: Option<&FabricPinger>) ->
             error: pinger
                 .is_none()
                 .then(|| "fabric path turned off (--fabric-provider none)".to_owned()),
-            endpoints: pinger.iter().map(|p| HelloEndpoint::of(p)).collect(),
+            endpoints: pinger
+                .iter()
+                .map(|p| HelloEndpoint::of(0, p, None))
+                .collect(),
         },
         topology: None,
         node_actions: None,

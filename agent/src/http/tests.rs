@@ -70,6 +70,8 @@ fn dropped_peer(name: &str) -> PeerStatus {
         rounds: 4,
         probed: true,
         name_conflict: None,
+        rails: Vec::new(),
+        peer_rails: None,
     }
 }
 

@@ -119,9 +119,11 @@ fn efa_fabric() -> FabricStatus {
         available: true,
         error: None,
         devices: vec![FabricDevice {
+            rail: 0,
             domain: "rdmap0s6-rdm".into(),
             provider: "efa".into(),
             address: "fi_addr_efa://[fe80::1]:1:0".into(),
+            mac: None,
         }],
     }
 }
@@ -151,6 +153,8 @@ fn peer(name: &str, state: PeerState, reason: Option<DiagnosisReason>) -> PeerSt
         rounds: 3,
         probed: true,
         name_conflict: None,
+        rails: Vec::new(),
+        peer_rails: None,
     }
 }
 

@@ -284,6 +284,8 @@ impl PeerMonitor {
                     rounds: 0,
                     probed: false,
                     name_conflict: None,
+                    rails: Vec::new(),
+                    peer_rails: None,
                 },
             );
             self.peers

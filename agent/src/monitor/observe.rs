@@ -448,6 +448,8 @@ mod tests {
 
     fn with_address(mut hello: Hello, hex: &str) -> Hello {
         hello.fabric.endpoints = vec![crate::hello::HelloEndpoint {
+            rail: 0,
+            mac: None,
             domain: "d0".into(),
             address: hex.into(),
             display: hex.into(),

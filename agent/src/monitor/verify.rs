@@ -506,6 +506,8 @@ mod tests {
                 rounds: 0,
                 probed: false,
                 name_conflict: None,
+                rails: Vec::new(),
+                peer_rails: None,
             },
         );
     }

@@ -162,7 +162,7 @@ fn check_placement_group(value: &str) -> Result<(), String> {
 }
 
 /// Six lower-case hex pairs joined by colons, as instance metadata writes MACs.
-fn check_mac(field: &str, value: &str) -> Result<(), String> {
+pub(crate) fn check_mac(field: &str, value: &str) -> Result<(), String> {
     let pairs: Vec<&str> = value.split(':').collect();
     let hex = |p: &&str| {
         p.len() == 2

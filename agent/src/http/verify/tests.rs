@@ -47,6 +47,8 @@ fn agent_with_metrics(
             rounds: 0,
             probed: false,
             name_conflict: None,
+            rails: Vec::new(),
+            peer_rails: None,
         },
     );
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -60,6 +60,8 @@ pub(crate) fn peer(
         rounds: 10,
         probed: true,
         name_conflict: None,
+        rails: Vec::new(),
+        peer_rails: None,
     }
 }
 
