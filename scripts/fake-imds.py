@@ -14,6 +14,11 @@ Serves the paths efaprobe reads, token first:
     GET /latest/meta-data/network/interfaces/macs/MAC/{subnet-id,vpc-id,
         security-group-ids,subnet-ipv4-cidr-block}
 
+Each interface (ENI) has its own subnet, VPC and security groups: the primary's from --mac,
+--subnet, --vpc, --security-groups; every --extra-interface's from its own fields (a multi-rail
+node lists one per rail, under the MAC of the interface holding the rail's address, which is
+what the agent looks up). A MAC must be written as IMDS writes it (lower-case hex pairs), once.
+
 Anything else is 404. Faults to test against:
     --delay SECONDS   every answer comes this late (a slow IMDS)
     --no-token        the token PUT is never answered (the IMDSv2 hop-limit symptom:
@@ -26,6 +31,7 @@ Python 3 standard library only; stop it with SIGTERM or SIGINT.
 
 import argparse
 import http.server
+import re
 import secrets
 import sys
 import threading
@@ -37,6 +43,7 @@ TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 MAX_TOKENS = 1000  # issued tokens remembered; a long-running lab server forgets the oldest
 NO_TOKEN_HOLD_SECONDS = 3600  # how long an unanswered token PUT keeps its connection
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 def parse_args():
@@ -84,6 +91,14 @@ def metadata(args):
         mac, subnet, vpc, groups = fields[:4]
         cidr = fields[4] if len(fields) == 5 else None
         interfaces.append((mac, subnet, vpc, groups.split("+"), cidr))
+    # A MAC the agent cannot match (its own are lower case) or listed twice would serve a
+    # topology no instance has; say so rather than answer it.
+    macs = [i[0] for i in interfaces]
+    for mac in macs:
+        if not MAC.fullmatch(mac):
+            sys.exit(f"MAC {mac!r}: want six lower-case hex pairs joined by colons")
+        if macs.count(mac) > 1:
+            sys.exit(f"MAC {mac} is listed more than once")
     # Like IMDS: one "MAC/" per line, no newline after the last.
     items["network/interfaces/macs/"] = "\n".join(f"{i[0]}/" for i in interfaces)
     for mac, subnet, vpc, groups, cidr in interfaces:
