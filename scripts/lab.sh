@@ -2,7 +2,7 @@
 # efaprobe lab: a small cluster in network namespaces on this machine (root).
 #
 #   sudo scripts/lab.sh up                 build, create the cluster, print where to look
-#   sudo scripts/lab.sh break SCENARIO     cross_subnet | sg_self_rule | nats_port |
+#   sudo scripts/lab.sh break SCENARIO     cross_subnet | sg_self_rule | rail_sg | nats_port |
 #                                          prometheus_port | node_down | agent_restart
 #   sudo scripts/lab.sh heal               undo every break
 #   sudo scripts/lab.sh status             node x peer verdicts, targets, alerts
@@ -10,10 +10,20 @@
 #
 # Layout (addresses from 198.18.0.0/15 only; nothing else is contacted):
 #
-#   subnet A 198.18.100.0/24          router          subnet B 198.18.101.0/24
-#     sys  .10 nats-server -js, prometheus, agent      gpu3 .13 agent
-#     gpu1 .11 agent       (routes IP; drops the
-#     gpu2 .12 agent        fabric on cross_subnet)
+#                 subnet A                  router                 subnet B
+#   rail 0 (lab0) 198.18.100.0/24        (routes IP; drops     198.18.101.0/24
+#   rail 1 (lab1) 198.18.110.0/24         the fabric on        198.18.111.0/24
+#     sys  .10 nats-server -js, prometheus, agent (rail 0 only: no fabric)
+#     gpu1 .11 agent                       cross_subnet)        gpu3 .13 agent
+#     gpu2 .12 agent
+#
+# Every GPU node has two rails, as an EFA instance has several devices, each on its own ENI:
+# lab0 on the rail-0 bridge of its subnet, lab1 on the rail-1 bridge, and its agent binds
+# one fabric endpoint to each (--fabric-bind RAIL0-IP,RAIL1-IP). IP and HTTP stay on lab0.
+# The rail-1 bridges are routed like the rail-0 ones: an AWS subnet holds all of an
+# instance's ENIs; the lab gives each rail its own IP subnet (two interfaces of one namespace
+# in one IP subnet would answer ARP for each other), and its fake IMDS puts both ENIs in the
+# same AWS subnet.
 #
 # Agents use the udp;ofi_rxd provider, so the fabric's traffic is UDP. Real EFA never crosses
 # subnets; here the router passes it until `break cross_subnet`, so that the lab starts healthy.
@@ -22,7 +32,10 @@
 # UDP from any address but the GPU agents' (fabric_guard): the router, the system node and
 # anything else in the lab cannot kill an agent with one packet.
 # Each node has a fake instance-metadata server on its own loopback (scripts/fake-imds.py):
-# gpu3 is in subnet-0bbbb, the others in subnet-0aaaa, all in us-east-1a.
+# gpu3 is in subnet-0bbbb, the others in subnet-0aaaa, all in us-east-1a. It lists each ENI
+# under the real MAC of its interface (the agent finds a rail's ENI by that MAC). Every ENI
+# is in security group sg-0efa, except the rail-1 ENIs of gpu1 and gpu2: they were launched
+# into sg-0efarail1, whose self-referencing rule `break rail_sg` removes.
 #
 # The lab's Prometheus and the agents' status pages are forwarded to 127.0.0.1 on this host
 # (socat), so a browser here can open them. State, logs and pids live in $LAB_DIR.
@@ -39,10 +52,21 @@ PORT=9476
 PROVIDER="udp;ofi_rxd"
 NODES=(sys gpu1 gpu2 gpu3)
 GPUS=(gpu1 gpu2 gpu3)
+# Rail 0: the node's address (IP, HTTP, rail 0's fabric endpoint) on lab0.
 declare -A IP=([sys]=198.18.100.10 [gpu1]=198.18.100.11 [gpu2]=198.18.100.12 [gpu3]=198.18.101.13)
 declare -A SUBNET=([sys]=subnet-0aaaa [gpu1]=subnet-0aaaa [gpu2]=subnet-0aaaa [gpu3]=subnet-0bbbb)
 declare -A BRIDGE=([sys]=brA [gpu1]=brA [gpu2]=brA [gpu3]=brB)
-declare -A GATEWAY=([brA]=198.18.100.1 [brB]=198.18.101.1)
+# Rail 1: the GPU nodes' second fabric endpoint, on lab1.
+declare -A RAIL1_IP=([gpu1]=198.18.110.11 [gpu2]=198.18.110.12 [gpu3]=198.18.111.13)
+declare -A RAIL1_BRIDGE=([gpu1]=brA1 [gpu2]=brA1 [gpu3]=brB1)
+RAIL1_NETS=198.18.110.0/23  # both subnets' rail-1 bridges, reached through lab1
+declare -A GATEWAY=([brA]=198.18.100.1 [brB]=198.18.101.1 [brA1]=198.18.110.1 [brB1]=198.18.111.1)
+# Security groups by ENI: sg-0efarail1 is the group `break rail_sg` takes the self rule from.
+SG=sg-0efa
+declare -A RAIL1_SG=([gpu1]=sg-0efarail1 [gpu2]=sg-0efarail1 [gpu3]=sg-0efa)
+# The IP subnets of each AWS subnet, both rails: what cross_subnet keeps apart.
+SUBNET_A_NETS="198.18.100.0/24, 198.18.110.0/24"
+SUBNET_B_NETS="198.18.101.0/24, 198.18.111.0/24"
 declare -A FORWARD=([prometheus]=19090 [sys]=19476 [gpu1]=19477 [gpu2]=19478 [gpu3]=19479)
 SYS_IP=${IP[sys]}
 
@@ -100,6 +124,12 @@ agent_peers() {  # the other GPU agents
   (IFS=,; echo "${out[*]}")
 }
 
+# The MAC of a node's interface, as the kernel has it: what the agent looks up in IMDS.
+mac_of() { in_ns "$1" cat "/sys/class/net/$2/address"; }
+
+# A locally administered MAC for rail R of a node: 0a:00:00:00:0R:<last octet of its IP>.
+lab_mac() { printf '0a:00:00:00:%02x:%02x' "$2" "${IP[$1]##*.}"; }
+
 # A fake sysfs per node with one EFA-like device, so device-counter metrics and panels have data.
 fake_sysfs() {
   local dir="$LAB_DIR/sysfs-$1/class/infiniband/efa_$1/ports/1/hw_counters"
@@ -116,7 +146,8 @@ start_agent() {
     # The system node checks the services too, but probes no peers and has no fabric.
     args=(--fabric-provider none)
   else
-    args=(--fabric-provider "$PROVIDER" --peers "$(agent_peers "$n")")
+    args=(--fabric-provider "$PROVIDER" --fabric-bind "${IP[$n]},${RAIL1_IP[$n]}"
+      --peers "$(agent_peers "$n")")
   fi
   start "agent-$n" ip netns exec "$(ns "$n")" "$BIN" agent \
     --node-name "$n" --listen "${IP[$n]}:$PORT" --pod-ip "${IP[$n]}" \
@@ -156,7 +187,7 @@ up() {
   ip netns add "$(ns r)"
   in_ns r ip link set lo up
   in_ns r sysctl -qw net.ipv4.ip_forward=1
-  for br in brA brB; do
+  for br in brA brB brA1 brB1; do
     in_ns r ip link add "$br" type bridge
     in_ns r ip addr add "${GATEWAY[$br]}/24" dev "$br"
     in_ns r ip link set "$br" up
@@ -171,16 +202,28 @@ EOF
   for n in "${NODES[@]}"; do
     ip netns add "$(ns "$n")"
     in_ns "$n" ip link set lo up
-    ip link add "lab0" netns "$(ns "$n")" type veth peer name "v-$n" netns "$(ns r)"
+    ip link add "lab0" address "$(lab_mac "$n" 0)" netns "$(ns "$n")" \
+      type veth peer name "v-$n" netns "$(ns r)"
     in_ns r ip link set "v-$n" master "${BRIDGE[$n]}"
     in_ns r ip link set "v-$n" up
     in_ns "$n" ip addr add "${IP[$n]}/24" dev lab0
     in_ns "$n" ip link set lab0 up
     in_ns "$n" ip route add default via "${GATEWAY[${BRIDGE[$n]}]}"
+    local enis=()
+    if [ -n "${RAIL1_IP[$n]:-}" ]; then
+      ip link add "lab1" address "$(lab_mac "$n" 1)" netns "$(ns "$n")" \
+        type veth peer name "v1-$n" netns "$(ns r)"
+      in_ns r ip link set "v1-$n" master "${RAIL1_BRIDGE[$n]}"
+      in_ns r ip link set "v1-$n" up
+      in_ns "$n" ip addr add "${RAIL1_IP[$n]}/24" dev lab1
+      in_ns "$n" ip link set lab1 up
+      in_ns "$n" ip route add "$RAIL1_NETS" via "${GATEWAY[${RAIL1_BRIDGE[$n]}]}" dev lab1
+      enis=(--extra-interface "$(mac_of "$n" lab1),${SUBNET[$n]},vpc-0lab,${RAIL1_SG[$n]}")
+    fi
     start "imds-$n" ip netns exec "$(ns "$n")" python3 "$REPO/scripts/fake-imds.py" \
       --listen 127.0.0.1:8169 --instance-id "i-0lab$n" --instance-type p5.48xlarge \
-      --az us-east-1a --subnet "${SUBNET[$n]}" --vpc vpc-0lab --security-groups sg-0efa \
-      --placement-group pg-lab --mac "$(printf '0a:00:00:00:00:%02x' "${IP[$n]##*.}")"
+      --az us-east-1a --subnet "${SUBNET[$n]}" --vpc vpc-0lab --security-groups "$SG" \
+      --placement-group pg-lab --mac "$(mac_of "$n" lab0)" "${enis[@]}"
   done
 
   # The system node's services.
@@ -223,7 +266,7 @@ EOF
 # Loopback stays open (the node itself). Not an efp_lab_* table: `heal` removes those.
 fabric_guard() {  # NODE
   local agents="" g
-  for g in "${GPUS[@]}"; do agents+="${agents:+, }${IP[$g]}"; done
+  for g in "${GPUS[@]}"; do agents+="${agents:+, }${IP[$g]}, ${RAIL1_IP[$g]}"; done
   in_ns "$1" nft -f - <<EOF
 table inet efp_fabric_guard {
   chain input {
@@ -251,28 +294,42 @@ break_scenario() {
   local gpu_ips="{ ${IP[gpu1]}, ${IP[gpu2]}, ${IP[gpu3]} }"
   case "${1:-}" in
     cross_subnet)
-      # What EFA always does: its traffic does not cross the router between subnets.
-      # Only routed traffic between the subnets: with br_netfilter loaded, frames bridged
-      # within a subnet pass this hook too.
-      in_ns r nft add rule inet efp_lab_router forward ip saddr 198.18.100.0/24 ip daddr 198.18.101.0/24 \
-        meta l4proto udp drop comment \"efp_lab_cross_subnet\"
-      in_ns r nft add rule inet efp_lab_router forward ip saddr 198.18.101.0/24 ip daddr 198.18.100.0/24 \
-        meta l4proto udp drop comment \"efp_lab_cross_subnet\" ;;
+      # What EFA always does: its traffic does not cross the router between subnets, on
+      # any rail. Only routed traffic between the subnets: with br_netfilter loaded, frames
+      # bridged within a subnet pass this hook too.
+      in_ns r nft add rule inet efp_lab_router forward ip saddr "{ $SUBNET_A_NETS }" \
+        ip daddr "{ $SUBNET_B_NETS }" meta l4proto udp drop comment \"efp_lab_cross_subnet\"
+      in_ns r nft add rule inet efp_lab_router forward ip saddr "{ $SUBNET_B_NETS }" \
+        ip daddr "{ $SUBNET_A_NETS }" meta l4proto udp drop comment \"efp_lab_cross_subnet\" ;;
     sg_self_rule)
-      # gpu1 and gpu2 share subnet A; gpu1's group lost its self-referencing rule.
-      add_rule gpu1 efp_lab_sg_self_rule "ip saddr ${IP[gpu2]} meta l4proto udp drop" \
-        "ip daddr ${IP[gpu2]} meta l4proto udp drop" ;;
+      # gpu1 and gpu2 share subnet A; gpu1's group (on every ENI of gpu1, so every rail)
+      # lost its self-referencing rule.
+      local gpu2_rails="{ ${IP[gpu2]}, ${RAIL1_IP[gpu2]} }"
+      add_rule gpu1 efp_lab_sg_self_rule "ip saddr $gpu2_rails meta l4proto udp drop" \
+        "ip daddr $gpu2_rails meta l4proto udp drop" ;;
+    rail_sg)
+      # One ENI's group: the rail-1 ENIs of gpu1 and gpu2 are in sg-0efarail1 (their fake
+      # IMDS says so), which lost its self-referencing rule. Their rail-1 fabric traffic to
+      # each other is dropped, both ways, on both; rail 0, IP, gpu3 are untouched.
+      local a b
+      for a in gpu1 gpu2; do
+        b=gpu1; [ "$a" = gpu1 ] && b=gpu2
+        add_rule "$a" efp_lab_rail_sg \
+          "ip saddr ${RAIL1_IP[$b]} ip daddr ${RAIL1_IP[$a]} meta l4proto udp counter drop" \
+          "ip saddr ${RAIL1_IP[$a]} ip daddr ${RAIL1_IP[$b]} meta l4proto udp counter drop"
+      done ;;
     nats_port)
       add_rule sys efp_lab_nats_port "ip saddr $gpu_ips tcp dport 4222 drop" ;;
     prometheus_port)
       add_rule sys efp_lab_prometheus_port "ip saddr ${IP[gpu1]} tcp dport 9090 drop" ;;
     node_down)
-      in_ns gpu2 ip link set lab0 down ;;
+      in_ns gpu2 ip link set lab0 down
+      in_ns gpu2 ip link set lab1 down ;;
     agent_restart)
       stop agent-gpu1
       start_agent gpu1
       wait_http gpu1 "http://${IP[gpu1]}:$PORT/healthz" || die "gpu1's agent did not restart" ;;
-    *) die "unknown scenario '${1:-}' (cross_subnet sg_self_rule nats_port prometheus_port node_down agent_restart)" ;;
+    *) die "unknown scenario '${1:-}' (cross_subnet sg_self_rule rail_sg nats_port prometheus_port node_down agent_restart)" ;;
   esac
   echo "broke: $1"
 }
@@ -289,6 +346,10 @@ heal() {
     done
     in_ns "$n" ip link set lab0 up
     in_ns "$n" ip route replace default via "${GATEWAY[${BRIDGE[$n]}]}"
+    if [ -n "${RAIL1_IP[$n]:-}" ]; then
+      in_ns "$n" ip link set lab1 up
+      in_ns "$n" ip route replace "$RAIL1_NETS" via "${GATEWAY[${RAIL1_BRIDGE[$n]}]}" dev lab1
+    fi
     running "agent-$n" || start_agent "$n"
   done
   echo "healed"
@@ -299,6 +360,7 @@ status() {
   for n in "${NODES[@]}"; do
     in_ns "$n" curl -sf --max-time 2 "http://${IP[$n]}:$PORT/v1/peers" > "$tmp/$n.peers" 2>/dev/null || echo null > "$tmp/$n.peers"
     in_ns "$n" curl -sf --max-time 2 "http://${IP[$n]}:$PORT/v1/targets" > "$tmp/$n.targets" 2>/dev/null || echo null > "$tmp/$n.targets"
+    in_ns "$n" curl -sf --max-time 2 "http://${IP[$n]}:$PORT/v1/hello" > "$tmp/$n.hello" 2>/dev/null || echo null > "$tmp/$n.hello"
   done
   in_ns sys curl -sf --max-time 2 "http://$SYS_IP:9090/api/v1/alerts" > "$tmp/alerts" 2>/dev/null || echo null > "$tmp/alerts"
   python3 - "$tmp" "${NODES[@]}" <<'EOF'
@@ -322,6 +384,32 @@ for o in gpus:
         row += "%-30s" % cell
     print(row)
 print()
+# Rail by rail, where the agents report rails (rail i of the observer to rail i of the peer).
+lines = []
+for o in gpus:
+    peers = load(o + ".peers") or []
+    hello = load(o + ".hello") or {}
+    own = len((hello.get("fabric") or {}).get("endpoints") or [])
+    for g in gpus:
+        p = next((p for p in peers if p["name"] == g or p["address"].startswith(g)), None)
+        if o == g or p is None or not p.get("rails"):
+            continue
+        rails = p["rails"]
+        answering = [r for r in rails if r.get("reachable") is True]
+        failing = [r for r in rails if r.get("reachable") is False]
+        line = "  %-4s -> %-4s %d/%d answering" % (o, g, len(answering), len(rails))
+        theirs = p.get("peer_rails")
+        if theirs is not None and (theirs != len(rails) or own != len(rails)):
+            line += " (%d paired: this node has %d rails, the peer %d)" % (len(rails), own, theirs)
+        for r in failing:
+            why = ", ".join(x for x in (r.get("last_failure"), r.get("reason")) if x)
+            line += "; rail %d failing (%s -> %s)%s" % (
+                r["rail"], r.get("domain"), r.get("peer_domain"), ": " + why if why else "")
+        lines.append(line)
+if lines:
+    print("rails (observer -> peer: paired rails answering; failing rails by index and device)")
+    print("\n".join(lines))
+    print()
 print("targets (node: target result)")
 for n in nodes:
     t = load(n + ".targets")
