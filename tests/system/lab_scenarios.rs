@@ -219,13 +219,85 @@ struct Expect {
     )],
     /// (observer, target) checks that must fail, and the failure reason.
     targets: &'static [(&'static str, &'static str, &'static str)],
+    /// (observer, peer, rails answering): each rail the observer pairs with the peer, in
+    /// order, as `/v1/peers` lists it; a failing rail must name its device and a reason.
+    rails: &'static [(&'static str, &'static str, &'static [bool])],
     /// Alerts (name, labels that must match) expected pending or firing; nothing else may be.
     alerts: &'static [(&'static str, &'static [(&'static str, &'static str)])],
     /// Alerts that may show up in this scenario without being required.
     tolerated: &'static [&'static str],
 }
 
+/// `observer`'s rails to `peer` from `/v1/peers`: each paired rail's index, whether it
+/// answers, its device and its reason.
+fn rails_of(lab: &Lab, observer: &str, peer: &str) -> Result<Vec<Rail>, String> {
+    let text = lab
+        .curl(observer, &format!("http://{}:9476/v1/peers", ip(observer)))
+        .ok_or_else(|| format!("{observer}: no /v1/peers"))?;
+    let peers: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let status = peers
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == peer))
+        .ok_or_else(|| format!("{observer}: {peer} not in /v1/peers"))?;
+    let rails = status["rails"]
+        .as_array()
+        .ok_or_else(|| format!("{observer}: no rails for {peer}: {status}"))?;
+    Ok(rails
+        .iter()
+        .map(|r| Rail {
+            rail: r["rail"].as_u64(),
+            reachable: r["reachable"].as_bool(),
+            domain: r["domain"].as_str().map(str::to_owned),
+            reason: r["reason"].as_str().map(str::to_owned),
+        })
+        .collect())
+}
+
+#[derive(Debug)]
+struct Rail {
+    rail: Option<u64>,
+    reachable: Option<bool>,
+    domain: Option<String>,
+    reason: Option<String>,
+}
+
+/// Each of `observer`'s rails to `peer` answers as `answering` says, rail `i` at `i`; a
+/// failing rail names its device (`lab0`, `lab1`: the interface it is bound on) and the
+/// reason from its placement (the lab's rails to a same-subnet peer: `security_group`; to
+/// gpu3: `cross_subnet`).
+fn check_rails(lab: &Lab, observer: &str, peer: &str, answering: &[bool]) -> Result<(), String> {
+    let rails = rails_of(lab, observer, peer)?;
+    let got: Vec<Option<bool>> = rails.iter().map(|r| r.reachable).collect();
+    let want: Vec<Option<bool>> = answering.iter().map(|a| Some(*a)).collect();
+    if got != want {
+        return Err(format!(
+            "{observer} -> {peer}: rails {rails:?}, want {answering:?}"
+        ));
+    }
+    for (i, r) in rails.iter().enumerate() {
+        let device = format!("lab{i}");
+        if r.rail != Some(i as u64) || r.domain.as_deref() != Some(device.as_str()) {
+            return Err(format!("{observer} -> {peer}: rail {i} is {r:?}"));
+        }
+        let want_reason = match r.reachable {
+            Some(true) => None,
+            _ if observer == "gpu3" || peer == "gpu3" => Some("cross_subnet"),
+            _ => Some("security_group"),
+        };
+        if r.reason.as_deref() != want_reason {
+            return Err(format!(
+                "{observer} -> {peer}: rail {i}'s reason {:?}, want {want_reason:?}",
+                r.reason
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_verdicts(lab: &Lab, e: &Expect) -> Result<(), String> {
+    for (observer, peer, answering) in e.rails {
+        check_rails(lab, observer, peer, answering)?;
+    }
     for (observer, peer, state, reason) in e.verdicts {
         let m = lab.metrics(observer);
         if value(&m, "efa_peer_state", &[("peer", peer), ("state", state)]) != Some(1.0) {
@@ -307,6 +379,12 @@ fn all_healthy(lab: &Lab) -> Result<(), String> {
                 return Err(format!("{observer} does not see {peer} healthy"));
             }
         }
+        for peer in ["gpu1", "gpu2", "gpu3"]
+            .into_iter()
+            .filter(|p| *p != observer)
+        {
+            check_rails(lab, observer, peer, &[true, true])?;
+        }
         for target in ["nats", "prometheus"] {
             if value(&m, "efa_target_up", &[("target", target)]) != Some(1.0) {
                 return Err(format!("{observer}: {target} not up"));
@@ -352,6 +430,10 @@ const SCENARIOS: &[Expect] = &[
             ("gpu1", "gpu2", "healthy", None),
         ],
         targets: &[],
+        rails: &[
+            ("gpu1", "gpu3", &[false, false]),
+            ("gpu1", "gpu2", &[true, true]),
+        ],
         alerts: &[
             (
                 "EFAOSBypassDropped",
@@ -380,6 +462,42 @@ const SCENARIOS: &[Expect] = &[
             ("gpu1", "gpu3", "healthy", None),
         ],
         targets: &[],
+        rails: &[("gpu1", "gpu2", &[false, false])],
+        alerts: &[
+            (
+                "EFAOSBypassDropped",
+                &[
+                    ("node", "gpu1"),
+                    ("peer", "gpu2"),
+                    ("reason", "security_group"),
+                ],
+            ),
+            (
+                "EFAOSBypassDropped",
+                &[
+                    ("node", "gpu2"),
+                    ("peer", "gpu1"),
+                    ("reason", "security_group"),
+                ],
+            ),
+        ],
+        tolerated: &[],
+    },
+    Expect {
+        scenario: "rail_sg",
+        verdicts: &[
+            ("gpu1", "gpu2", "fabric_dropped", Some("security_group")),
+            ("gpu2", "gpu1", "fabric_dropped", Some("security_group")),
+            ("gpu1", "gpu3", "healthy", None),
+            ("gpu3", "gpu2", "healthy", None),
+        ],
+        targets: &[],
+        rails: &[
+            ("gpu1", "gpu2", &[true, false]),
+            ("gpu2", "gpu1", &[true, false]),
+            ("gpu1", "gpu3", &[true, true]),
+            ("gpu3", "gpu1", &[true, true]),
+        ],
         alerts: &[
             (
                 "EFAOSBypassDropped",
@@ -408,6 +526,7 @@ const SCENARIOS: &[Expect] = &[
             ("gpu2", "nats", "timeout"),
             ("gpu3", "nats", "timeout"),
         ],
+        rails: &[],
         alerts: &[
             ("NATSUnreachableFromNode", &[("node", "gpu1")]),
             ("NATSUnreachableFromNode", &[("node", "gpu2")]),
@@ -419,6 +538,7 @@ const SCENARIOS: &[Expect] = &[
         scenario: "prometheus_port",
         verdicts: &[],
         targets: &[("gpu1", "prometheus", "timeout")],
+        rails: &[],
         alerts: &[("PrometheusUnreachableFromNode", &[("node", "gpu1")])],
         tolerated: &[],
     },
@@ -429,6 +549,7 @@ const SCENARIOS: &[Expect] = &[
             ("gpu3", "gpu2", "down", None),
         ],
         targets: &[],
+        rails: &[],
         alerts: &[("EFAPeerDown", &[("peer", "gpu2")])],
         // Prometheus cannot scrape gpu2 either: its agent is absent as far as it can tell.
         tolerated: &["ProberAbsent"],
@@ -437,6 +558,7 @@ const SCENARIOS: &[Expect] = &[
         scenario: "agent_restart",
         verdicts: &[],
         targets: &[],
+        rails: &[],
         alerts: &[],
         tolerated: &[],
     },
