@@ -76,10 +76,18 @@ in_ns() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
 
 need_root() { [ "$(id -u)" -eq 0 ] || die "run as root (it creates network namespaces)"; }
 
-# Starts a command in the background, detached, logging to $LAB_DIR/NAME.log.
+# Starts a command in the background, detached, logging to $LAB_DIR/NAME.log. It keeps no
+# other descriptor of ours: under `flock LOCK lab.sh up` the lock's would otherwise stay open
+# in every agent and server, and the lock held until `down`.
 start() {
   local name=$1; shift
-  setsid "$@" >"$LAB_DIR/$name.log" 2>&1 < /dev/null &
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+    done
+    exec setsid "$@" >"$LAB_DIR/$name.log" 2>&1 < /dev/null
+  ) &
   echo $! > "$LAB_DIR/$name.pid"
 }
 
