@@ -377,7 +377,7 @@ tmp, nodes = sys.argv[1], sys.argv[2:]
 load = lambda f: json.load(open(os.path.join(tmp, f)))
 gpus = [n for n in nodes if n != "sys"]
 print("fabric and IP verdicts (row: observer, column: peer)")
-print("%-6s" % "" + "".join("%-30s" % g for g in gpus))
+print("%-6s" % "" + "".join("%-34s" % g for g in gpus))
 for o in gpus:
     peers = load(o + ".peers")
     row = "%-6s" % o
@@ -389,7 +389,7 @@ for o in gpus:
         else:
             p = next((p for p in peers if p["name"] == g or p["address"].startswith(g)), None)
             cell = "?" if p is None else p["state"] + (" (%s)" % p["reason"] if p.get("reason") else "")
-        row += "%-30s" % cell
+        row += "%-34s" % cell
     print(row)
 print()
 # Rail by rail, where the agents report rails (rail i of the observer to rail i of the peer).
