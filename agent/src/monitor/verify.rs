@@ -130,8 +130,8 @@ pub struct VerifyContext {
     pub(super) large_pinger: Option<FabricPinger>,
     pub(super) large_probe_sizes: Vec<usize>,
     pub(super) provider: Option<String>,
-    /// This node's placement, as the round loop gets it.
-    pub(super) placement: watch::Receiver<Option<Placement>>,
+    /// This node's instance topology (its placement), as the round loop gets it.
+    pub(super) topology: watch::Receiver<Option<Arc<crate::topology::Topology>>>,
     pub(super) timeout: Duration,
     pub(super) probe_size: usize,
     pub(super) policy: VerdictPolicy,
@@ -191,7 +191,7 @@ impl VerifyContext {
     /// for all of them. Pings the engine cannot send at once wait in its queue, not fail.
     pub async fn verify(&self, nodes: &[String]) -> VerifyAnswer {
         let (targets, unknown, this_node) = self.resolve(nodes);
-        let local = self.placement.borrow().clone();
+        let local = self.topology.borrow().as_deref().and_then(Placement::of);
         let verified = futures::future::join_all(
             targets
                 .into_iter()
@@ -481,7 +481,7 @@ mod tests {
             large_pinger: None,
             large_probe_sizes: vec![],
             provider: None,
-            placement: watch::channel(None).1,
+            topology: watch::channel(None).1,
             timeout: Duration::from_millis(300),
             probe_size: 64,
             policy: VerdictPolicy::default(),

@@ -64,7 +64,7 @@ fn agent_with_metrics(
         PeerProbeSettings::new("gpu1", Duration::from_secs(1), TIMEOUT),
         state,
         metrics.clone(),
-        None,
+        vec![],
     );
     let (tx, rx) = mpsc::channel(monitor_verify::VERIFY_QUEUE);
     let stop = tokio_util::sync::CancellationToken::new();
