@@ -5,6 +5,14 @@
 //! spins for a second ping). Here: a peer's links on rails 1 and up (the address in use and
 //! its handle in that rail's engine), and how the rails' results make the peer's fabric
 //! observation: reachable only when every paired rail answers.
+//!
+//! Why the RTT pairs and the larger probes stay on rail 0: a pair makes both sides spin for
+//! its second ping, so pairs on 32 rails would cost 32 times the CPU the agent's budget
+//! allows; larger probes need an endpoint of their own per rail (a large message stuck on a
+//! path that drops large packets would hold up the small probes behind it), which doubles
+//! the endpoints and their memory; and what they find (the path's latency, an MTU) is set per
+//! instance type and VPC, not per interface. A single ping per rail is what proves each
+//! rail's reachability, which is what a security group or subnet per ENI breaks.
 
 use std::sync::Arc;
 
