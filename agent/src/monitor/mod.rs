@@ -469,7 +469,9 @@ impl PeerMonitor {
     ) -> verify::VerifyContext {
         verify::VerifyContext {
             state: self.state.clone(),
-            pinger: self.rails.first().cloned(),
+            rails: self.rails.clone(),
+            rail_domains: self.rail_domains.clone(),
+            rail_macs: self.rail_macs.clone(),
             large_pinger: self.large_pinger.clone(),
             large_probe_sizes: self.settings.large_probe_sizes.clone(),
             provider: self.settings.provider.clone(),

@@ -181,6 +181,35 @@ pub(super) struct RailSeen {
     pub counted: Option<ProbeResult>,
 }
 
+impl RailSeen {
+    /// Rail `rail` as one ping (`Ok`) or a refused address (`Err`) left it.
+    pub fn of(rail: usize, outcome: &Result<ProbeOutcome, String>, provider: Option<&str>) -> Self {
+        match outcome {
+            Ok(outcome) => RailSeen::pinged(rail, outcome, provider),
+            Err(why) => RailSeen::refused(rail, why),
+        }
+    }
+
+    fn pinged(rail: usize, outcome: &ProbeOutcome, provider: Option<&str>) -> Self {
+        let (observation, status, result) = fabric_result(outcome, None, provider);
+        RailSeen {
+            rail: rail_number(rail),
+            observation,
+            status: Some(status),
+            counted: Some(result),
+        }
+    }
+
+    fn refused(rail: usize, why: &str) -> Self {
+        RailSeen {
+            rail: rail_number(rail),
+            observation: FabricObservation::BadAddress,
+            status: Some(not_probed(PathFailure::BadAddress, why.to_owned())),
+            counted: None,
+        }
+    }
+}
+
 /// Rails 1 to `paired - 1` from this probe's outcomes. An outcome of an address the peer's
 /// fresh hello no longer offers for that rail is not used: the rail is judged from what the
 /// peer says now (its link follows when the hello is learned).
@@ -201,21 +230,8 @@ pub(super) fn observe_rails(
                 offered_rail_address(h, provider, rail).as_deref() != links.held_address(rail)
             });
             match (outcome.filter(|_| !stale), links.refused(rail)) {
-                (Some(outcome), _) => {
-                    let (observation, status, result) = fabric_result(outcome, None, provider);
-                    RailSeen {
-                        rail: rail_number(rail),
-                        observation,
-                        status: Some(status),
-                        counted: Some(result),
-                    }
-                }
-                (None, Some(why)) => RailSeen {
-                    rail: rail_number(rail),
-                    observation: FabricObservation::BadAddress,
-                    status: Some(not_probed(PathFailure::BadAddress, why.to_owned())),
-                    counted: None,
-                },
+                (Some(outcome), _) => RailSeen::pinged(rail, outcome, provider),
+                (None, Some(why)) => RailSeen::refused(rail, why),
                 (None, None) => RailSeen {
                     rail: rail_number(rail),
                     observation: FabricObservation::NotLearned,

@@ -103,7 +103,7 @@ async fn known_nodes_are_probed_and_unknown_ones_listed() {
     assert_eq!(answer.node, "gpu1");
     assert_eq!(answer.unknown, ["gpu7"]);
     assert_eq!(answer.this_node, ["gpu1"]);
-    assert!(answer.probed.contains("rails are not implemented"));
+    assert!(answer.probed.contains("one ping on every other rail"));
     let [gpu2] = answer.verified.as_slice() else {
         panic!("gpu2 once: {body}")
     };
