@@ -79,7 +79,8 @@ fn open_fabric(config: &AgentConfig, responder: bool) -> (Vec<FabricPinger>, Fab
         );
     };
     let mut pc = PingerConfig::new(provider);
-    pc.bind = config.fabric_bind;
+    // Rail 0's address until the engine opens one endpoint per bind address.
+    pc.bind = config.fabric_bind.first().copied();
     pc.responder = responder;
     if !responder {
         // Only this node's own larger probes and their pongs: a few batches' worth.
