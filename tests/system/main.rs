@@ -30,6 +30,7 @@ mod fabric_rxd_stray;
 mod lab_scenarios;
 mod metrics_promtool;
 mod node_actions_kubernetes;
+mod rail_identity;
 mod target_checks;
 mod topology_imds;
 
