@@ -4,10 +4,13 @@
 //!
 //! - IP providers (`tcp`, `udp;ofi_rxd`, any provider but `efa` and `shm`): the interface
 //!   that holds the rail's bind address (`getifaddrs`, through `if-addrs`), then its MAC from
-//!   `<sysfs>/class/net/<ifname>/address`.
+//!   `<sysfs>/class/net/<ifname>/address`. The name is this network namespace's, so the
+//!   sysfs must show this namespace's interfaces (a container's own `/sys` does; a host's
+//!   sysfs mounted into a pod on the pod network does not).
 //! - `efa`: the domain is `<device>-rdm` (`rdmap16s27-rdm`). The kernel's RDMA core links
 //!   `<sysfs>/class/infiniband/<device>/device` to the device's parent (its PCI function), and
-//!   a netdev on that same function is listed beside it, so the first place looked is
+//!   a netdev on that same function is listed beside it (the efa driver makes the EFA's PCI
+//!   device the parent, `ibdev.dev.parent = &pdev->dev`), so the first place looked is
 //!   `<sysfs>/class/infiniband/<device>/device/net/<ifname>/address` (how RoCE adapters,
 //!   which share a function with their netdev, show it). The efa driver registers no netdev
 //!   (amzn-drivers `kernel/linux/efa/src/efa_main.c` sets no `get_netdev`), and an EFA is a
