@@ -1,8 +1,10 @@
-//! The engine thread's loop: commands in, sends out, completions read, deadlines kept.
+//! One rail of an engine: its endpoint and everything about its peers (address table,
+//! probes in flight, outbox, counters, health watch, pacing). The thread's loop
+//! ([`super::event_loop`]) drives every rail of its group through [`Rail::plan`] and
+//! [`Rail::service`]; nothing here knows about the other rails.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,18 +19,17 @@ use super::health::HealthWatch;
 use super::outgoing::{InFlight, Outgoing, SendPurpose, PONG_MAX_WAIT};
 use super::pacing::{ExpectedWarm, Outstanding, Pacing, Wait};
 use super::{
-    learned_peer_limit, Command, EngineError, PeerHandle, PingerConfig, ProbeOutcome, Published,
-    Shared,
+    learned_peer_limit, EngineError, PeerHandle, PingerConfig, ProbeOutcome, Published,
+    RailCommand, Shared,
 };
 use crate::fabric_ping::wire::{self, Kind, Message, FLAG_FOLLOWS};
 
-pub(super) struct Engine {
+pub(super) struct Rail {
     ep: Endpoint,
     /// How `ep` was opened, to open it anew.
     endpoint_config: EndpointConfig,
     health: HealthWatch,
     shared: Arc<Shared>,
-    commands: mpsc::Receiver<Command>,
     config: PingerConfig,
     table: AddressTable,
     inflight: HashMap<u64, InFlight>,
@@ -56,24 +57,21 @@ pub(super) struct Engine {
     events: Vec<Event>,
     rx_data: Vec<u8>,
     scratch: Vec<u8>,
-    stopping: bool,
 }
 
-impl Engine {
+impl Rail {
     pub(super) fn new(
         ep: Endpoint,
         endpoint_config: EndpointConfig,
         shared: Arc<Shared>,
-        commands: mpsc::Receiver<Command>,
         config: PingerConfig,
     ) -> Self {
-        Engine {
+        Rail {
             ep,
             endpoint_config,
             health: HealthWatch::new(Instant::now(), config.reopen_after),
             table: AddressTable::new(learned_peer_limit(&shared.provider, &config)),
             shared,
-            commands,
             stranger_pong_budget: config
                 .max_stranger_pongs_in_flight
                 .unwrap_or(config.tx_slots / 4)
@@ -94,73 +92,60 @@ impl Engine {
             events: Vec::new(),
             rx_data: Vec::new(),
             scratch: Vec::new(),
-            stopping: false,
         }
     }
 
-    pub(super) fn run(mut self) {
-        while !self.stopping {
-            let now = Instant::now();
-            self.expected_warm.prune(now);
-            let outstanding = Outstanding {
-                warm: !self.warm_awaited.is_empty()
-                    || self.expected_warm.pending()
-                    || self.queued_pongs > 0,
-                probes: !self.inflight.is_empty() || !self.outbox.is_empty(),
-                sends: !self.sends.is_empty(),
-            };
-            let command = match self.pacing.next(now, outstanding, &self.config) {
-                Wait::Spin => self.commands.try_recv().map_err(|e| match e {
-                    mpsc::TryRecvError::Empty => None,
-                    mpsc::TryRecvError::Disconnected => Some(()),
-                }),
-                Wait::For(period) => self.commands.recv_timeout(period).map_err(|e| match e {
-                    mpsc::RecvTimeoutError::Timeout => None,
-                    mpsc::RecvTimeoutError::Disconnected => Some(()),
-                }),
-                Wait::Forever => self.commands.recv().map_err(|_| Some(())),
-            };
-            match command {
-                Ok(cmd) => {
-                    self.handle(cmd);
-                    while let Ok(cmd) = self.commands.try_recv() {
-                        self.handle(cmd);
-                    }
-                }
-                Err(Some(())) => break,
-                Err(None) => {}
-            }
-            // Completions first, then the sends they caused (pongs, second pings) at once.
-            self.progress();
-            self.flush_outbox();
-            let now = Instant::now();
-            self.expire(now);
-            if self.health.stalled(now) {
-                self.reopen(now);
-            }
+    /// What this rail wants before its next poll, given what it has outstanding. Called
+    /// once after each [`service`](Self::service): its pacing counts polls.
+    pub(super) fn plan(&mut self, now: Instant) -> Wait {
+        self.expected_warm.prune(now);
+        let outstanding = Outstanding {
+            warm: !self.warm_awaited.is_empty()
+                || self.expected_warm.pending()
+                || self.queued_pongs > 0,
+            probes: !self.inflight.is_empty() || !self.outbox.is_empty(),
+            sends: !self.sends.is_empty(),
+        };
+        self.pacing.next(now, outstanding, &self.config)
+    }
+
+    /// One poll: completions first, then the sends they caused (pongs, second pings) at
+    /// once, then deadlines and the health watch.
+    pub(super) fn service(&mut self) {
+        self.progress();
+        self.flush_outbox();
+        let now = Instant::now();
+        self.expire(now);
+        if self.health.stalled(now) {
+            self.reopen(now);
         }
+    }
+
+    /// The group stops: in-flight probes answer `NotSent`. Dropping the rail then closes
+    /// the endpoint before its memory and queues.
+    pub(super) fn stop(&mut self) {
         for (_, probe) in self.inflight.drain() {
             let _ = probe.reply.send(ProbeOutcome::NotSent {
                 reason: EngineError::Stopped.to_string(),
             });
         }
-        // Dropping self closes the endpoint before its memory and queues.
+        self.deadlines.clear();
+        self.warm_awaited.clear();
     }
 
-    fn handle(&mut self, cmd: Command) {
+    pub(super) fn handle(&mut self, cmd: RailCommand) {
         match cmd {
-            Command::AddPeer(address, reply) => {
+            RailCommand::AddPeer(address, reply) => {
                 let result = self
                     .table
                     .add_peer(&mut self.ep, &self.shared.counters, address);
                 let _ = reply.send(result);
             }
-            Command::Shutdown => self.stopping = true,
-            Command::RemovePeer(handle) => {
+            RailCommand::RemovePeer(handle) => {
                 self.table
                     .remove_peer(&mut self.ep, &self.shared.counters, handle)
             }
-            Command::Probe {
+            RailCommand::Probe {
                 peer,
                 size,
                 timeout,
@@ -608,7 +593,11 @@ impl Engine {
         let fresh = match Endpoint::open(self.ep.domain(), self.endpoint_config) {
             Ok(ep) => ep,
             Err(error) => {
-                tracing::error!(%error, "fabric endpoint stopped working and cannot be opened anew");
+                tracing::error!(
+                    rail = self.shared.rail,
+                    %error,
+                    "fabric endpoint stopped working and cannot be opened anew"
+                );
                 return;
             }
         };
@@ -620,6 +609,7 @@ impl Engine {
         let refused = self.table.reinsert(&mut self.ep, &self.shared.counters);
         let published = Published::of(&self.ep);
         tracing::warn!(
+            rail = self.shared.rail,
             domain = %self.shared.domain,
             old = %old,
             new = %published.address,
