@@ -842,3 +842,183 @@ fn malformed_messages_and_evictions_are_exported() {
     assert_eq!(value("efa_fabric_endpoint_reopens_total"), "0");
     responder.shutdown();
 }
+
+/// Names of this process's threads whose name starts with `fabric-` (the engine threads).
+fn fabric_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("fabric-"))
+        .count()
+}
+
+/// `n` rails on loopback, one thread for them all.
+fn rails_on(provider: &str, n: usize, tune: impl FnOnce(&mut PingerConfig)) -> Vec<FabricPinger> {
+    let mut config = PingerConfig::new(provider);
+    tune(&mut config);
+    let binds = vec!["127.0.0.1".parse().unwrap(); n];
+    let rails = fabric_ping::open_rails(&config, &binds).unwrap();
+    assert_eq!(rails.len(), n, "{provider}: one rail per bind address");
+    rails
+}
+
+fn answers(prober: &FabricPinger, peer: PeerHandle, what: &str) {
+    let out = prober
+        .probe(peer, 64, Duration::from_secs(2))
+        .wait()
+        .unwrap();
+    assert!(matches!(out, ProbeOutcome::Pong { .. }), "{what}: {out:?}");
+}
+
+/// Issue #12 item 1: two nodes of two rails each (the same address twice is two endpoints):
+/// rail i probes rail i of the other node and both directions answer, on `udp;ofi_rxd` and
+/// `tcp`; each node's rails are driven by one thread (two `fabric-*` threads in all, counted
+/// in a process of its own), and a rail's pings reach only its own counterpart.
+#[test]
+fn two_nodes_of_two_rails_probe_rail_to_rail_each_on_one_thread() {
+    if !alone_in_a_child("two_nodes_of_two_rails_probe_rail_to_rail_each_on_one_thread") {
+        return;
+    }
+    for provider in ["udp;ofi_rxd", "tcp"] {
+        let threads_before = fabric_threads();
+        let a = rails_on(provider, 2, |_| {});
+        let b = rails_on(provider, 2, |_| {});
+        assert_eq!(
+            fabric_threads(),
+            threads_before + 2,
+            "{provider}: one thread per node, not per rail"
+        );
+        for node in [&a, &b] {
+            assert_eq!(node[0].engine_thread(), node[1].engine_thread());
+            assert_eq!((node[0].rail(), node[1].rail()), (0, 1));
+            assert_ne!(
+                node[0].address(),
+                node[1].address(),
+                "{provider}: two endpoints"
+            );
+        }
+        assert_ne!(a[0].engine_thread(), b[0].engine_thread());
+        for i in 0..2 {
+            let a_to_b = add(&a[i], &b[i]);
+            let b_to_a = add(&b[i], &a[i]);
+            for _ in 0..5 {
+                answers(&a[i], a_to_b, &format!("{provider}: rail {i}, a to b"));
+                answers(&b[i], b_to_a, &format!("{provider}: rail {i}, b to a"));
+            }
+            if i == 0 {
+                // Rail 1 has not been probed yet: nothing reached it.
+                for rail in [&a[1], &b[1]] {
+                    assert_eq!(rail.stats().pings_answered, 0, "{provider}: rail 1");
+                }
+            }
+        }
+        for rail in a.iter().chain(&b) {
+            let stats = rail.stats();
+            assert!(stats.pongs_received >= 10, "{provider}: {stats:?}");
+            assert_eq!(
+                stats.pings_answered, stats.pongs_received,
+                "{provider}: {stats:?}"
+            );
+        }
+        a[1].shutdown();
+        b[0].shutdown();
+        assert_eq!(
+            fabric_threads(),
+            threads_before,
+            "{provider}: shutdown stops the group"
+        );
+        // Every rail of a stopped group says so.
+        let out = a[0].probe(PeerHandle::never_issued(), 64, Duration::from_secs(1));
+        assert!(
+            matches!(out.wait(), Some(ProbeOutcome::NotSent { .. })),
+            "{provider}: rail 0 of a stopped group"
+        );
+        assert!(matches!(
+            b[1].add_peer(&a[0].address()).wait(),
+            Some(Err(fabric_ping::EngineError::Stopped))
+        ));
+    }
+}
+
+/// Issue #12 item 1: the peer of rail 1 stops; rail 1's probes time out while rail 0, on the
+/// same thread, keeps answering and being answered.
+#[test]
+fn a_rail_whose_peer_stopped_times_out_while_the_other_answers() {
+    let _busy = busy();
+    let node = rails_on("udp;ofi_rxd", 2, |_| {});
+    let peers = [engine(16), engine(16)];
+    let to_peer: Vec<PeerHandle> = (0..2).map(|i| add(&node[i], &peers[i])).collect();
+    let from_peer0 = add(&peers[0], &node[0]);
+    answers(&node[0], to_peer[0], "rail 0");
+    answers(&node[1], to_peer[1], "rail 1");
+    peers[1].shutdown();
+    for round in 0..3 {
+        let out = node[1]
+            .probe(to_peer[1], 64, Duration::from_millis(300))
+            .wait()
+            .unwrap();
+        assert_eq!(out, ProbeOutcome::Timeout, "rail 1, round {round}");
+        answers(&node[0], to_peer[0], &format!("rail 0, round {round}"));
+        answers(
+            &peers[0],
+            from_peer0,
+            &format!("rail 0's peer, round {round}"),
+        );
+    }
+    let (rail0, rail1) = (node[0].stats(), node[1].stats());
+    assert_eq!(rail0.probe_timeouts, 0, "{rail0:?}");
+    assert_eq!(rail1.probe_timeouts, 3, "{rail1:?}");
+    node[0].shutdown();
+    peers[0].shutdown();
+}
+
+/// Issue #12 item 1, health per rail: rail 1's peer goes away and rail 1's sends stop
+/// completing (rxd retransmits to a silent address for ever), so rail 1 opens its endpoint
+/// anew at a new address; rail 0, on the same thread, answers throughout, keeps its address
+/// and is not reopened; rail 1 then probes a live peer again.
+#[test]
+fn a_reopen_of_one_rail_leaves_the_other_alone() {
+    let _busy = busy();
+    let node = rails_on("udp;ofi_rxd", 2, |config| {
+        config.reopen_after = Duration::from_millis(500);
+    });
+    let published = [node[0].address(), node[1].address()];
+    let peer0 = engine(16);
+    let gone = engine(16);
+    let to_peer0 = add(&node[0], &peer0);
+    let to_gone = add(&node[1], &gone);
+    answers(&node[0], to_peer0, "rail 0");
+    answers(&node[1], to_gone, "rail 1");
+    gone.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rounds = 0;
+    while node[1].stats().endpoint_reopens == 0 && Instant::now() < deadline {
+        let out = node[1]
+            .reach(to_gone, 64, Duration::from_millis(200))
+            .wait()
+            .unwrap();
+        assert_eq!(out, ProbeOutcome::Timeout, "rail 1's peer is gone");
+        answers(
+            &node[0],
+            to_peer0,
+            &format!("rail 0 while rail 1 stalls ({rounds})"),
+        );
+        rounds += 1;
+    }
+    assert_eq!(node[1].stats().endpoint_reopens, 1, "{:?}", node[1].stats());
+    assert_ne!(
+        node[1].address(),
+        published[1],
+        "rail 1's new address is published"
+    );
+    assert_eq!(node[0].stats().endpoint_reopens, 0, "{:?}", node[0].stats());
+    assert_eq!(node[0].address(), published[0], "rail 0 keeps its endpoint");
+    assert_eq!(node[0].stats().probe_timeouts, 0, "{:?}", node[0].stats());
+    node[1].remove_peer(to_gone);
+    let peer1 = engine(16);
+    still_answering_and_probing(&node[1], &peer1, "rail 1 after its reopen");
+    still_answering_and_probing(&node[0], &peer0, "rail 0 after rail 1's reopen");
+    node[0].shutdown();
+    peer0.shutdown();
+    peer1.shutdown();
+}

@@ -1,4 +1,5 @@
 use std::ffi::{CStr, CString};
+use std::net::SocketAddr;
 use std::os::raw::c_char;
 use std::ptr::{self, NonNull};
 
@@ -173,6 +174,23 @@ impl<'a> InfoRef<'a> {
         // SAFETY: domain_attr is set on every entry fi_getinfo returns.
         let attr = unsafe { &*self.info.domain_attr };
         cstr(attr.name)
+    }
+
+    /// The local socket address the entry binds to, for providers that run over IP
+    /// (`FI_SOCKADDR*` formats; queried with a node address and `FI_SOURCE`, it is that
+    /// address); `None` for other formats or no source address.
+    pub fn source_address(&self) -> Option<SocketAddr> {
+        let info = self.info;
+        let ip_format = [sys::FI_SOCKADDR, sys::FI_SOCKADDR_IN, sys::FI_SOCKADDR_IN6]
+            .contains(&(info.addr_format as _));
+        if !ip_format || info.src_addr.is_null() || info.src_addrlen == 0 {
+            return None;
+        }
+        // SAFETY: src_addr points to src_addrlen bytes owned by the entry, which `self`
+        // borrows; they are only read, within this call.
+        let raw =
+            unsafe { std::slice::from_raw_parts(info.src_addr.cast::<u8>(), info.src_addrlen) };
+        crate::stray_filter::socket_addr_of(raw)
     }
 
     /// Owned copy, which outlives the list.

@@ -128,7 +128,7 @@ fn bound_address(socket: &OwnedFd) -> Option<SocketAddr> {
 
 /// A raw `sockaddr_in` / `sockaddr_in6` (family in host order, port and address in network
 /// order), as the kernel and the udp provider lay it out.
-fn socket_addr_of(raw: &[u8]) -> Option<SocketAddr> {
+pub(crate) fn socket_addr_of(raw: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes([*raw.first()?, *raw.get(1)?]);
     let port = u16::from_be_bytes([*raw.get(2)?, *raw.get(3)?]);
     match c_int::from(family) {

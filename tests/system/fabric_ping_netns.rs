@@ -180,3 +180,82 @@ fn fabric_drop_is_told_apart_from_an_unreachable_peer() {
     assert!(r["received"].as_u64().unwrap() >= 1, "{r}");
     assert!(took < Duration::from_secs(12), "took {took:?}");
 }
+
+/// Set in the child that [`rails_open_on_the_interfaces_holding_their_bind_addresses`] runs
+/// inside its namespace.
+const RAILS_CHILD: &str = "EFAPROBE_TEST_RAILS_IN_NETNS";
+
+/// Issue #12 item 1: in a namespace with two interfaces (efr-d0 198.19.212.1/25, efr-d1
+/// 198.19.212.129/25), `open_rails` puts each rail on the interface holding its bind
+/// address, in the order given, on `udp;ofi_rxd` and `tcp`; two such nodes probe rail to
+/// rail; an address no interface holds is refused. The engine reads the interfaces of the
+/// namespace it runs in, so the test runs itself again inside it.
+#[test]
+fn rails_open_on_the_interfaces_holding_their_bind_addresses() {
+    const NAME: &str = "rails_open_on_the_interfaces_holding_their_bind_addresses";
+    if std::env::var_os(RAILS_CHILD).is_some() {
+        rails_in_this_namespace();
+        return;
+    }
+    if !can_run(NAME) {
+        return;
+    }
+    let ns = Netns::new("efr-two");
+    for (i, address) in [(0, "198.19.212.1/25"), (1, "198.19.212.129/25")] {
+        let (dev, peer) = (format!("efr-d{i}"), format!("efr-p{i}"));
+        ns.ip(&["link", "add", &dev, "type", "veth", "peer", "name", &peer]);
+        ns.ip(&["addr", "add", address, "dev", &dev]);
+        ns.ip(&["link", "set", &dev, "up"]);
+        ns.ip(&["link", "set", &peer, "up"]);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = run(ns
+        .command(exe.to_str().unwrap())
+        .env(RAILS_CHILD, "1")
+        .args(["--exact", &format!("fabric_ping_netns::{NAME}")])
+        .args(["--test-threads", "1", "--nocapture"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 passed"),
+        "the child ran no test: {stdout}"
+    );
+}
+
+fn rails_in_this_namespace() {
+    use efaprobe::fabric_ping::{self, PingerConfig, ProbeOutcome};
+    let binds: Vec<std::net::IpAddr> = ["198.19.212.129", "198.19.212.1"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    for provider in ["udp;ofi_rxd", "tcp"] {
+        let config = PingerConfig::new(provider);
+        let open = || fabric_ping::open_rails(&config, &binds).unwrap();
+        let (a, b) = (open(), open());
+        for node in [&a, &b] {
+            let domains: Vec<&str> = node.iter().map(|r| r.domain()).collect();
+            assert_eq!(domains, ["efr-d1", "efr-d0"], "{provider}: in bind order");
+            for (rail, bind) in node.iter().zip(&binds) {
+                assert!(
+                    rail.address_display().contains(&bind.to_string()),
+                    "{provider}: rail {} at {}, bound to {bind}",
+                    rail.rail(),
+                    rail.address_display()
+                );
+            }
+            assert_eq!(node[0].engine_thread(), node[1].engine_thread());
+        }
+        for i in 0..2 {
+            let peer = a[i].add_peer(&b[i].address()).wait().unwrap().unwrap();
+            let out = a[i].probe(peer, 64, Duration::from_secs(2)).wait().unwrap();
+            assert!(
+                matches!(out, ProbeOutcome::Pong { .. }),
+                "{provider}: rail {i}: {out:?}"
+            );
+        }
+        a[0].shutdown();
+        b[0].shutdown();
+        let nowhere: std::net::IpAddr = "198.19.212.77".parse().unwrap();
+        let refused = fabric_ping::open_rails(&config, &[binds[0], nowhere]);
+        assert!(refused.is_err(), "{provider}: no interface holds {nowhere}");
+    }
+}

@@ -55,21 +55,23 @@ pub fn run(args: Args, refused: ConfigErrors) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Opens the one rail this run uses: the domain asked for, else the first of the rails
+/// `--bind` makes (every device on efa).
 fn open_pinger(args: &Args) -> Result<FabricPinger, String> {
     let config = args.pinger_config();
-    let mut all = engine::open_all(&config).map_err(|e| e.to_string())?;
+    let mut infos = engine::rail_infos(&config, &[args.bind]).map_err(|e| e.to_string())?;
     let index = match &args.domain {
+        None if infos.is_empty() => return Err("no device found".into()),
         None => 0,
-        Some(d) => all.iter().position(|p| p.domain() == d).ok_or_else(|| {
-            let have: Vec<&str> = all.iter().map(|p| p.domain()).collect();
-            format!("no domain {d:?} (have {have:?})")
-        })?,
+        Some(d) => infos
+            .iter()
+            .position(|info| info.domain_name() == *d)
+            .ok_or_else(|| {
+                let have: Vec<String> = infos.iter().map(|info| info.domain_name()).collect();
+                format!("no domain {d:?} (have {have:?})")
+            })?,
     };
-    let chosen = all.swap_remove(index);
-    for other in all {
-        other.shutdown();
-    }
-    Ok(chosen)
+    FabricPinger::start(infos.swap_remove(index), config).map_err(|e| e.to_string())
 }
 
 async fn respond(args: &Args, pinger: &FabricPinger, mut signals: ShutdownSignal) -> u8 {

@@ -125,22 +125,19 @@ pub fn run(args: Args, refused: ConfigErrors) -> ExitCode {
 
 fn open_responder(provider: &str, bind: IpAddr) -> Result<FabricPinger, String> {
     let mut config = PingerConfig::new(provider);
-    config.bind = Some(bind);
     // Every pong goes to the one agent under test: an agent's cap of one pong in flight per
     // destination would drop most of them here, where N real responders would each have one.
     config.max_pongs_in_flight_per_peer = PONGS_IN_FLIGHT;
     config.max_queued_pongs = 4 * PONGS_IN_FLIGHT as usize;
     // The agent under test is no explicit peer here: it may have every slot.
     config.max_stranger_pongs_in_flight = Some(config.tx_slots);
-    let mut all = engine::open_all(&config).map_err(|e| e.to_string())?;
-    if all.is_empty() {
-        return Err("no device found".into());
-    }
-    let first = all.swap_remove(0);
-    for other in all {
-        other.shutdown();
-    }
-    Ok(first)
+    // One rail: the first `bind` makes (the first device on efa).
+    let first = engine::rail_infos(&config, &[bind])
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or("no device found")?;
+    FabricPinger::start(first, config).map_err(|e| e.to_string())
 }
 
 /// The hello of one simulated peer: a valid document, as an agent would serve it, naming

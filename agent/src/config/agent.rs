@@ -52,9 +52,10 @@ pub struct AgentArgs {
     /// libfabric provider for the fabric path (efa, tcp, "udp;ofi_rxd", shm), or `none`.
     #[arg(long, env = "EFAPROBE_FABRIC_PROVIDER", default_value = "efa")]
     pub fabric_provider: String,
-    /// Local IP for IP-based fabric providers (default: --pod-ip).
-    #[arg(long, env = "EFAPROBE_FABRIC_BIND", value_parser = values::blank_or_ip)]
-    pub fabric_bind: Option<Blankable<IpAddr>>,
+    /// Local IPs for IP-based fabric providers, comma-separated: one rail each, in this
+    /// order, at most 32 (default: --pod-ip, one rail).
+    #[arg(long, env = "EFAPROBE_FABRIC_BIND", value_delimiter = ',', value_parser = values::blank_or_ip)]
+    pub fabric_bind: Vec<Blankable<IpAddr>>,
     #[command(flatten)]
     pub interval: IntervalArgs,
     /// Deadline of each probe, 1ms to 1m, and shorter than the interval.
@@ -140,6 +141,70 @@ fn imds_endpoint(text: &str) -> Result<Blankable<ImdsEndpoint>, String> {
     }
 }
 
+/// Most `--fabric-bind` addresses: the rails a hello lists.
+pub const MAX_FABRIC_BINDS: usize = crate::hello::MAX_ENDPOINTS;
+
+/// The rails' bind addresses from `--fabric-bind`: blank (or not given) is the pod IP, one
+/// rail, as before rails; otherwise every entry an address of its own, at most
+/// [`MAX_FABRIC_BINDS`]. Every problem of the list is said in its one error.
+fn fabric_bind(
+    entries: &[Blankable<IpAddr>],
+    pod_ip: Option<IpAddr>,
+    errors: &mut ConfigErrors,
+) -> Vec<IpAddr> {
+    if errors.names("fabric-bind") {
+        // An entry that is not an address, already reported.
+        return Vec::new();
+    }
+    if entries.len() <= 1 && entries.iter().all(|e| e.0.is_none()) {
+        return pod_ip.into_iter().collect();
+    }
+    let mut problems = Vec::new();
+    if entries.len() > MAX_FABRIC_BINDS {
+        problems.push(format!(
+            "{} addresses, more than {MAX_FABRIC_BINDS} (the rails a hello lists)",
+            entries.len()
+        ));
+    }
+    let empty: Vec<String> = (1..=entries.len())
+        .filter(|n| entries[n - 1].0.is_none())
+        .map(|n| n.to_string())
+        .collect();
+    if !empty.is_empty() {
+        problems.push(format!(
+            "entry {} of {} is empty",
+            empty.join(", "),
+            entries.len()
+        ));
+    }
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for (n, ip) in entries.iter().enumerate() {
+        let Some(ip) = ip.0 else { continue };
+        if let Some(first) = entries[..n].iter().position(|e| e.0 == Some(ip)) {
+            // Said once per address, at its second entry.
+            if !entries[first + 1..n].iter().any(|e| e.0 == Some(ip)) {
+                problems.push(format!(
+                    "{ip} is given twice (entries {} and {}): each rail binds an address of its own",
+                    first + 1,
+                    n + 1
+                ));
+            }
+            continue;
+        }
+        addresses.push(ip);
+    }
+    if !problems.is_empty() {
+        errors.push(ConfigError::of::<AgentArgs>(
+            "fabric-bind",
+            format!(
+                "{}; one local IP address per rail, comma-separated",
+                problems.join("; ")
+            ),
+        ));
+    }
+    addresses
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -150,7 +215,9 @@ pub struct AgentConfig {
     pub targets: Vec<TargetSpec>,
     /// `None` when the fabric path is off.
     pub fabric_provider: Option<String>,
-    pub fabric_bind: Option<IpAddr>,
+    /// Local addresses of the fabric endpoints on IP providers, one rail each in this order;
+    /// empty: no bind address (none given and no pod IP).
+    pub fabric_bind: Vec<IpAddr>,
     pub interval: Duration,
     pub timeout: Duration,
     pub policy: VerdictPolicy,
@@ -222,7 +289,7 @@ impl AgentConfig {
             "none" => None,
             p => Some(p.to_owned()),
         };
-        let fabric_bind = a.fabric_bind.and_then(|b| b.0).or(pod_ip);
+        let fabric_bind = fabric_bind(&a.fabric_bind, pod_ip, &mut errors);
         let interval = a.interval.interval;
         if a.timeout >= interval && !errors.names("interval") {
             errors.push(ConfigError::of::<AgentArgs>(
@@ -361,7 +428,7 @@ mod tests {
         assert_eq!(c.fabric_provider.as_deref(), Some("udp;ofi_rxd"));
         assert_eq!(
             c.fabric_bind,
-            Some("10.0.0.5".parse().unwrap()),
+            ["10.0.0.5".parse::<IpAddr>().unwrap()],
             "defaults to the pod IP"
         );
         assert_eq!(c.interval, Duration::from_secs(2));
@@ -571,6 +638,92 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(named, expected, "{errors}");
         assert!(errors.0.iter().all(|e| !e.env.is_empty()), "{errors}");
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|ip| ip.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn fabric_bind_lists_one_address_per_rail_in_order() {
+        let base = ["--node-name", "n", "--pod-ip", "10.0.0.5"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let c = with(&["--fabric-bind", "198.18.1.2, 198.18.0.1,fd00::7"]).unwrap();
+        assert_eq!(
+            c.fabric_bind,
+            ips(&["198.18.1.2", "198.18.0.1", "fd00::7"]),
+            "in the order given, the pod IP not added"
+        );
+        assert_eq!(c.pod_ip, Some("10.0.0.5".parse().unwrap()));
+        let c = with(&["--fabric-bind", "198.18.1.2"]).unwrap();
+        assert_eq!(c.fabric_bind, ips(&["198.18.1.2"]), "one address, one rail");
+        // Blank is unset, as before rails: the pod IP, one rail; without one, no bind.
+        for blank in ["--fabric-bind=", "--fabric-bind=  "] {
+            assert_eq!(with(&[blank]).unwrap().fabric_bind, ips(&["10.0.0.5"]));
+        }
+        assert_eq!(with(&[]).unwrap().fabric_bind, ips(&["10.0.0.5"]));
+        let c = parse(&["--node-name", "n", "--fabric-bind="]).unwrap();
+        assert_eq!(c.fabric_bind, ips(&[]), "no pod IP: no bind");
+        let all: Vec<String> = (0..32).map(|i| format!("198.18.9.{i}")).collect();
+        let c = with(&["--fabric-bind", &all.join(",")]).unwrap();
+        assert_eq!(c.fabric_bind.len(), 32, "a hello's worth");
+    }
+
+    #[test]
+    fn fabric_bind_refuses_what_is_no_list_of_rails() {
+        let too_many: Vec<String> = (0..33).map(|i| format!("198.18.9.{i}")).collect();
+        let too_many = too_many.join(",");
+        let cases: &[(&str, &[&str])] = &[
+            ("198.18.0.1,eth0", &["\"eth0\" is not an IP address"]),
+            ("198.18.0.1,,198.18.0.2", &["entry 2 of 3 is empty"]),
+            ("198.18.0.1,", &["entry 2 of 2 is empty"]),
+            (",", &["entry 1, 2 of 2 is empty"]),
+            (
+                "198.18.0.1,198.18.0.2,198.18.0.1,198.18.0.1",
+                &["198.18.0.1 is given twice (entries 1 and 3)"],
+            ),
+            (&too_many, &["33 addresses, more than 32"]),
+            (
+                "198.18.0.1, ,198.18.0.1",
+                &[
+                    "entry 2 of 3 is empty",
+                    "198.18.0.1 is given twice (entries 1 and 3)",
+                ],
+            ),
+        ];
+        for (value, said) in cases {
+            let arg = format!("--fabric-bind={value}");
+            let err = parse(&["--node-name", "n", &arg]).expect_err(value);
+            let text = err.to_string();
+            assert_eq!(err.setting, "fabric-bind", "{text}");
+            assert!(
+                text.starts_with(
+                    "invalid setting fabric-bind (flag --fabric-bind, env EFAPROBE_FABRIC_BIND): "
+                ),
+                "{text}"
+            );
+            for part in *said {
+                assert!(text.contains(part), "{value:?}: {text}");
+            }
+            assert_eq!(
+                text.matches("given twice").count(),
+                said.iter().filter(|s| s.contains("twice")).count(),
+                "each address said once: {text}"
+            );
+        }
+        // With other bad settings, all are reported.
+        let errors = parse_all(&["--fabric-bind=198.18.0.1,,", "--hysteresis=0"]).unwrap_err();
+        let mut named: Vec<&str> = errors.0.iter().map(|e| e.setting).collect();
+        named.sort_unstable();
+        assert_eq!(
+            named,
+            ["fabric-bind", "hysteresis", "node-name"],
+            "{errors}"
+        );
     }
 
     #[test]

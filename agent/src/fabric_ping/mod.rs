@@ -6,6 +6,6 @@ pub mod exchange;
 pub mod wire;
 
 pub use engine::{
-    open_all, prepare_environment, EngineError, FabricPinger, MalformedReason, PeerHandle,
-    PingerConfig, PingerStats, ProbeOutcome, Published, Reply,
+    open_all, open_rails, prepare_environment, rail_infos, start_rails, EngineError, FabricPinger,
+    MalformedReason, PeerHandle, PingerConfig, PingerStats, ProbeOutcome, Published, Reply,
 };

@@ -1,50 +1,63 @@
-//! The fabric ping engine: one RDM endpoint per domain, driven by a thread of its own.
+//! The fabric ping engine: one RDM endpoint per rail (an EFA device, or a local address on
+//! IP providers), and one thread that drives every rail of its group.
 //!
-//! The thread owns the endpoint (libfabric objects, registered memory) and everything about
-//! peers; callers talk to it through a channel and get answers on oneshot channels, so the
-//! async agent and the blocking CLI use the same engine.
+//! The thread owns the endpoints (libfabric objects, registered memory) and everything about
+//! peers; callers hold a [`FabricPinger`] per rail and talk to the thread through one channel
+//! (each command carries its rail's index) and get answers on oneshot channels, so the async
+//! agent and the blocking CLI use the same engine. [`open_rails`] opens a node's rails on one
+//! thread ([`open`] says which rails a provider has); [`FabricPinger::start`] opens one.
 //!
 //! Progress is manual on EFA (and on rxd/rxm here): nothing moves unless the completion queues
 //! are read, and no wait object is offered. How the thread paces its polls is what an agent
-//! costs (see [`pacing`]): it spins only while an answer is due within microseconds (the
+//! costs (see [`pacing`]): a rail spins only while an answer is due within microseconds (the
 //! second, "warm" ping of a probe, on both sides), polls every few hundred microseconds while
 //! a first ping waits for a responder that may be idle, and otherwise sleeps between slow
-//! polls, which still answer pings and accept connections.
+//! polls, which still answer pings and accept connections. Each rail paces itself; the loop
+//! ([`event_loop`]) sleeps until the earliest rail is due and polls only the rails that are
+//! due then, so a busy rail does not make the idle ones poll, and idle rails are polled
+//! together on one wake-up: 32 idle rails cost one wake-up per `idle_poll` and 32 completion
+//! queue polls (BENCHMARKS.md: the idle cost by rail count).
 //!
-//! Here: the handle and its configuration. The thread's loop is in [`event_loop`], what it
-//! has queued and in flight in [`outgoing`], its address table in [`address_table`], its
-//! pacing in [`pacing`], its counters in [`counters`], its watch on its own endpoint in
-//! [`health`].
+//! Each rail has its own address table ([`address_table`]), probes in flight and outbox
+//! ([`outgoing`]), counters ([`counters`]), watch on its endpoint and reopen ([`health`]):
+//! one rail's peers, failures and reopens leave the others alone ([`rail`]).
+//!
+//! Lifetime: the thread stops when [`FabricPinger::shutdown`] is called on any rail of its
+//! group (it stops every rail of the group: the agent stops them all at exit), or when every
+//! handle of every rail of the group has been dropped.
 
 mod address_table;
 mod counters;
 mod event_loop;
 mod health;
+mod open;
 mod outgoing;
 mod pacing;
+mod rail;
 
 pub use counters::{MalformedReason, PingerStats};
+pub use open::{open_all, open_rails, rail_infos, start_rails};
 
 use std::net::IpAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
-use fabric::{CompletionError, Domain, Endpoint, EndpointAddress, EndpointConfig};
+use fabric::{CompletionError, Endpoint, EndpointAddress};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
-use super::wire::{HEADER_LEN, MAX_ADDR_LEN};
 use counters::Counters;
-use event_loop::Engine;
 
 /// How an engine is opened and paced.
 #[derive(Debug, Clone)]
 pub struct PingerConfig {
     /// libfabric provider (`efa`, `tcp`, `udp;ofi_rxd`, `shm`).
     pub provider: String,
-    /// Local IP to bind, for providers that run over IP. Ignored by EFA and shm.
+    /// Local IP of the one rail [`open_all`] opens, for providers that run over IP; `None`:
+    /// the provider's first interface. Ignored by EFA and shm, and by [`open_rails`], which
+    /// takes a list of them.
     pub bind: Option<IpAddr>,
     /// Largest probe, in bytes (the slot size of the endpoint's buffers).
     pub max_probe_size: usize,
@@ -139,6 +152,13 @@ pub enum EngineError {
     /// the provider refused a peer's address (see `fabric::Endpoint::check_address`)
     #[error("peer address: {0}")]
     Address(fabric::Error),
+    /// the provider listed no interface that holds a rail's bind address
+    #[error("provider {provider} has no interface at {bind} (it listed {listed:?})")]
+    NoInterfaceAt {
+        provider: String,
+        bind: IpAddr,
+        listed: Vec<String>,
+    },
 }
 
 /// Sets the environment a provider must see before libfabric loads it. Call it early in
@@ -149,24 +169,6 @@ pub fn prepare_environment(provider: &str) {
         // says nothing about the device.
         std::env::set_var("FI_EFA_ENABLE_SHM_TRANSFER", "0");
     }
-}
-
-/// Opens one engine per domain (device) of the provider: one per EFA NIC on multi-rail nodes.
-pub fn open_all(config: &PingerConfig) -> Result<Vec<FabricPinger>, EngineError> {
-    // EFA addresses are device GIDs and shm names are derived from the node string (two
-    // processes given the same IP would collide): only IP providers take the bind address.
-    let ip_provider = !matches!(config.provider.split(';').next(), Some("efa") | Some("shm"));
-    let node = config.bind.filter(|_| ip_provider).map(|ip| ip.to_string());
-    // Queues no deeper than what the engine keeps in flight: providers size their own
-    // pools by them (rxd's are ~4 MiB per endpoint at its defaults).
-    let query = fabric::Query::provider(&config.provider)
-        .bind(node.as_deref())
-        .queue_sizes(config.tx_slots, config.rx_slots);
-    let list = fabric::InfoList::get(&query)?;
-    list.per_domain()
-        .into_iter()
-        .map(|info| FabricPinger::start(info.to_owned()?, config.clone()))
-        .collect()
 }
 
 /// What became of one probe.
@@ -234,7 +236,10 @@ pub fn learned_peer_limit(provider: &str, config: &PingerConfig) -> usize {
     }
 }
 
+/// What the handles of one rail and the thread share about it.
 struct Shared {
+    /// The rail's index in its group: its position in the node's rail list.
+    rail: usize,
     provider: String,
     fabric: String,
     domain: String,
@@ -244,7 +249,15 @@ struct Shared {
     counters: Counters,
 }
 
+/// What the handles send to the thread.
 enum Command {
+    /// For the rail of that index.
+    Rail(usize, RailCommand),
+    /// Stop every rail of the group.
+    Shutdown,
+}
+
+enum RailCommand {
     AddPeer(
         EndpointAddress,
         oneshot::Sender<Result<PeerHandle, EngineError>>,
@@ -258,7 +271,6 @@ enum Command {
         pair: bool,
         reply: oneshot::Sender<ProbeOutcome>,
     },
-    Shutdown,
 }
 
 /// A pending answer from the engine thread: `.await` it, or `wait()` outside async code.
@@ -275,53 +287,47 @@ impl<T> Reply<T> {
     }
 }
 
-/// Handle to one engine (one endpoint on one domain). Cheap to clone; the engine stops when
-/// the last handle is dropped or [`shutdown`](Self::shutdown) is called.
+/// What the rails of one group share: the thread that drives them.
+struct Group {
+    thread: Mutex<Option<JoinHandle<()>>>,
+    thread_id: ThreadId,
+}
+
+/// Handle to one rail: one endpoint on one domain, driven by its group's thread with the
+/// group's other rails. Cheap to clone. The thread stops when [`shutdown`](Self::shutdown)
+/// is called on any rail of the group, or when the last handle of every rail is dropped.
 #[derive(Clone)]
 pub struct FabricPinger {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    group: Arc<Group>,
 }
 
 impl FabricPinger {
-    /// Opens the endpoint on `info`'s domain and starts the engine thread.
+    /// Opens an endpoint on `info`'s domain and starts a thread for it alone: a group of one
+    /// rail (see [`start_rails`] for several).
     pub fn start(info: fabric::Info, config: PingerConfig) -> Result<FabricPinger, EngineError> {
-        let provider = info.provider_name();
-        let fabric_name = info.fabric_name();
-        let domain_name = info.domain_name();
-        let domain = Domain::open(info)?;
-        let slot_size = config.max_probe_size.max(HEADER_LEN + MAX_ADDR_LEN);
-        let endpoint_config = EndpointConfig {
-            slot_size,
-            tx_slots: config.tx_slots,
-            rx_slots: config.rx_slots,
-            ..EndpointConfig::default()
-        };
-        let endpoint = Endpoint::open(&domain, endpoint_config)?;
-        let shared = Arc::new(Shared {
-            provider,
-            fabric: fabric_name,
-            domain: domain_name,
-            published: watch::Sender::new(Published::of(&endpoint)),
-            id: rand::random(),
-            counters: Counters::default(),
-        });
-        let (tx, rx) = mpsc::channel();
-        let engine = Engine::new(endpoint, endpoint_config, shared.clone(), rx, config);
-        let thread = std::thread::Builder::new()
-            .name(format!("fabric-{}", shared.domain))
-            .spawn(move || engine.run())
-            .map_err(EngineError::Thread)?;
-        Ok(FabricPinger {
-            shared,
-            commands: tx,
-            thread: Arc::new(Mutex::new(Some(thread))),
-        })
+        let mut one = start_rails(vec![info], config)?;
+        Ok(one.remove(0))
     }
 
-    fn send(&self, cmd: Command) -> Result<(), mpsc::SendError<Command>> {
-        self.commands.send(cmd)
+    /// Sends a command for this rail; gives it back if the thread has stopped.
+    fn send(&self, cmd: RailCommand) -> Result<(), RailCommand> {
+        match self.commands.send(Command::Rail(self.shared.rail, cmd)) {
+            Err(mpsc::SendError(Command::Rail(_, cmd))) => Err(cmd),
+            // A failed send gives back what it was given, which was a rail's command.
+            _ => Ok(()),
+        }
+    }
+
+    /// This rail's index in its group (the order [`open_rails`] opened them in).
+    pub fn rail(&self) -> usize {
+        self.shared.rail
+    }
+
+    /// The thread that drives this rail: the same for every rail of the group.
+    pub fn engine_thread(&self) -> ThreadId {
+        self.group.thread_id
     }
 
     /// The provider as libfabric names it (`udp;ofi_rxd`, `efa`, ...).
@@ -333,7 +339,7 @@ impl FabricPinger {
         &self.shared.fabric
     }
 
-    /// The domain (device) this engine's endpoint is on.
+    /// The domain (device) this rail's endpoint is on.
     pub fn domain(&self) -> &str {
         &self.shared.domain
     }
@@ -354,7 +360,7 @@ impl FabricPinger {
         self.shared.published.subscribe()
     }
 
-    /// Random identity of this engine instance, carried in every message.
+    /// Random identity of this rail's engine instance, carried in every message.
     pub fn instance_id(&self) -> u64 {
         self.shared.id
     }
@@ -362,8 +368,8 @@ impl FabricPinger {
     /// Adds a peer by its raw fabric address (as the peer published it).
     pub fn add_peer(&self, address: &[u8]) -> Reply<Result<PeerHandle, EngineError>> {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(Command::AddPeer(_, tx))) =
-            self.send(Command::AddPeer(EndpointAddress::from(address), tx))
+        if let Err(RailCommand::AddPeer(_, tx)) =
+            self.send(RailCommand::AddPeer(EndpointAddress::from(address), tx))
         {
             let _ = tx.send(Err(EngineError::Stopped));
         }
@@ -372,7 +378,7 @@ impl FabricPinger {
 
     /// Forgets a peer; its address-vector entry goes once nothing is in flight to it.
     pub fn remove_peer(&self, peer: PeerHandle) {
-        let _ = self.send(Command::RemovePeer(peer));
+        let _ = self.send(RailCommand::RemovePeer(peer));
     }
 
     /// Probes a peer with `size`-byte pings (at least the header and this engine's address).
@@ -402,14 +408,14 @@ impl FabricPinger {
         pair: bool,
     ) -> Reply<ProbeOutcome> {
         let (tx, rx) = oneshot::channel();
-        let cmd = Command::Probe {
+        let cmd = RailCommand::Probe {
             peer,
             size,
             timeout,
             pair,
             reply: tx,
         };
-        if let Err(mpsc::SendError(Command::Probe { reply, .. })) = self.send(cmd) {
+        if let Err(RailCommand::Probe { reply, .. }) = self.send(cmd) {
             let _ = reply.send(ProbeOutcome::NotSent {
                 reason: EngineError::Stopped.to_string(),
             });
@@ -421,11 +427,16 @@ impl FabricPinger {
         self.shared.counters.snapshot()
     }
 
-    /// Stops the engine and waits for it to close its endpoint. In-flight probes answer
-    /// `NotSent`. Other clones of this handle see a stopped engine.
+    /// Stops the thread, and with it every rail of the group, and waits for it to close
+    /// their endpoints. In-flight probes answer `NotSent`. Every handle of every rail of the
+    /// group then sees a stopped engine; calling it again, on any of them, does nothing.
     pub fn shutdown(&self) {
-        let _ = self.send(Command::Shutdown);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = self.commands.send(Command::Shutdown);
+        let thread = (self.group.thread)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }
