@@ -188,7 +188,7 @@ fn one_rail_cut_alone_is_named_and_diagnosed_from_its_own_interfaces() {
         }}",
         rail1.ips[1]
     ));
-    wait_until("rail 1 dropped between nodes 1 and 2", 6 * INTERVAL, || {
+    let took = wait_until("rail 1 dropped between nodes 1 and 2", 6 * INTERVAL, || {
         for (a, b) in [(&nodes[0], "node-2"), (&nodes[1], "node-1")] {
             let (state, seen, p) = rails_of(a, b)?;
             if seen != [Value::Bool(true), Value::Bool(false)] {
@@ -206,6 +206,7 @@ fn one_rail_cut_alone_is_named_and_diagnosed_from_its_own_interfaces() {
         }
         Ok(())
     });
+    eprintln!("rail 1 cut: reported on both sides after {took:?}");
     let (_, _, two) = rails_of(&nodes[0], "node-2").unwrap();
     let summary = two["summary"].as_str().unwrap();
     assert!(
@@ -234,7 +235,7 @@ fn one_rail_cut_alone_is_named_and_diagnosed_from_its_own_interfaces() {
 
     // 3. Healed: both rails answer again within two intervals.
     lan.hosts[0].nft_flush();
-    wait_until(
+    let took = wait_until(
         "rail 1 answers again",
         2 * INTERVAL + Duration::from_millis(500),
         || {
@@ -247,6 +248,7 @@ fn one_rail_cut_alone_is_named_and_diagnosed_from_its_own_interfaces() {
             Ok(())
         },
     );
+    eprintln!("rail 1 healed: both rails answer after {took:?}");
     wait_until("healthy again", 6 * INTERVAL, || {
         whole(&nodes[0], "node-2", 2)?;
         whole(&nodes[1], "node-1", 2)
