@@ -1894,3 +1894,33 @@ fn a_second_claimant_s_dropped_rail_is_counted_but_not_under_the_holders_name() 
         Some(1.0)
     );
 }
+
+/// What README and `per_peer` say rails cost per peer: 2 samples once paired, whatever the
+/// rail count, and one per dropped rail; the per-node rail count grows with this node's
+/// rails, not with peers.
+#[test]
+fn rails_cost_two_samples_per_peer_and_one_per_dropped_rail() {
+    let samples_of = |m: &Fixture, peer: &str| with_label(&m.encode(), "peer", peer).len();
+    let m = metrics();
+    m.set_peer(&peer("gpu-0", PeerState::Healthy, None));
+    let without = samples_of(&m, "gpu-0");
+    assert_eq!(without, 11);
+    let mut whole = railed_peer("gpu-1", &[Some(true); 32]);
+    whole.fabric.reachable = Some(true);
+    m.set_peer(&whole);
+    assert_eq!(samples_of(&m, "gpu-1"), without + 2);
+    let mut three_dropped = [Some(true); 32];
+    for r in [3, 17, 31] {
+        three_dropped[r] = Some(false);
+    }
+    m.set_peer(&railed_peer("gpu-2", &three_dropped));
+    // + diagnosis (fabric_dropped), + 2 rail counts, + 3 dropped rails.
+    assert_eq!(samples_of(&m, "gpu-2"), without + 1 + 2 + 3);
+    let node_rails = samples(&m.encode())
+        .into_iter()
+        .filter(|s| s.name == "efa_node_rail_unreachable_peers")
+        .count();
+    // This node's one rail, and the peers' dropped rails 3, 17 and 31 (counted though this
+    // node does not list them: the state says they were probed).
+    assert_eq!(node_rails, 4);
+}
