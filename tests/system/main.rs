@@ -17,6 +17,7 @@ mod agent_loopback;
 mod agent_netns;
 mod agent_node_actions;
 mod agent_probe_sizes;
+mod agent_rails;
 mod agent_schedule;
 mod agent_topology;
 mod alert_rules;

@@ -78,6 +78,7 @@ fn path(
         rtt_seconds,
         last_failure: failure.map(|(reason, _)| reason),
         last_error: failure.map(|(_, message)| message.to_owned()),
+        provider_reason: None,
     }
 }
 

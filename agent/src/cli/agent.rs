@@ -215,7 +215,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         Some(endpoint) => read_topology(endpoint, config.imds_timeout).await,
     };
     publish_topology(first.clone(), &hello, &metrics);
-    let (placement_tx, mut placement_rx) = watch::channel(first.as_ref().and_then(Placement::of));
+    let (topology_tx, mut topology_rx) = watch::channel(first.clone().map(Arc::new));
     if let (None, Some(endpoint)) = (&first, config.imds_endpoint.clone()) {
         let (hello, metrics, timeout) = (hello.clone(), metrics.clone(), config.imds_timeout);
         let stop = shutdown.clone();
@@ -230,20 +230,20 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
                     _ = stop.cancelled() => return,
                 }
                 if let Some(t) = read_topology(&endpoint, timeout).await {
-                    let _ = placement_tx.send(Placement::of(&t));
+                    let _ = topology_tx.send(Some(Arc::new(t.clone())));
                     publish_topology(Some(t), &hello, &metrics);
                     return;
                 }
             }
         });
     }
-    let placement = placement_rx.borrow_and_update().clone();
+    let topology = topology_rx.borrow_and_update().clone();
 
     let peer_sets =
         crate::discovery::start(config.discovery.clone(), config.interval, shutdown.clone())
             .await
             .context("starting peer discovery")?;
-    let monitor = PeerMonitor::new(
+    let mut monitor = PeerMonitor::new(
         PeerProbeSettings {
             node_name: config.node_name.clone(),
             interval: config.interval,
@@ -254,13 +254,14 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             large_probe_sizes: config.large_probe_sizes.clone(),
             policy: config.policy,
             provider: config.fabric_provider.clone(),
-            placement,
+            placement: topology.as_deref().and_then(Placement::of),
         },
         state.clone(),
         metrics.clone(),
-        pinger,
+        pingers.clone(),
     )
     .with_large_probe_endpoint(large_pinger.clone());
+    monitor.set_topology(topology);
 
     let node_actions = crate::node_actions::start(
         config.node_actions.clone(),
@@ -280,7 +281,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             state: state.clone(),
             metrics: metrics.clone(),
             peer_sets,
-            placement: placement_rx,
+            topology: topology_rx,
             is_self: {
                 let config = Arc::clone(&config);
                 Box::new(move |address| config.is_self(address))

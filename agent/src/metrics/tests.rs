@@ -134,6 +134,7 @@ fn path(reachable: Option<bool>, rtt_seconds: Option<f64>) -> PathStatus {
         rtt_seconds,
         last_failure: None,
         last_error: None,
+        provider_reason: None,
     }
 }
 

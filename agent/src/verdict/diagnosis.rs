@@ -38,6 +38,31 @@ impl Placement {
         })
     }
 
+    /// From instance metadata: the network interface with `mac` (a rail's ENI), with the
+    /// instance's zone and placement group; `None` when no interface has that MAC.
+    pub fn of_interface(topology: &crate::topology::Topology, mac: &str) -> Option<Placement> {
+        let interface = topology.interfaces.iter().find(|i| i.mac == mac)?;
+        Some(Placement {
+            availability_zone: topology.availability_zone.clone(),
+            subnet_id: interface.subnet_id.clone(),
+            vpc_id: interface.vpc_id.clone(),
+            security_group_ids: interface.security_group_ids.clone(),
+            placement_group: topology.placement_group.clone(),
+        })
+    }
+
+    /// Where rail `rail` of a node runs: the interface its hello names for the rail (its
+    /// MAC) in its topology; else the primary interface's placement (a rail whose interface
+    /// the system did not say, or an agent from before rails).
+    pub fn of_rail(
+        topology: &crate::topology::Topology,
+        rail_mac: Option<&str>,
+    ) -> Option<Placement> {
+        rail_mac
+            .and_then(|mac| Placement::of_interface(topology, mac))
+            .or_else(|| Placement::of(topology))
+    }
+
     /// The topology group this node probes as a full mesh: its placement group (`pg:NAME`),
     /// else its subnet (`subnet:ID`). Both are what EFA traffic cannot leave.
     pub fn group(&self) -> String {
