@@ -160,6 +160,39 @@ fn one_rail_cut_alone_is_named_and_diagnosed_from_its_own_interfaces() {
         warnings.contains("the peer has 1 rail(s) and this node 2"),
         "{warnings}"
     );
+    // The metrics say the same: node 1's two rails listed with their interfaces' MACs, two
+    // rails paired with node 2 and one with node 4, all answering; node 4 has one rail.
+    let m = nodes[0].scrape();
+    assert_eq!(value(&m, "efa_fabric_rails", &[]), Some(2.0));
+    let mac1 = mac_of(nodes[0].ns, &rail1.interfaces[0]);
+    assert_eq!(
+        value(&m, "efa_rail_info", &[("rail", "1"), ("mac", &mac1)]),
+        Some(1.0),
+        "rail 1 with its interface's MAC {mac1}"
+    );
+    for (peer, paired) in [("node-2", 2.0), ("node-4", 1.0)] {
+        let p = [("peer", peer)];
+        assert_eq!(value(&m, "efa_peer_rails", &p), Some(paired), "{peer}");
+        assert_eq!(
+            value(&m, "efa_peer_rails_reachable", &p),
+            Some(paired),
+            "{peer}"
+        );
+    }
+    assert!(m.iter().all(|s| s.name != "efa_peer_rail_unreachable"));
+    assert!(
+        value(
+            &m,
+            "efa_rail_probes_total",
+            &[("rail", "1"), ("result", "ok")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        value(&nodes[3].scrape(), "efa_fabric_rails", &[]),
+        Some(1.0)
+    );
     let (_, _, one) = rails_of(&nodes[3], "node-1").unwrap();
     assert_eq!(one["peer_rails"], 2, "{one}");
     assert!(
@@ -188,7 +221,7 @@ fn one_rail_cut_alone_is_named_and_diagnosed_from_its_own_interfaces() {
         }}",
         rail1.ips[1]
     ));
-    wait_until("rail 1 dropped between nodes 1 and 2", 6 * INTERVAL, || {
+    let took = wait_until("rail 1 dropped between nodes 1 and 2", 6 * INTERVAL, || {
         for (a, b) in [(&nodes[0], "node-2"), (&nodes[1], "node-1")] {
             let (state, seen, p) = rails_of(a, b)?;
             if seen != [Value::Bool(true), Value::Bool(false)] {
@@ -206,6 +239,7 @@ fn one_rail_cut_alone_is_named_and_diagnosed_from_its_own_interfaces() {
         }
         Ok(())
     });
+    eprintln!("rail 1 cut: reported on both sides after {took:?}");
     let (_, _, two) = rails_of(&nodes[0], "node-2").unwrap();
     let summary = two["summary"].as_str().unwrap();
     assert!(
@@ -226,6 +260,33 @@ fn one_rail_cut_alone_is_named_and_diagnosed_from_its_own_interfaces() {
         value(&m, "efa_peer_ip_reachable", &[("peer", "node-2")]),
         Some(1.0)
     );
+    // Rail 1 named in the metrics: dropped to node 2 alone, rail 0 answering.
+    let p = [("peer", "node-2")];
+    assert_eq!(value(&m, "efa_peer_rails", &p), Some(2.0));
+    assert_eq!(value(&m, "efa_peer_rails_reachable", &p), Some(1.0));
+    let unreachable: Vec<(&str, &str)> = m
+        .iter()
+        .filter(|s| s.name == "efa_peer_rail_unreachable")
+        .map(|s| (s.labels["peer"].as_str(), s.labels["rail"].as_str()))
+        .collect();
+    assert_eq!(unreachable, [("node-2", "1")]);
+    assert_eq!(
+        value(&m, "efa_node_rail_unreachable_peers", &[("rail", "1")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&m, "efa_node_rail_unreachable_peers", &[("rail", "0")]),
+        Some(0.0)
+    );
+    assert!(
+        value(
+            &m,
+            "efa_rail_probes_total",
+            &[("rail", "1"), ("result", "timeout")]
+        )
+        .unwrap()
+            > 0.0
+    );
     // The third node stays whole on both rails, from both sides of the cut.
     for a in &nodes[..2] {
         whole(a, "node-3", 2).unwrap();
@@ -234,7 +295,7 @@ fn one_rail_cut_alone_is_named_and_diagnosed_from_its_own_interfaces() {
 
     // 3. Healed: both rails answer again within two intervals.
     lan.hosts[0].nft_flush();
-    wait_until(
+    let took = wait_until(
         "rail 1 answers again",
         2 * INTERVAL + Duration::from_millis(500),
         || {
@@ -247,10 +308,17 @@ fn one_rail_cut_alone_is_named_and_diagnosed_from_its_own_interfaces() {
             Ok(())
         },
     );
+    eprintln!("rail 1 healed: both rails answer after {took:?}");
     wait_until("healthy again", 6 * INTERVAL, || {
         whole(&nodes[0], "node-2", 2)?;
         whole(&nodes[1], "node-1", 2)
     });
+    let m = nodes[0].scrape();
+    assert!(m.iter().all(|s| s.name != "efa_peer_rail_unreachable"));
+    assert_eq!(
+        value(&m, "efa_peer_rails_reachable", &[("peer", "node-2")]),
+        Some(2.0)
+    );
     drop(agents);
     drop(imds);
 }

@@ -375,3 +375,66 @@ async fn a_peer_with_one_rail_dropped_shows_each_rail_in_the_list_and_on_the_pag
     );
     assert!(!page.contains("<b>rail 0</b>"), "{page}");
 }
+
+/// A peer whose rail 1 drops (issue 12): what `/v1/peers` lists rail by rail is what
+/// `/metrics` says of the same peer, since both read the state.
+#[tokio::test]
+async fn rails_in_v1_peers_agree_with_the_rail_metrics() {
+    let app = app();
+    let mut peer = dropped_peer("gpu-node-2");
+    let rail = |rail: u16, reachable: bool| crate::state::RailStatus {
+        rail,
+        domain: format!("rdmap{rail}-rdm").into(),
+        peer_domain: format!("rdmap{rail}-rdm").into(),
+        path: PathStatus {
+            reachable: Some(reachable),
+            rtt_seconds: reachable.then_some(0.00002),
+            last_failure: (!reachable).then_some(PathFailure::Timeout),
+            last_error: None,
+            provider_reason: None,
+        },
+        reason: (!reachable).then_some(DiagnosisReason::SecurityGroup),
+    };
+    peer.rails = vec![rail(0, true), rail(1, false)];
+    peer.peer_rails = Some(2);
+    app.state.set_peer("198.18.0.2:9464", peer);
+
+    let (_, _, body) = get(&app, "/v1/peers", None).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rails = json[0]["rails"].as_array().expect("rails listed");
+    let answering = rails.iter().filter(|r| r["reachable"] == true).count();
+    let dropped: Vec<u64> = rails
+        .iter()
+        .filter(|r| r["reachable"] == false)
+        .map(|r| r["rail"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (rails.len(), answering, dropped.as_slice()),
+        (2, 1, &[1][..])
+    );
+
+    let (_, _, metrics) = get(&app, "/metrics", None).await;
+    let has = |line: &str| metrics.lines().any(|l| l == line);
+    assert!(
+        has(&format!(
+            r#"efa_peer_rails{{peer="gpu-node-2"}} {}"#,
+            rails.len()
+        )),
+        "{metrics}"
+    );
+    assert!(has(&format!(
+        r#"efa_peer_rails_reachable{{peer="gpu-node-2"}} {answering}"#
+    )));
+    let unreachable: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("efa_peer_rail_unreachable{"))
+        .collect();
+    let want: Vec<String> = dropped
+        .iter()
+        .map(|r| format!(r#"efa_peer_rail_unreachable{{peer="gpu-node-2",rail="{r}"}} 1"#))
+        .collect();
+    assert_eq!(unreachable, want);
+    // The fabric path as /v1/peers gives it, not reachable with a rail dropped.
+    assert_eq!(json[0]["fabric"]["reachable"], false);
+    assert!(has(r#"efa_peer_reachable{peer="gpu-node-2"} 0"#));
+}
