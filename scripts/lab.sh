@@ -139,12 +139,16 @@ mac_of() { in_ns "$1" cat "/sys/class/net/$2/address"; }
 lab_mac() { printf '0a:00:00:00:%02x:%02x' "$2" "${IP[$1]##*.}"; }
 
 # A fake sysfs per node with one EFA-like device, so device-counter metrics and panels have data.
+# Its class/net is the node's real one: the agent reads the MAC of the interface holding each
+# rail's address there (to find the rail's ENI in IMDS), and /sys in the node's namespace (ip
+# netns exec mounts the namespace's own) lists the node's interfaces with the kernel's MACs.
 fake_sysfs() {
   local dir="$LAB_DIR/sysfs-$1/class/infiniband/efa_$1/ports/1/hw_counters"
   mkdir -p "$dir"
   local c; for c in tx_bytes rx_bytes tx_pkts rx_pkts rx_drops send_bytes recv_bytes; do
     echo $(( RANDOM * 1000 )) > "$dir/$c"
   done
+  ln -s /sys/class/net "$LAB_DIR/sysfs-$1/class/net"
 }
 
 start_agent() {
