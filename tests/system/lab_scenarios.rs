@@ -222,6 +222,9 @@ struct Expect {
     /// (observer, peer, rails answering): each rail the observer pairs with the peer, in
     /// order, as `/v1/peers` lists it; a failing rail must name its device and a reason.
     rails: &'static [(&'static str, &'static str, &'static [bool])],
+    /// (observer, peer, text) the peer's summary in `/v1/peers` must hold: what shows that a
+    /// rail was diagnosed from its own ENI (its security group) rather than the primary's.
+    summaries: &'static [(&'static str, &'static str, &'static str)],
     /// Alerts (name, labels that must match) expected pending or firing; nothing else may be.
     alerts: &'static [(&'static str, &'static [(&'static str, &'static str)])],
     /// Alerts that may show up in this scenario without being required.
@@ -294,9 +297,60 @@ fn check_rails(lab: &Lab, observer: &str, peer: &str, answering: &[bool]) -> Res
     Ok(())
 }
 
+/// Each GPU node's hello names rail `i`'s interface MAC: the kernel's MAC of `lab{i}` in
+/// its namespace, one of the ENIs its topology (the fake IMDS) lists.
+fn check_rail_macs(lab: &Lab) -> Result<(), String> {
+    for node in ["gpu1", "gpu2", "gpu3"] {
+        let hello = lab
+            .curl(node, &format!("http://{}:9476/v1/hello", ip(node)))
+            .ok_or_else(|| format!("{node}: no hello"))?;
+        let hello: serde_json::Value = serde_json::from_str(&hello).map_err(|e| e.to_string())?;
+        let endpoints = hello["fabric"]["endpoints"].as_array().cloned();
+        let endpoints = endpoints.unwrap_or_default();
+        if endpoints.len() != 2 {
+            return Err(format!("{node}: {} rails in its hello", endpoints.len()));
+        }
+        let enis: Vec<&str> = hello["topology"]["interfaces"]
+            .as_array()
+            .map(|i| i.iter().filter_map(|i| i["mac"].as_str()).collect())
+            .unwrap_or_default();
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let out = lab
+                .in_ns(node, "cat")
+                .arg(format!("/sys/class/net/lab{i}/address"))
+                .output()
+                .expect("cat");
+            let kernel = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let published = endpoint["mac"].as_str().unwrap_or("none");
+            if published != kernel || !enis.contains(&published) {
+                return Err(format!(
+                    "{node} rail {i}: hello mac {published}, lab{i} has {kernel}, ENIs {enis:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_verdicts(lab: &Lab, e: &Expect) -> Result<(), String> {
     for (observer, peer, answering) in e.rails {
         check_rails(lab, observer, peer, answering)?;
+    }
+    for (observer, peer, text) in e.summaries {
+        let peers = lab
+            .curl(observer, &format!("http://{}:9476/v1/peers", ip(observer)))
+            .unwrap_or_default();
+        let peers: serde_json::Value = serde_json::from_str(&peers).unwrap_or_default();
+        let summary = peers
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == *peer))
+            .and_then(|p| p["summary"].as_str())
+            .unwrap_or_default();
+        if !summary.contains(text) {
+            return Err(format!(
+                "{observer}: {peer}'s summary lacks {text}: {summary}"
+            ));
+        }
     }
     for (observer, peer, state, reason) in e.verdicts {
         let m = lab.metrics(observer);
@@ -434,6 +488,7 @@ const SCENARIOS: &[Expect] = &[
             ("gpu1", "gpu3", &[false, false]),
             ("gpu1", "gpu2", &[true, true]),
         ],
+        summaries: &[],
         alerts: &[
             (
                 "EFAOSBypassDropped",
@@ -463,6 +518,7 @@ const SCENARIOS: &[Expect] = &[
         ],
         targets: &[],
         rails: &[("gpu1", "gpu2", &[false, false])],
+        summaries: &[],
         alerts: &[
             (
                 "EFAOSBypassDropped",
@@ -498,6 +554,10 @@ const SCENARIOS: &[Expect] = &[
             ("gpu1", "gpu3", &[true, true]),
             ("gpu3", "gpu1", &[true, true]),
         ],
+        summaries: &[
+            ("gpu1", "gpu2", "sg-0efarail1"),
+            ("gpu2", "gpu1", "sg-0efarail1"),
+        ],
         alerts: &[
             (
                 "EFAOSBypassDropped",
@@ -527,6 +587,7 @@ const SCENARIOS: &[Expect] = &[
             ("gpu3", "nats", "timeout"),
         ],
         rails: &[],
+        summaries: &[],
         alerts: &[
             ("NATSUnreachableFromNode", &[("node", "gpu1")]),
             ("NATSUnreachableFromNode", &[("node", "gpu2")]),
@@ -539,6 +600,7 @@ const SCENARIOS: &[Expect] = &[
         verdicts: &[],
         targets: &[("gpu1", "prometheus", "timeout")],
         rails: &[],
+        summaries: &[],
         alerts: &[("PrometheusUnreachableFromNode", &[("node", "gpu1")])],
         tolerated: &[],
     },
@@ -550,6 +612,7 @@ const SCENARIOS: &[Expect] = &[
         ],
         targets: &[],
         rails: &[],
+        summaries: &[],
         alerts: &[("EFAPeerDown", &[("peer", "gpu2")])],
         // Prometheus cannot scrape gpu2 either: its agent is absent as far as it can tell.
         tolerated: &["ProberAbsent"],
@@ -559,6 +622,7 @@ const SCENARIOS: &[Expect] = &[
         verdicts: &[],
         targets: &[],
         rails: &[],
+        summaries: &[],
         alerts: &[],
         tolerated: &[],
     },
@@ -585,6 +649,7 @@ fn every_scenario_is_detected_alerted_and_healed() {
     assert_lab_tools();
     let lab = Lab::up("efp-lt");
     wait_until("lab healthy", Duration::from_secs(30), || all_healthy(&lab));
+    check_rail_macs(&lab).unwrap();
     let queries = dashboard_queries();
     let mut had_data = BTreeSet::new();
     let mut report = Vec::new();
