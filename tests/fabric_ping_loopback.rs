@@ -852,6 +852,19 @@ fn fabric_threads() -> usize {
         .count()
 }
 
+/// The `fabric-*` threads once at least `expected` of them carry their name, or after 2 s: a
+/// thread names itself as it starts, a moment after `spawn` returns.
+fn fabric_threads_at_least(expected: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let now = fabric_threads();
+        if now >= expected || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// `n` rails on loopback, one thread for them all.
 fn rails_on(provider: &str, n: usize, tune: impl FnOnce(&mut PingerConfig)) -> Vec<FabricPinger> {
     let mut config = PingerConfig::new(provider);
@@ -884,7 +897,7 @@ fn two_nodes_of_two_rails_probe_rail_to_rail_each_on_one_thread() {
         let a = rails_on(provider, 2, |_| {});
         let b = rails_on(provider, 2, |_| {});
         assert_eq!(
-            fabric_threads(),
+            fabric_threads_at_least(threads_before + 2),
             threads_before + 2,
             "{provider}: one thread per node, not per rail"
         );
