@@ -46,6 +46,7 @@ fn path(rtt: Option<f64>) -> PathStatus {
         last_error: rtt
             .is_none()
             .then(|| "no answer before the deadline (silently dropped)".to_owned()),
+        provider_reason: None,
     }
 }
 

@@ -14,7 +14,8 @@ use crate::untrusted_text::{make_printable, printable};
 
 /// Largest hello body accepted from a peer.
 pub const MAX_HELLO_BYTES: usize = 64 * 1024;
-const MAX_ENDPOINTS: usize = 32;
+/// Most fabric endpoints (rails) a hello lists: a p5.48xlarge has 32 EFA devices.
+pub const MAX_ENDPOINTS: usize = 32;
 const MAX_ADDRESS_HEX: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,11 @@ pub struct PathStatus {
     pub last_failure: Option<PathFailure>,
     /// The last failure in words (the provider's own text on the fabric path).
     pub last_error: Option<String>,
+    /// On `efa`, what the provider's own error code of the last failed send says
+    /// (`unreachable_remote`, `remote_unresponsive`, `handshake_failed`, ...): decoded from
+    /// `prov_errno` (see `fabric::EfaErrno`), bounded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_reason: Option<fabric::EfaReason>,
 }
 
 /// Why a path's last probe failed, or why the path was not probed: a bounded set, written

@@ -206,6 +206,80 @@ impl Lan {
     }
 }
 
+/// A second network on a LAN's hosts (another rail): its own bridge, and in each host a
+/// veth `e{tag}{i}` at 198.18.`subnet`.`i` (/24). `tag` must be unique per test (at most 6
+/// characters).
+pub struct Network {
+    pub ips: Vec<String>,
+    /// Each host's interface on this network.
+    pub interfaces: Vec<String>,
+    _switch: Netns,
+}
+
+impl Network {
+    pub fn attach(lan: &Lan, tag: &str, subnet: u8) -> Network {
+        assert!(tag.len() <= 6, "tag {tag:?} too long for an interface name");
+        let switch = Netns::new(&format!("efp-{tag}-sw"));
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let mut ips = Vec::new();
+        let mut interfaces = Vec::new();
+        for (n, ns) in lan.hosts.iter().enumerate() {
+            let i = n + 1;
+            let (inner, outer) = (format!("e{tag}{i}"), format!("s{tag}{i}"));
+            run(Command::new("ip").args([
+                "link",
+                "add",
+                &inner,
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &outer,
+                "netns",
+                &switch.name,
+            ]));
+            switch.ip(&["link", "set", &outer, "master", "br0"]);
+            switch.ip(&["link", "set", &outer, "up"]);
+            let ip = format!("198.18.{subnet}.{i}");
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &inner]);
+            ns.ip(&["link", "set", &inner, "up"]);
+            ips.push(ip);
+            interfaces.push(inner);
+        }
+        Network {
+            ips,
+            interfaces,
+            _switch: switch,
+        }
+    }
+}
+
+/// The MAC of `interface` in `ns`, lower case (from `ip -o link`).
+pub fn mac_of(ns: &Netns, interface: &str) -> String {
+    let out = ns.ip(&["-o", "link", "show", "dev", interface]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    words
+        .find(|w| *w == "link/ether")
+        .and_then(|_| words.next())
+        .map(str::to_lowercase)
+        .unwrap_or_else(|| panic!("no MAC for {interface} in {}: {text}", ns.name))
+}
+
+/// The name of the interface holding `ip` in `ns`.
+pub fn interface_with(ns: &Netns, ip: &str) -> String {
+    let out = ns.ip(&["-o", "-4", "addr", "show"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.contains(&format!(" {ip}/")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .unwrap_or_else(|| panic!("no interface holds {ip} in {}: {text}", ns.name))
+}
+
 /// GET `http://{addr}{path}` from inside `ns`, bounded by a 2 s timeout; `None` on failure.
 pub fn http_get(ns: &Netns, addr: &str, path: &str) -> Option<String> {
     curl(ns.command("curl"), addr, path)

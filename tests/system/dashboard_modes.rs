@@ -129,6 +129,49 @@ fn check(prometheus: &LocalPrometheus) -> Result<(), String> {
         &agents,
     )?;
 
+    // Rails (issue 12): each node opened one rail (one bind address), listed with its device,
+    // in every mode, and counts its peers per rail from 0 in every mode (none included). No
+    // rail is dropped: the dead peer is down (no hello, nothing paired), not rail-dropped.
+    let open = panel(prometheus, "Rails open per node")?;
+    let listed = panel(prometheus, "Rails (device, MAC)")?;
+    let per_rail = prometheus.query("max by (node, rail) (efa_node_rail_unreachable_peers)")?;
+    for n in &nodes {
+        let rails = with(&open, &[("node", n)]);
+        expect(
+            &format!("{n} has one rail open"),
+            rails.len() == 1 && rails[0].1 == 1.0,
+            &open,
+        )?;
+        let rail0 = with(&listed, &[("node", n), ("rail", "0")]);
+        expect(
+            &format!("{n}'s rail 0 listed with its device"),
+            rail0.len() == 1 && !label(&rail0[0].0, "domain").is_empty(),
+            &listed,
+        )?;
+        let counted = per_rail
+            .iter()
+            .filter(|r| r["metric"]["node"] == n.as_str() && r["metric"]["rail"] == "0")
+            .filter(|r| r["value"][1] == "0")
+            .count();
+        expect(
+            &format!("{n} counts rail 0 dropped to no peer"),
+            counted == 1,
+            &per_rail,
+        )?;
+    }
+    for title in [
+        "Dropped rails now (observer → peer, rail)",
+        "Peers each rail is dropped to, per node",
+        "Rails not answering, per pair",
+    ] {
+        let shown = panel(prometheus, title)?;
+        expect(
+            &format!("{title}: no rail dropped"),
+            shown.is_empty(),
+            &shown,
+        )?;
+    }
+
     // Per-peer panels: the peer is named where its series exist (modes all and unhealthy).
     let observers = panel(prometheus, "Nodes that see each peer down")?;
     let dead = with(&observers, &[("peer", DEAD)]);

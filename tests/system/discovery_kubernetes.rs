@@ -469,7 +469,7 @@ async fn verdicts_and_series_follow_pods_with_no_false_down() {
         settings,
         state.clone(),
         metrics.clone(),
-        Some(pinger.clone()),
+        vec![pinger.clone()],
     );
 
     // Rounds until `done` holds on the exposition, asserting no peer is ever `down`.

@@ -17,6 +17,7 @@ mod agent_loopback;
 mod agent_netns;
 mod agent_node_actions;
 mod agent_probe_sizes;
+mod agent_rails;
 mod agent_schedule;
 mod agent_topology;
 mod alert_rules;
@@ -29,6 +30,7 @@ mod fabric_rxd_stray;
 mod lab_scenarios;
 mod metrics_promtool;
 mod node_actions_kubernetes;
+mod rail_identity;
 mod target_checks;
 mod topology_imds;
 

@@ -30,7 +30,7 @@ use efaprobe::probe::{
     AddressReport, CheckSuccess, FailureReason, ProbeFailure, TargetReport, TargetSpec,
 };
 use efaprobe::state::{
-    AgentState, FabricDevice, FabricStatus, PathFailure, PathStatus, PeerStatus,
+    AgentState, FabricDevice, FabricStatus, PathFailure, PathStatus, PeerStatus, RailStatus,
 };
 use efaprobe::topology::{NetworkInterface, Topology};
 use efaprobe::verdict::{DiagnosisReason, PeerState};
@@ -55,7 +55,7 @@ fn fabric() -> FabricStatus {
                 domain: "rdmap0s6-rdm".into(),
                 provider: "efa".into(),
                 address: "fi_addr_efa://[fe80::4a1:2bff:fe3c:1]:1:0x1234".into(),
-                mac: None,
+                mac: Some("0a:1b:2c:3d:4e:01".into()),
             },
             FabricDevice {
                 rail: 1,
@@ -78,10 +78,29 @@ fn path(
         rtt_seconds,
         last_failure: failure.map(|(reason, _)| reason),
         last_error: failure.map(|(_, message)| message.to_owned()),
+        provider_reason: None,
     }
 }
 
-/// Two peers in different states, a NATS target with one of its two addresses failing, an
+/// Rails 0 and 1 of a peer, answering or not.
+fn rails(answering: [bool; 2]) -> Vec<RailStatus> {
+    (0u16..)
+        .zip(answering)
+        .map(|(rail, reachable)| RailStatus {
+            rail,
+            domain: format!("rdmap0s{}-rdm", 6 + rail).into(),
+            peer_domain: format!("rdmap0s{}-rdm", 6 + rail).into(),
+            path: path(
+                reachable,
+                reachable.then_some(0.000_018),
+                (!reachable).then_some((PathFailure::Timeout, "no answer before the deadline")),
+            ),
+            reason: (!reachable).then_some(DiagnosisReason::SecurityGroup),
+        })
+        .collect()
+}
+
+/// Two peers in different states (on two rails; the dropped one's rail 1 drops), a NATS target with one of its two addresses failing, an
 /// unresolved Prometheus target, probes on both paths, and a ready agent.
 fn realistic_app() -> AppState {
     let fabric = fabric();
@@ -103,8 +122,8 @@ fn realistic_app() -> AppState {
         rounds: 40,
         probed: true,
         name_conflict: None,
-        rails: Vec::new(),
-        peer_rails: None,
+        rails: rails([true, true]),
+        peer_rails: Some(2),
     };
     let dropped = PeerStatus {
         name: "gpu-node-3.ec2.internal".into(),
@@ -125,8 +144,8 @@ fn realistic_app() -> AppState {
         rounds: 40,
         probed: true,
         name_conflict: None,
-        rails: Vec::new(),
-        peer_rails: None,
+        rails: rails([true, false]),
+        peer_rails: Some(2),
     };
     for peer in [&healthy, &dropped] {
         state.set_peer(&peer.address, peer.clone());
@@ -146,6 +165,10 @@ fn realistic_app() -> AppState {
         );
         metrics.record_probe_in_group(ProbePath::Fabric, UNKNOWN_GROUP, ProbeResult::Timeout, None);
     }
+    for rail in 0..2 {
+        metrics.record_rail_probe(rail, ProbeResult::Ok);
+    }
+    metrics.record_rail_probe(1, ProbeResult::Timeout);
     // Probes of a peer whose topology group is known.
     metrics.record_probe_in_group(
         ProbePath::Fabric,
@@ -317,6 +340,14 @@ async fn what_curl_gets_passes_promtool() {
         "efa_per_peer_metrics_mode{mode=\"unhealthy\"} 0\n",
         "# TYPE efa_device_hw_stat_total counter\n",
         "efa_device_hw_stat_total{device=\"rdmap0s7\",port=\"1\",counter=\"tx_bytes\"} 18446744073709551615\n",
+        "efa_fabric_rails 2\n",
+        "efa_rail_info{rail=\"0\",domain=\"rdmap0s6-rdm\",mac=\"0a:1b:2c:3d:4e:01\"} 1\n",
+        "efa_rail_info{rail=\"1\",domain=\"rdmap0s7-rdm\",mac=\"\"} 1\n",
+        "efa_rail_probes_total{rail=\"1\",result=\"timeout\"} 1\n",
+        "efa_peer_rails{peer=\"gpu-node-3.ec2.internal\"} 2\n",
+        "efa_peer_rails_reachable{peer=\"gpu-node-3.ec2.internal\"} 1\n",
+        "efa_peer_rail_unreachable{peer=\"gpu-node-3.ec2.internal\",rail=\"1\"} 1\n",
+        "efa_node_rail_unreachable_peers{rail=\"1\"} 1\n",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }

@@ -12,6 +12,7 @@ use crate::fabric_ping::{self, FabricPinger, PingerConfig};
 use crate::hello::{Hello, HelloEndpoint, HelloFabric};
 use crate::http::verify::VerifyGate;
 use crate::http::{router_with_verify, AppState, ServeLimits};
+use crate::inventory::rails::rail_mac;
 use crate::metrics::Metrics;
 use crate::monitor::{self, PeerMonitor, PeerProbeSettings, RoundInputs};
 use crate::retry;
@@ -61,11 +62,14 @@ pub fn run(args: AgentArgs, refused: ConfigErrors) -> ExitCode {
     }
 }
 
-/// Opens this node's fabric: one engine per device. A missing provider is not fatal: the
-/// agent runs IP-only and says so.
+/// Opens this node's fabric: its rails (every device on `efa`, one per `--fabric-bind`
+/// address on IP providers), all driven by one engine thread, each with the MAC of the
+/// interface it sits on where the system says. A missing provider is not fatal: the agent
+/// runs IP-only and says so.
 ///
 /// `responder`: whether the endpoints answer peers' pings (the ones published in the hello);
-/// an endpoint only for this node's own probes sleeps while it has nothing in flight.
+/// an endpoint only for this node's own probes sleeps while it has nothing in flight, and
+/// only rail 0 gets one (the larger probes are sent on rail 0 alone: see `monitor::rails`).
 fn open_fabric(config: &AgentConfig, responder: bool) -> (Vec<FabricPinger>, FabricStatus) {
     let Some(provider) = &config.fabric_provider else {
         return (
@@ -79,7 +83,6 @@ fn open_fabric(config: &AgentConfig, responder: bool) -> (Vec<FabricPinger>, Fab
         );
     };
     let mut pc = PingerConfig::new(provider);
-    pc.bind = config.fabric_bind;
     pc.responder = responder;
     if !responder {
         // Only this node's own larger probes and their pongs: a few batches' worth.
@@ -88,14 +91,25 @@ fn open_fabric(config: &AgentConfig, responder: bool) -> (Vec<FabricPinger>, Fab
     }
     let largest = config.large_probe_sizes.iter().copied().max().unwrap_or(0);
     pc.max_probe_size = pc.max_probe_size.max(config.probe_size).max(largest);
-    match fabric_ping::open_all(&pc) {
+    let rails = fabric_ping::rail_infos(&pc, &config.fabric_bind).and_then(|mut infos| {
+        if !responder {
+            infos.truncate(1);
+        }
+        fabric_ping::start_rails(infos, pc)
+    });
+    match rails {
         Ok(pingers) if !pingers.is_empty() => {
             let devices = pingers
                 .iter()
                 .enumerate()
                 .map(|(rail, p)| FabricDevice {
-                    rail: rail as u16,
-                    mac: None,
+                    rail: u16::try_from(rail).unwrap_or(u16::MAX),
+                    mac: rail_mac(
+                        provider,
+                        p.domain(),
+                        config.fabric_bind.get(rail).copied(),
+                        &config.sysfs_root,
+                    ),
                     domain: p.domain().to_owned(),
                     provider: p.provider().to_owned(),
                     address: p.address_display().to_owned(),
@@ -215,7 +229,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         Some(endpoint) => read_topology(endpoint, config.imds_timeout).await,
     };
     publish_topology(first.clone(), &hello, &metrics);
-    let (placement_tx, mut placement_rx) = watch::channel(first.as_ref().and_then(Placement::of));
+    let (topology_tx, mut topology_rx) = watch::channel(first.clone().map(Arc::new));
     if let (None, Some(endpoint)) = (&first, config.imds_endpoint.clone()) {
         let (hello, metrics, timeout) = (hello.clone(), metrics.clone(), config.imds_timeout);
         let stop = shutdown.clone();
@@ -230,20 +244,20 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
                     _ = stop.cancelled() => return,
                 }
                 if let Some(t) = read_topology(&endpoint, timeout).await {
-                    let _ = placement_tx.send(Placement::of(&t));
+                    let _ = topology_tx.send(Some(Arc::new(t.clone())));
                     publish_topology(Some(t), &hello, &metrics);
                     return;
                 }
             }
         });
     }
-    let placement = placement_rx.borrow_and_update().clone();
+    let topology = topology_rx.borrow_and_update().clone();
 
     let peer_sets =
         crate::discovery::start(config.discovery.clone(), config.interval, shutdown.clone())
             .await
             .context("starting peer discovery")?;
-    let monitor = PeerMonitor::new(
+    let mut monitor = PeerMonitor::new(
         PeerProbeSettings {
             node_name: config.node_name.clone(),
             interval: config.interval,
@@ -254,13 +268,14 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             large_probe_sizes: config.large_probe_sizes.clone(),
             policy: config.policy,
             provider: config.fabric_provider.clone(),
-            placement,
+            placement: topology.as_deref().and_then(Placement::of),
         },
         state.clone(),
         metrics.clone(),
-        pinger,
+        pingers.clone(),
     )
     .with_large_probe_endpoint(large_pinger.clone());
+    monitor.set_topology(topology);
 
     let node_actions = crate::node_actions::start(
         config.node_actions.clone(),
@@ -280,7 +295,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             state: state.clone(),
             metrics: metrics.clone(),
             peer_sets,
-            placement: placement_rx,
+            topology: topology_rx,
             is_self: {
                 let config = Arc::clone(&config);
                 Box::new(move |address| config.is_self(address))

@@ -366,6 +366,7 @@ mod tests {
             summary: "IP works but the fabric is dropped: different subnets".into(),
             ip: up(),
             fabric,
+            rails: vec![],
         }
     }
 

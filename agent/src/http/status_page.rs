@@ -250,11 +250,12 @@ fn write_peers(out: &mut String, s: &StatusSnapshot) -> fmt::Result {
         write!(
             out,
             "</td><td class=\"mono\">{reason}</td><td>{}</td>\
-             <td class=\"num mono\">{}</td><td class=\"num mono\">{}</td><td class=\"num mono\">{}</td>\
+             <td class=\"num mono\">{}</td><td class=\"num mono\">{}{}</td><td class=\"num mono\">{}</td>\
              <td class=\"err\">",
             Escaped(summary),
             path_rtt(&p.ip),
             path_rtt(&p.fabric),
+            rails_answering(p),
             if p.fabric.reachable.is_some() {
                 format!("{:.0}%", p.fabric_loss * 100.0)
             } else {
@@ -263,9 +264,55 @@ fn write_peers(out: &mut String, s: &StatusSnapshot) -> fmt::Result {
         )?;
         write_last_error(out, "IP", &p.ip)?;
         write_last_error(out, "fabric", &p.fabric)?;
+        write_failing_rails(out, p)?;
         out.push_str("</td></tr>\n");
     }
     out.push_str("</tbody></table>\n");
+    Ok(())
+}
+
+/// How many of the rails paired with the peer answer, under its fabric RTT (several rails).
+fn rails_answering(p: &PeerStatus) -> String {
+    if p.rails.len() < 2 {
+        return String::new();
+    }
+    let answering = p
+        .rails
+        .iter()
+        .filter(|r| r.path.reachable == Some(true))
+        .count();
+    format!(
+        "<br><span class=\"muted\">rails {answering}/{}</span>",
+        p.rails.len()
+    )
+}
+
+/// Each rail to the peer that does not answer: its index, both devices, its reason and
+/// error.
+fn write_failing_rails(out: &mut String, p: &PeerStatus) -> fmt::Result {
+    if p.rails.len() < 2 {
+        return Ok(());
+    }
+    for rail in p
+        .rails
+        .iter()
+        .filter(|r| r.path.reachable == Some(false) || r.reason.is_some())
+    {
+        write!(
+            out,
+            "<div><b>rail {}</b> <span class=\"mono\">{} → {}</span>",
+            rail.rail,
+            Escaped(&rail.domain),
+            Escaped(&rail.peer_domain)
+        )?;
+        if let Some(reason) = rail.reason {
+            write!(out, " <span class=\"mono\">{}</span>", reason.as_str())?;
+        }
+        if let Some(error) = &rail.path.last_error {
+            write!(out, ": {}", Escaped(error))?;
+        }
+        out.push_str("</div>");
+    }
     Ok(())
 }
 
@@ -412,7 +459,7 @@ fn write_fabric(out: &mut String, fabric: &FabricStatus) -> fmt::Result {
     if fabric.available {
         write!(
             out,
-            "<span class=\"ok\">available</span>, {} endpoint{} open.",
+            "<span class=\"ok\">available</span>, {} rail{} open.",
             fabric.devices.len(),
             if fabric.devices.len() == 1 { "" } else { "s" }
         )?;
@@ -430,17 +477,19 @@ fn write_fabric(out: &mut String, fabric: &FabricStatus) -> fmt::Result {
     out.push_str("</p>\n");
     if !fabric.devices.is_empty() {
         out.push_str(
-            "<table><thead><tr><th>Domain (device)</th><th>Provider</th><th>Address</th></tr>\
-             </thead><tbody>\n",
+            "<table><thead><tr><th>Rail</th><th>Domain (device)</th><th>Provider</th>\
+             <th>Address</th><th>Interface MAC</th></tr></thead><tbody>\n",
         );
         for d in &fabric.devices {
             writeln!(
                 out,
-                "<tr><td class=\"mono\">{}</td><td class=\"mono\">{}</td>\
-                 <td class=\"mono\">{}</td></tr>",
+                "<tr><td class=\"num mono\">{}</td><td class=\"mono\">{}</td>\
+                 <td class=\"mono\">{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td></tr>",
+                d.rail,
                 Escaped(&d.domain),
                 Escaped(&d.provider),
-                Escaped(&d.address)
+                Escaped(&d.address),
+                Escaped(d.mac.as_deref().unwrap_or("—"))
             )?;
         }
         out.push_str("</tbody></table>\n");

@@ -56,12 +56,14 @@ fn dropped_peer(name: &str) -> PeerStatus {
             rtt_seconds: Some(0.0004),
             last_failure: None,
             last_error: None,
+            provider_reason: None,
         },
         fabric: PathStatus {
             reachable: Some(false),
             rtt_seconds: None,
             last_failure: Some(PathFailure::ProviderError),
             last_error: Some(HOSTILE_ERROR.into()),
+            provider_reason: None,
         },
         fabric_loss: 1.0,
         hello: None,
@@ -324,4 +326,115 @@ async fn a_scrape_flood_shares_one_encoding_per_format_and_later_scrapes_see_fre
         body.contains("efa_peer_state{peer=\"gpu-node-2\",state=\"fabric_dropped\"} 0\n"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn a_peer_with_one_rail_dropped_shows_each_rail_in_the_list_and_on_the_page() {
+    use crate::state::RailStatus;
+    let app = app();
+    let rail = |rail: u16, reachable: bool| RailStatus {
+        rail,
+        domain: format!("rxd{rail}").into(),
+        peer_domain: format!("peer-rxd{rail}").into(),
+        path: PathStatus {
+            reachable: Some(reachable),
+            rtt_seconds: reachable.then_some(0.00002),
+            last_failure: (!reachable).then_some(PathFailure::Timeout),
+            last_error: (!reachable).then(|| "no answer before the deadline".into()),
+            provider_reason: None,
+        },
+        reason: (!reachable).then_some(DiagnosisReason::SecurityGroup),
+    };
+    let mut peer = dropped_peer("gpu-node-2");
+    peer.reason = Some(DiagnosisReason::SecurityGroup);
+    peer.rails = vec![rail(0, true), rail(1, false)];
+    peer.peer_rails = Some(2);
+    app.state.set_peer("198.18.0.2:9464", peer);
+    let (_, _, body) = get(&app, "/v1/peers", None).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rails = &json[0]["rails"];
+    assert_eq!(json[0]["peer_rails"], 2);
+    assert_eq!(rails[0]["rail"], 0);
+    assert_eq!(rails[0]["reachable"], true);
+    assert_eq!(rails[0]["reason"], serde_json::Value::Null);
+    assert_eq!(rails[1]["rail"], 1);
+    assert_eq!(rails[1]["domain"], "rxd1");
+    assert_eq!(rails[1]["peer_domain"], "peer-rxd1");
+    assert_eq!(rails[1]["reachable"], false);
+    assert_eq!(rails[1]["last_failure"], "timeout");
+    assert_eq!(rails[1]["reason"], "security_group");
+
+    let (_, _, page) = get(&app, "/", Some("text/html")).await;
+    assert!(page.contains("rails 1/2"), "{page}");
+    assert!(
+        page.contains(
+            "<b>rail 1</b> <span class=\"mono\">rxd1 → peer-rxd1</span> <span \
+             class=\"mono\">security_group</span>: no answer before the deadline"
+        ),
+        "{page}"
+    );
+    assert!(!page.contains("<b>rail 0</b>"), "{page}");
+}
+
+/// A peer whose rail 1 drops (issue 12): what `/v1/peers` lists rail by rail is what
+/// `/metrics` says of the same peer, since both read the state.
+#[tokio::test]
+async fn rails_in_v1_peers_agree_with_the_rail_metrics() {
+    let app = app();
+    let mut peer = dropped_peer("gpu-node-2");
+    let rail = |rail: u16, reachable: bool| crate::state::RailStatus {
+        rail,
+        domain: format!("rdmap{rail}-rdm").into(),
+        peer_domain: format!("rdmap{rail}-rdm").into(),
+        path: PathStatus {
+            reachable: Some(reachable),
+            rtt_seconds: reachable.then_some(0.00002),
+            last_failure: (!reachable).then_some(PathFailure::Timeout),
+            last_error: None,
+            provider_reason: None,
+        },
+        reason: (!reachable).then_some(DiagnosisReason::SecurityGroup),
+    };
+    peer.rails = vec![rail(0, true), rail(1, false)];
+    peer.peer_rails = Some(2);
+    app.state.set_peer("198.18.0.2:9464", peer);
+
+    let (_, _, body) = get(&app, "/v1/peers", None).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rails = json[0]["rails"].as_array().expect("rails listed");
+    let answering = rails.iter().filter(|r| r["reachable"] == true).count();
+    let dropped: Vec<u64> = rails
+        .iter()
+        .filter(|r| r["reachable"] == false)
+        .map(|r| r["rail"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (rails.len(), answering, dropped.as_slice()),
+        (2, 1, &[1][..])
+    );
+
+    let (_, _, metrics) = get(&app, "/metrics", None).await;
+    let has = |line: &str| metrics.lines().any(|l| l == line);
+    assert!(
+        has(&format!(
+            r#"efa_peer_rails{{peer="gpu-node-2"}} {}"#,
+            rails.len()
+        )),
+        "{metrics}"
+    );
+    assert!(has(&format!(
+        r#"efa_peer_rails_reachable{{peer="gpu-node-2"}} {answering}"#
+    )));
+    let unreachable: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("efa_peer_rail_unreachable{"))
+        .collect();
+    let want: Vec<String> = dropped
+        .iter()
+        .map(|r| format!(r#"efa_peer_rail_unreachable{{peer="gpu-node-2",rail="{r}"}} 1"#))
+        .collect();
+    assert_eq!(unreachable, want);
+    // The fabric path as /v1/peers gives it, not reachable with a rail dropped.
+    assert_eq!(json[0]["fabric"]["reachable"], false);
+    assert!(has(r#"efa_peer_reachable{peer="gpu-node-2"} 0"#));
 }

@@ -12,6 +12,10 @@
 //! read or does not hold a number is skipped. Everything is bounded (devices, ports,
 //! counters, entries scanned, bytes read per file) because the agent reads this on every
 //! round, forever. The reads block: call from `spawn_blocking`.
+//!
+//! - [`rails`]: which network interface (MAC) each fabric rail sits on.
+
+pub mod rails;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -20,6 +20,13 @@
 //! | `efa_target_nats_jetstream` | gauge 0/1 | `target`, `address` (NATS checks) |
 //! | `efa_fabric_available` | gauge 0/1 | `provider` |
 //! | `efa_fabric_device_info` | gauge 1 | `provider`, `domain`, `address` |
+//! | `efa_fabric_rails` | gauge | (rails open on this node; see [`rails`]) |
+//! | `efa_rail_info` | gauge 1 | `rail`, `domain`, `mac` (`""` when unknown) |
+//! | `efa_rail_probes_total` | counter | `rail` (below [`MAX_RAIL_LABELS`]), `result` ([`ProbeResult`], the fabric's) |
+//! | `efa_peer_rails` ¹ | gauge | `peer` (rails paired with the peer; absent until the pairing is known) |
+//! | `efa_peer_rails_reachable` ¹ | gauge | `peer` (of those, answering; absent until one was probed) |
+//! | `efa_peer_rail_unreachable` ¹ | gauge 1 | `peer`, `rail` (only while that rail to that peer is dropped) |
+//! | `efa_node_rail_unreachable_peers` | gauge | `rail` (probed peers that rail is dropped to; every open rail, 0 included) |
 //! | `efa_device_hw_stat_total` | counter (values read from sysfs) | `device`, `port`, `counter` |
 //! | `efa_node_topology_info` | gauge 1 | `instance_id`, `instance_type`, `availability_zone`, `subnet`, `vpc`, `placement_group` (primary interface; `placement_group=""` when in none; absent while unknown) |
 //! | `efa_node_topology_available` | gauge 0/1 | |
@@ -69,6 +76,7 @@ mod labels;
 pub mod node_actions;
 mod peers;
 mod per_peer;
+mod rails;
 mod targets;
 pub mod verify;
 
@@ -90,6 +98,7 @@ pub use exposition::ExpositionFormat;
 pub use groups::{MAX_PROBE_GROUPS, OTHER_GROUP, UNKNOWN_GROUP};
 pub use labels::{ProbePath, ProbeResult};
 pub use per_peer::{PerPeerMetrics, PerPeerMode, AUTO_ALL_MAX_PEERS};
+pub use rails::MAX_RAIL_LABELS;
 
 use crate::inventory::DeviceCounters;
 use crate::probe::{FailureReason, TargetCheck, TargetReport};
@@ -130,6 +139,7 @@ pub struct Metrics {
 
     fabric_available: Family<ProviderLabels, Gauge>,
     fabric_device_info: Family<DeviceLabels, Gauge>,
+    rails: rails::RailSeries,
     device_hw_counters: HwCounters,
     fabric_counters: fabric_counters::FabricCounters,
     node_topology_info: Family<TopologyLabels, Gauge>,
@@ -157,6 +167,7 @@ struct SeriesBook {
     target_failures: HashSet<TargetFailureLabels>,
     fabric_available: HashSet<ProviderLabels>,
     fabric_devices: HashSet<DeviceLabels>,
+    rail_info: HashSet<rails::RailInfoLabels>,
     node_topology: Option<TopologyLabels>,
 }
 
@@ -223,6 +234,7 @@ impl Metrics {
             None,
             Family::default(),
         );
+        let rails = rails::RailSeries::register(&mut register);
         let node_topology_info = register.add(
             "efa_node_topology_info",
             "Where this node sits in EC2 (from instance metadata; subnet and vpc of the \
@@ -293,6 +305,7 @@ impl Metrics {
             target_nats_jetstream,
             fabric_available,
             fabric_device_info,
+            rails,
             device_hw_counters,
             fabric_counters,
             node_topology_info,
@@ -410,6 +423,14 @@ impl Metrics {
             HashSet::from([provider]),
         );
         remove_departed(&self.fabric_device_info, &mut book.fabric_devices, devices);
+        let open_rails = self.rails.set(fabric, &mut book.rail_info);
+        self.peers.set_open_rails(open_rails);
+    }
+
+    /// Counts one fabric probe of this node's rail `rail` (to the same rail of a peer) in
+    /// `efa_rail_probes_total`. Rails at or above [`MAX_RAIL_LABELS`] are not counted.
+    pub fn record_rail_probe(&self, rail: u16, result: ProbeResult) {
+        self.rails.record_probe(rail, result);
     }
 
     /// Sets the node's topology series from the primary interface, or removes them and says

@@ -8,6 +8,13 @@
 //! per-peer mode (`auto` crossing [`super::AUTO_ALL_MAX_PEERS`]) is a filter applied at encode
 //! time, with nothing to add or remove.
 //!
+//! Rails: `efa_peer_rails` and `efa_peer_rails_reachable` say how many rails are paired with
+//! a peer and how many of those answer; `efa_peer_rail_unreachable{peer,rail}` is there only
+//! while that rail to that peer is dropped (sparse, like `efa_peer_diagnosis`). All three are
+//! per-peer series and follow the mode. `efa_node_rail_unreachable_peers{rail}` counts, per
+//! rail of this node, the probed peers that rail is dropped to, in every mode (bounded by the
+//! node's rails), so a node in mode `none` still says which rail fails.
+//!
 //! Only peers this node probes now ([`PeerStatus::probed`]) have per-peer series and count in
 //! `efa_peers_by_state`; every known peer counts in `efa_peers`.
 //!
@@ -16,6 +23,7 @@
 //! those under `peer=NAME` stay the holder's and do not flip between the two; it still counts
 //! once, by its own verdict, in the aggregates.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use strum::VariantArray;
 
@@ -32,19 +40,24 @@ use super::labels::{
     DiagnosisLabel, ModeLabels, PeerName, ProbePath, RoleLabels, StateLabel, StateLabels,
 };
 use super::per_peer::{PeerSeries, PerPeerMetrics, PerPeerMode};
+use super::rails::MAX_RAIL_LABELS;
 use crate::state::{AgentState, PeerTable, ProbeSchedule};
 use crate::verdict::{DiagnosisReason, PeerState};
 
 /// The families this collector encodes, as named in `# TYPE`.
-pub(super) const NAMES: [&str; 14] = [
+pub(super) const NAMES: [&str; 18] = [
     "efa_peer_reachable",
     "efa_peer_ip_reachable",
     "efa_peer_state",
     "efa_peer_diagnosis",
     "efa_peer_rtt_seconds",
     "efa_peer_fabric_loss_ratio",
+    "efa_peer_rails",
+    "efa_peer_rails_reachable",
+    "efa_peer_rail_unreachable",
     "efa_peers",
     "efa_node_unreachable_peers",
+    "efa_node_rail_unreachable_peers",
     "efa_peers_by_state",
     "efa_per_peer_metrics_mode",
     "efa_peers_probed",
@@ -65,6 +78,9 @@ struct Setting {
     per_peer: PerPeerMetrics,
     /// The mode last encoded, to log a change once.
     last_mode: Option<PerPeerMode>,
+    /// This node's open rails (from the fabric status `Metrics::set_fabric` was given), each
+    /// counted in `efa_node_rail_unreachable_peers` from 0.
+    open_rails: Vec<u16>,
 }
 
 impl PeerCollector {
@@ -74,12 +90,17 @@ impl PeerCollector {
             setting: Arc::new(Mutex::new(Setting {
                 per_peer: PerPeerMetrics::default(),
                 last_mode: None,
+                open_rails: Vec::new(),
             })),
         }
     }
 
     pub(super) fn set_per_peer(&self, per_peer: PerPeerMetrics) {
         self.lock().per_peer = per_peer;
+    }
+
+    pub(super) fn set_open_rails(&self, rails: Vec<u16>) {
+        self.lock().open_rails = rails;
     }
 
     /// The mode in force for the state's peers now.
@@ -113,9 +134,11 @@ impl PeerCollector {
 impl Collector for PeerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let schedule = self.state.schedule();
+        let open_rails = self.lock().open_rails.clone();
         self.state.read_peers(|peers| {
             let mode = self.mode_for(peers.len());
-            let (by_state, exported) = read_probed(peers, mode);
+            let (mut by_state, exported) = read_probed(peers, mode);
+            by_state.add_open_rails(&open_rails);
             let exported: Vec<(&str, &PeerSeries)> = exported
                 .iter()
                 .map(|(name, series)| (*name, series))
@@ -150,7 +173,16 @@ fn read_probed(peers: &PeerTable, mode: PerPeerMode) -> (ByState, Vec<(&str, Pee
     let mut by_state = ByState::default();
     let mut exported = Vec::new();
     for status in peers.values().filter(|p| p.probed) {
-        by_state.0[state_index(status.state)] += 1;
+        by_state.states[state_index(status.state)] += 1;
+        for rail in status
+            .rails
+            .iter()
+            .filter(|r| r.path.reachable == Some(false))
+        {
+            if rail.rail < MAX_RAIL_LABELS {
+                *by_state.dropped_by_rail.entry(rail.rail).or_default() += 1;
+            }
+        }
         if status.name_conflict.is_none() && mode.exports(status.state) {
             exported.push((status.name.as_str(), PeerSeries::of(status)));
         }
@@ -161,13 +193,25 @@ fn read_probed(peers: &PeerTable, mode: PerPeerMode) -> (ByState, Vec<(&str, Pee
     (by_state, exported)
 }
 
-/// Probed peers per state, in the order of `PeerState::VARIANTS`.
+/// Probed peers per state, in the order of `PeerState::VARIANTS`, and per rail of this
+/// node the probed peers it is dropped to.
 #[derive(Debug, Default)]
-struct ByState([usize; PeerState::VARIANTS.len()]);
+struct ByState {
+    states: [usize; PeerState::VARIANTS.len()],
+    dropped_by_rail: BTreeMap<u16, usize>,
+}
 
 impl ByState {
     fn count(&self, state: PeerState) -> usize {
-        self.0[state_index(state)]
+        self.states[state_index(state)]
+    }
+
+    /// This node's open rails count from 0, so a rail's first dropped peer is a change of
+    /// value, not a new series.
+    fn add_open_rails(&mut self, rails: &[u16]) {
+        for &rail in rails.iter().filter(|r| **r < MAX_RAIL_LABELS) {
+            self.dropped_by_rail.entry(rail).or_default();
+        }
     }
 }
 
@@ -244,6 +288,41 @@ fn encode_per_peer(
         "Share of the peer's fabric probes lost over the recent window",
         Some(&Unit::Other("ratio".into())),
         by_name(peers, |s| s.fabric_loss),
+    )?;
+    encode_per_peer_rails(encoder, peers)
+}
+
+fn encode_per_peer_rails(
+    encoder: &mut DescriptorEncoder,
+    peers: &[(&str, &PeerSeries)],
+) -> Result<(), std::fmt::Error> {
+    gauge_family(
+        encoder,
+        "efa_peer_rails",
+        "Rails paired with the peer: rail i of this node with rail i of the peer, for i \
+         below both nodes' rail counts; absent until the peer's rails are known",
+        None,
+        by_name(peers, |s| s.rails.map(i64::from)),
+    )?;
+    gauge_family(
+        encoder,
+        "efa_peer_rails_reachable",
+        "Of the rails paired with the peer, those whose last probe answered; absent until \
+         one was probed",
+        None,
+        by_name(peers, |s| s.rails_reachable.map(i64::from)),
+    )?;
+    gauge_family(
+        encoder,
+        "efa_peer_rail_unreachable",
+        "1 while that rail to the peer is dropped (its probes fail); absent otherwise",
+        None,
+        peers.iter().flat_map(|(name, series)| {
+            series
+                .dropped_rails
+                .iter()
+                .map(move |&rail| ((PeerName(name), [("rail", rail)]), 1i64))
+        }),
     )
 }
 
@@ -284,6 +363,17 @@ fn encode_aggregates(
         "Peers this node cannot reach on some path (down, fabric_dropped, ip_blocked); \
          compared with other nodes by the EFANodeIsolated rule",
         count(unreachable),
+    )?;
+    gauge_family(
+        encoder,
+        "efa_node_rail_unreachable_peers",
+        "Per rail of this node, the probed peers that rail is dropped to, in every per-peer \
+         mode; every open rail, 0 included",
+        None,
+        by_state
+            .dropped_by_rail
+            .iter()
+            .map(|(&rail, &n)| ([("rail", rail)], count(n))),
     )?;
     gauge_family(
         encoder,

@@ -2,7 +2,8 @@
 //! from its status in the agent's state at each scrape, see [`super::peers`]).
 //!
 //! Per-peer series grow with the cluster: 11 samples and about 760 bytes per peer per scrape,
-//! on every node (BENCHMARKS.md). Past a hundred peers most of that says "healthy" again and
+//! on every node (BENCHMARKS.md, measured before rails), 2 more once a peer's rails are
+//! paired (`efa_peer_rails`, `efa_peer_rails_reachable`) and one per dropped rail. Past a hundred peers most of that says "healthy" again and
 //! again, while the alerts key only on peers that are not. So by default (`auto`) a node with
 //! more than [`AUTO_ALL_MAX_PEERS`] peers exports series only for peers in a fault state; the
 //! per-node aggregates (`efa_peers_by_state`, `efa_node_unreachable_peers`) are there in every
@@ -122,6 +123,14 @@ pub(super) struct PeerSeries {
     /// Only while the fabric path is probed: a loss ratio of a path never probed would read
     /// as "no loss".
     pub fabric_loss: Option<f64>,
+    /// Rails paired with the peer, once the pairing is known (the peer's rails, or a rail's
+    /// result): before, a 0 would read as "no rail in common".
+    pub rails: Option<u16>,
+    /// Paired rails that answer, once one has a result.
+    pub rails_reachable: Option<u16>,
+    /// The paired rails whose last probe failed, in rail order (empty, and unallocated, for
+    /// a peer whose rails all answer).
+    pub dropped_rails: Vec<u16>,
 }
 
 impl PeerSeries {
@@ -134,8 +143,34 @@ impl PeerSeries {
             ip_rtt: peer.ip.rtt_seconds,
             fabric_rtt: peer.fabric.rtt_seconds,
             fabric_loss: peer.fabric.reachable.map(|_| peer.fabric_loss),
+            rails: (peer.peer_rails.is_some() || !peer.rails.is_empty())
+                .then(|| count(peer.rails.len())),
+            rails_reachable: peer
+                .rails
+                .iter()
+                .any(|r| r.path.reachable.is_some())
+                .then(|| {
+                    count(
+                        peer.rails
+                            .iter()
+                            .filter(|r| r.path.reachable == Some(true))
+                            .count(),
+                    )
+                }),
+            dropped_rails: peer
+                .rails
+                .iter()
+                .filter(|r| r.path.reachable == Some(false))
+                .map(|r| r.rail)
+                .filter(|rail| *rail < super::MAX_RAIL_LABELS)
+                .collect(),
         }
     }
+}
+
+/// A count of rails (a hello lists at most 32, a node opens at most a few dozen).
+fn count(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 #[cfg(test)]

@@ -134,6 +134,7 @@ fn path(reachable: Option<bool>, rtt_seconds: Option<f64>) -> PathStatus {
         rtt_seconds,
         last_failure: None,
         last_error: None,
+        provider_reason: None,
     }
 }
 
@@ -661,11 +662,13 @@ fn family_lines(text: &str, family: &str) -> Vec<String> {
 fn every_registered_family_is_updated_by_a_setter() {
     let m = fixture(no_fabric());
     let before = m.encode();
-    m.set_peer(&peer(
-        "gpu-1",
-        PeerState::FabricDropped,
-        Some(DiagnosisReason::FabricTimeout),
-    ));
+    // Rail 1 dropped: the rail families have a series to show (the claimant below takes the
+    // name's other series from nothing).
+    m.set_peer(&PeerStatus {
+        reason: Some(DiagnosisReason::FabricTimeout),
+        ..railed_peer("gpu-1", &[Some(true), Some(false)])
+    });
+    m.record_rail_probe(1, ProbeResult::Timeout);
     m.record_probe(
         ProbePath::Fabric,
         ProbeResult::Ok,
@@ -695,9 +698,11 @@ fn every_registered_family_is_updated_by_a_setter() {
     claimed(&m, "198.18.0.7:9476", "gpu-1", 7, PeerState::Healthy);
     let after = m.encode();
 
-    // 28 families, efa_verify_requests (issue #13, the preflight's verifies) and
-    // efa_peer_name_conflicts (issue #15).
-    assert_eq!(m.family_names().len(), 30);
+    // 28 families, efa_verify_requests (issue #13, the preflight's verifies),
+    // efa_peer_name_conflicts (issue #15), and the rails' seven (issue #12: efa_fabric_rails,
+    // efa_rail_info, efa_rail_probes, efa_peer_rails, efa_peer_rails_reachable,
+    // efa_peer_rail_unreachable, efa_node_rail_unreachable_peers).
+    assert_eq!(m.family_names().len(), 37);
     for family in m.family_names() {
         assert!(
             after.contains(&format!("\n# TYPE {family} ")),
@@ -1570,4 +1575,353 @@ fn an_idle_probe_group_gives_its_name_and_series_up() {
     assert_eq!(count("pg:00", "ok"), Some(2.0));
     assert_eq!(count("pg:new", "timeout"), Some(1.0));
     assert_eq!(count("pg:01", "ok"), None);
+}
+
+// Rails (issue 12, item 5).
+
+/// Two rails, as a node with two devices opens them; rail 1's interface is not known.
+fn two_rail_fabric() -> FabricStatus {
+    let mut fabric = efa_fabric();
+    fabric.devices[0].mac = Some("0a:00:00:00:00:01".into());
+    fabric.devices.push(FabricDevice {
+        rail: 1,
+        domain: "rdmap16s27-rdm".into(),
+        provider: "efa".into(),
+        address: "fi_addr_efa://[fe80::2]:1:0".into(),
+        mac: None,
+    });
+    fabric
+}
+
+/// One rail's result: answering (`Some(true)`), dropped (`Some(false)`) or not yet probed.
+fn rail(rail: u16, reachable: Option<bool>) -> crate::state::RailStatus {
+    crate::state::RailStatus {
+        rail,
+        domain: format!("rdmap{rail}-rdm").into(),
+        peer_domain: format!("rdmap{rail}-rdm").into(),
+        path: path(reachable, reachable.filter(|r| *r).map(|_| 0.00002)),
+        reason: (reachable == Some(false)).then_some(DiagnosisReason::SecurityGroup),
+    }
+}
+
+/// A peer paired on these rails, as the monitor sets it: its fabric path reachable only
+/// when every paired rail answers, `fabric_dropped` while some rail does not (IP works).
+fn railed_peer(name: &str, rails: &[Option<bool>]) -> PeerStatus {
+    let rails: Vec<_> = (0u16..)
+        .zip(rails)
+        .map(|(i, reachable)| rail(i, *reachable))
+        .collect();
+    let dropped = rails.iter().any(|r| r.path.reachable == Some(false));
+    let all_answer = rails.iter().all(|r| r.path.reachable == Some(true));
+    let (state, reason) = if dropped {
+        (
+            PeerState::FabricDropped,
+            Some(DiagnosisReason::SecurityGroup),
+        )
+    } else {
+        (PeerState::Healthy, None)
+    };
+    let mut status = peer(name, state, reason);
+    status.fabric.reachable = if dropped {
+        Some(false)
+    } else {
+        all_answer.then_some(true)
+    };
+    status.peer_rails = Some(u16::try_from(rails.len()).unwrap());
+    status.rails = rails;
+    status
+}
+
+fn rail_probes(text: &str, rail: &str, result: &str) -> Option<f64> {
+    value(
+        text,
+        "efa_rail_probes_total",
+        &[("rail", rail), ("result", result)],
+    )
+}
+
+#[test]
+fn this_nodes_rails_follow_the_fabric() {
+    let m = fixture(no_fabric());
+    let text = m.encode();
+    assert_eq!(value(&text, "efa_fabric_rails", &[]), Some(0.0));
+    assert!(samples(&text).iter().all(|s| s.name != "efa_rail_info"));
+    assert!(samples(&text)
+        .iter()
+        .all(|s| s.name != "efa_rail_probes_total"));
+
+    m.set_fabric(&two_rail_fabric());
+    let text = m.encode();
+    assert_eq!(value(&text, "efa_fabric_rails", &[]), Some(2.0));
+    let rail0 = [
+        ("rail", "0"),
+        ("domain", "rdmap0s6-rdm"),
+        ("mac", "0a:00:00:00:00:01"),
+    ];
+    let rail1 = [("rail", "1"), ("domain", "rdmap16s27-rdm"), ("mac", "")];
+    assert_eq!(value(&text, "efa_rail_info", &rail0), Some(1.0));
+    assert_eq!(value(&text, "efa_rail_info", &rail1), Some(1.0), "{text}");
+    // Every fabric result of every open rail from 0, and only those.
+    for r in ["0", "1"] {
+        for result in ["ok", "timeout", "provider_error", "error"] {
+            assert_eq!(rail_probes(&text, r, result), Some(0.0), "{r} {result}");
+        }
+        assert_eq!(rail_probes(&text, r, "dns"), None);
+    }
+
+    // Rail 1's device goes: its info series goes; its counters stay (increase() still sees
+    // its last failures).
+    m.record_rail_probe(1, ProbeResult::Timeout);
+    m.set_fabric(&efa_fabric());
+    let text = m.encode();
+    assert_eq!(value(&text, "efa_fabric_rails", &[]), Some(1.0));
+    assert_eq!(value(&text, "efa_rail_info", &rail1), None, "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "efa_rail_info",
+            &[("rail", "0"), ("domain", "rdmap0s6-rdm"), ("mac", "")]
+        ),
+        Some(1.0),
+        "the MAC is gone from rail 0 too: its series is replaced, not doubled"
+    );
+    assert_eq!(
+        samples(&text)
+            .iter()
+            .filter(|s| s.name == "efa_rail_info")
+            .count(),
+        1
+    );
+    assert_eq!(rail_probes(&text, "1", "timeout"), Some(1.0));
+
+    // The fabric goes: no rail open.
+    m.set_fabric(&no_fabric());
+    let text = m.encode();
+    assert_eq!(value(&text, "efa_fabric_rails", &[]), Some(0.0));
+    assert!(samples(&text).iter().all(|s| s.name != "efa_rail_info"));
+}
+
+#[test]
+fn rail_probes_are_counted_by_rail_and_result_within_bounds() {
+    let m = fixture(two_rail_fabric());
+    m.record_rail_probe(0, ProbeResult::Ok);
+    m.record_rail_probe(0, ProbeResult::Ok);
+    m.record_rail_probe(1, ProbeResult::Timeout);
+    m.record_rail_probe(1, ProbeResult::ProviderError);
+    // Out of bounds: not counted, whatever the caller says.
+    m.record_rail_probe(MAX_RAIL_LABELS, ProbeResult::Ok);
+    m.record_rail_probe(u16::MAX, ProbeResult::Timeout);
+    let text = m.encode();
+    assert_eq!(rail_probes(&text, "0", "ok"), Some(2.0));
+    assert_eq!(rail_probes(&text, "0", "timeout"), Some(0.0));
+    assert_eq!(rail_probes(&text, "1", "timeout"), Some(1.0));
+    assert_eq!(rail_probes(&text, "1", "provider_error"), Some(1.0));
+    let rails: std::collections::BTreeSet<String> = samples(&text)
+        .into_iter()
+        .filter(|s| s.name == "efa_rail_probes_total")
+        .map(|s| s.labels["rail"].clone())
+        .collect();
+    assert_eq!(
+        rails,
+        ["0".to_owned(), "1".to_owned()].into_iter().collect()
+    );
+    // The rail probes are not per peer.
+    assert!(samples(&text)
+        .iter()
+        .filter(|s| s.name.starts_with("efa_rail"))
+        .all(|s| !s.labels.contains_key("peer")));
+}
+
+#[test]
+fn a_peer_with_rail_1_down_is_unreachable_and_names_the_rail() {
+    let m = fixture(two_rail_fabric());
+    m.set_peer(&railed_peer("gpu-1", &[Some(true), Some(false)]));
+    m.set_peer(&railed_peer("gpu-2", &[Some(true), Some(true)]));
+    let text = m.encode();
+    let p1 = [("peer", "gpu-1")];
+    // efa_peer_reachable reads the peer's fabric path, which the monitor makes unreachable
+    // when any paired rail fails: 0 here although rail 0 answers.
+    assert_eq!(value(&text, "efa_peer_reachable", &p1), Some(0.0));
+    assert_eq!(value(&text, "efa_peer_rails", &p1), Some(2.0));
+    assert_eq!(value(&text, "efa_peer_rails_reachable", &p1), Some(1.0));
+    let unreachable = |peer: &str, rail: &str| {
+        value(
+            &text,
+            "efa_peer_rail_unreachable",
+            &[("peer", peer), ("rail", rail)],
+        )
+    };
+    assert_eq!(unreachable("gpu-1", "1"), Some(1.0));
+    assert_eq!(
+        unreachable("gpu-1", "0"),
+        None,
+        "sparse: only dropped rails"
+    );
+    // The whole peer: both rails answer.
+    let p2 = [("peer", "gpu-2")];
+    assert_eq!(value(&text, "efa_peer_reachable", &p2), Some(1.0));
+    assert_eq!(value(&text, "efa_peer_rails", &p2), Some(2.0));
+    assert_eq!(value(&text, "efa_peer_rails_reachable", &p2), Some(2.0));
+    assert_eq!(unreachable("gpu-2", "0"), None);
+    assert_eq!(unreachable("gpu-2", "1"), None);
+    // Per rail of this node: one peer dropped on rail 1, none on rail 0.
+    let node_rail =
+        |text: &str, rail: &str| value(text, "efa_node_rail_unreachable_peers", &[("rail", rail)]);
+    assert_eq!(node_rail(&text, "0"), Some(0.0));
+    assert_eq!(node_rail(&text, "1"), Some(1.0));
+
+    // The heal: rail 1 answers again; the dropped-rail series goes at once.
+    m.set_peer(&railed_peer("gpu-1", &[Some(true), Some(true)]));
+    let text = m.encode();
+    assert_eq!(value(&text, "efa_peer_reachable", &p1), Some(1.0));
+    assert_eq!(value(&text, "efa_peer_rails_reachable", &p1), Some(2.0));
+    assert!(samples(&text)
+        .iter()
+        .all(|s| s.name != "efa_peer_rail_unreachable"));
+    assert_eq!(node_rail(&text, "1"), Some(0.0));
+
+    // The peer leaves: every rail series with it.
+    m.remove_peer("gpu-1");
+    let text = m.encode();
+    assert_eq!(with_label(&text, "peer", "gpu-1"), vec![]);
+}
+
+#[test]
+fn rail_counts_appear_once_the_pairing_is_known() {
+    let m = fixture(two_rail_fabric());
+    // No hello yet: nothing paired is known, so no 0 that would read "no rail in common".
+    m.set_peer(&peer("gpu-1", PeerState::Unknown, None));
+    // Paired, not probed yet: two rails, no reachable count yet.
+    m.set_peer(&railed_peer("gpu-2", &[None, None]));
+    // A peer with one rail beside this node's two: one paired.
+    m.set_peer(&railed_peer("gpu-3", &[Some(true)]));
+    // A peer whose hello lists no rail (no fabric there): nothing paired.
+    let mut bare = peer("gpu-4", PeerState::Unknown, None);
+    bare.fabric.reachable = None;
+    bare.peer_rails = Some(0);
+    m.set_peer(&bare);
+    let text = m.encode();
+    let rails = |peer: &str| value(&text, "efa_peer_rails", &[("peer", peer)]);
+    let answering = |peer: &str| value(&text, "efa_peer_rails_reachable", &[("peer", peer)]);
+    assert_eq!((rails("gpu-1"), answering("gpu-1")), (None, None));
+    assert_eq!((rails("gpu-2"), answering("gpu-2")), (Some(2.0), None));
+    assert_eq!((rails("gpu-3"), answering("gpu-3")), (Some(1.0), Some(1.0)));
+    assert_eq!((rails("gpu-4"), answering("gpu-4")), (Some(0.0), None));
+    // A rail not probed yet is not a dropped one.
+    assert!(samples(&text)
+        .iter()
+        .all(|s| s.name != "efa_peer_rail_unreachable"));
+}
+
+#[test]
+fn rail_series_follow_the_per_peer_mode_and_the_aggregate_stays() {
+    let rail_lines = |m: &Metrics| -> Vec<String> {
+        per_peer_lines(m)
+            .into_iter()
+            .filter(|l| l.starts_with("efa_peer_rail"))
+            .collect()
+    };
+    let dropped = railed_peer("gpu-1", &[Some(false), Some(true)]);
+    let whole = railed_peer("gpu-2", &[Some(true), Some(true)]);
+    let m = fixture(two_rail_fabric());
+    m.set_peer(&dropped);
+    m.set_peer(&whole);
+    // Not probed now (rotated out of the sample): no series, not counted.
+    let mut unprobed = railed_peer("gpu-3", &[Some(false), Some(false)]);
+    unprobed.probed = false;
+    m.state.set_peer("gpu-3", unprobed);
+    let all = rail_lines(&m);
+    assert_eq!(
+        all.iter().filter(|l| l.contains("\"gpu-2\"")).count(),
+        2,
+        "{all:?}"
+    );
+    assert!(all.iter().all(|l| !l.contains("gpu-3")), "{all:?}");
+
+    // unhealthy: the dropped peer keeps exactly its series from `all`; the whole one has none.
+    m.set_per_peer_mode(PerPeerMetrics::Unhealthy);
+    let unhealthy = rail_lines(&m);
+    let dropped_in_all: Vec<String> = all
+        .iter()
+        .filter(|l| l.contains("\"gpu-1\""))
+        .cloned()
+        .collect();
+    assert_eq!(unhealthy, dropped_in_all);
+    assert_eq!(dropped_in_all.len(), 3, "rails, reachable, rail 0 dropped");
+
+    // none: no per-peer rail series; the node still says which rail fails.
+    m.set_per_peer_mode(PerPeerMetrics::None);
+    assert_eq!(rail_lines(&m), Vec::<String>::new());
+    for mode in [
+        PerPeerMetrics::All,
+        PerPeerMetrics::Unhealthy,
+        PerPeerMetrics::None,
+    ] {
+        m.set_per_peer_mode(mode);
+        let text = m.encode();
+        let node_rail =
+            |rail: &str| value(&text, "efa_node_rail_unreachable_peers", &[("rail", rail)]);
+        assert_eq!(
+            (node_rail("0"), node_rail("1")),
+            (Some(1.0), Some(0.0)),
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn a_second_claimant_s_dropped_rail_is_counted_but_not_under_the_holders_name() {
+    let m = fixture(two_rail_fabric());
+    let (holder, claimant) = ("198.18.0.9:9476", "198.18.0.1:9476");
+    let mut whole = railed_peer(holder, &[Some(true), Some(true)]);
+    whole.address = holder.into();
+    m.state.set_peer(holder, whole);
+    m.state.claim_name(holder, "gpu-1", 1);
+    let mut dropped = railed_peer(claimant, &[Some(true), Some(false)]);
+    dropped.address = claimant.into();
+    m.state.set_peer(claimant, dropped);
+    m.state.claim_name(claimant, "gpu-1", 2);
+    let text = m.encode();
+    assert_eq!(
+        value(&text, "efa_peer_rails_reachable", &[("peer", "gpu-1")]),
+        Some(2.0),
+        "the holder's"
+    );
+    assert!(samples(&text)
+        .iter()
+        .all(|s| s.name != "efa_peer_rail_unreachable"));
+    assert_eq!(
+        value(&text, "efa_node_rail_unreachable_peers", &[("rail", "1")]),
+        Some(1.0)
+    );
+}
+
+/// What README and `per_peer` say rails cost per peer: 2 samples once paired, whatever the
+/// rail count, and one per dropped rail; the per-node rail count grows with this node's
+/// rails, not with peers.
+#[test]
+fn rails_cost_two_samples_per_peer_and_one_per_dropped_rail() {
+    let samples_of = |m: &Fixture, peer: &str| with_label(&m.encode(), "peer", peer).len();
+    let m = metrics();
+    m.set_peer(&peer("gpu-0", PeerState::Healthy, None));
+    let without = samples_of(&m, "gpu-0");
+    assert_eq!(without, 11);
+    let mut whole = railed_peer("gpu-1", &[Some(true); 32]);
+    whole.fabric.reachable = Some(true);
+    m.set_peer(&whole);
+    assert_eq!(samples_of(&m, "gpu-1"), without + 2);
+    let mut three_dropped = [Some(true); 32];
+    for r in [3, 17, 31] {
+        three_dropped[r] = Some(false);
+    }
+    m.set_peer(&railed_peer("gpu-2", &three_dropped));
+    // + diagnosis (fabric_dropped), + 2 rail counts, + 3 dropped rails.
+    assert_eq!(samples_of(&m, "gpu-2"), without + 1 + 2 + 3);
+    let node_rails = samples(&m.encode())
+        .into_iter()
+        .filter(|s| s.name == "efa_node_rail_unreachable_peers")
+        .count();
+    // This node's one rail, and the peers' dropped rails 3, 17 and 31 (counted though this
+    // node does not list them: the state says they were probed).
+    assert_eq!(node_rails, 4);
 }

@@ -16,6 +16,8 @@ pub(super) struct Job {
     fabric: Option<(FabricPinger, PeerHandle)>,
     /// The larger probe, on its own endpoint: (endpoint, handle, size).
     large: Option<(FabricPinger, PeerHandle, usize)>,
+    /// Rails 1 and up: (rail, its engine, the peer's handle there), one ping each.
+    rails: Vec<(u16, FabricPinger, PeerHandle)>,
     /// Measure the RTT with a ping pair (else one ping proves the path).
     pair: bool,
     size: usize,
@@ -37,6 +39,8 @@ pub(super) struct RoundResult {
     pub fabric: Option<ProbeOutcome>,
     /// A larger probe sent after the small one answered: (size, outcome).
     pub large: Option<(usize, ProbeOutcome)>,
+    /// Rails 1 and up that were pinged: (rail, outcome).
+    pub rails: Vec<(u16, ProbeOutcome)>,
 }
 
 impl Job {
@@ -46,6 +50,7 @@ impl Job {
             key,
             fabric,
             large,
+            rails,
             pair,
             size,
             ip_deadline,
@@ -74,7 +79,19 @@ impl Job {
             };
             (small, large)
         };
-        let (hello, (fabric, large)) = tokio::join!(fetch_hello(&key, ip_deadline), fabric);
+        // Every other rail at once: one poll loop serves them all.
+        let rails =
+            futures::future::join_all(rails.into_iter().map(|(rail, engine, handle)| async move {
+                let outcome = engine.reach(handle, size, fabric_deadline).get().await;
+                (
+                    rail,
+                    outcome.unwrap_or_else(|| ProbeOutcome::NotSent {
+                        reason: "fabric engine stopped".into(),
+                    }),
+                )
+            }));
+        let (hello, (fabric, large), rails) =
+            tokio::join!(fetch_hello(&key, ip_deadline), fabric, rails);
         RoundResult {
             key,
             confirmation,
@@ -83,6 +100,7 @@ impl Job {
             hello,
             fabric,
             large,
+            rails,
         }
     }
 }
@@ -94,7 +112,7 @@ impl PeerMonitor {
         let peer = self.peers.get(key)?;
         let probing = peer.probing.as_deref();
         let timeout = self.settings.timeout;
-        let fabric = match (&self.pinger, probing.and_then(|p| p.fabric.as_ref())) {
+        let fabric = match (self.rails.first(), probing.and_then(|p| p.fabric.as_ref())) {
             (Some(p), Some((_, h))) => Some((p.clone(), *h)),
             _ => None,
         };
@@ -123,10 +141,12 @@ impl PeerMonitor {
                 confirm_deadline(rtts.fabric_cold, timeout),
             )
         };
+        let rails = probing.map_or_else(Vec::new, |p| p.rails.probes(&self.rails));
         Some(Job {
             key: key.to_owned(),
             fabric,
             large,
+            rails,
             pair,
             size: self.settings.probe_size,
             ip_deadline,
@@ -144,7 +164,8 @@ impl PeerMonitor {
         let probing = self.peers.get(key)?.probing.as_deref()?;
         let confirmations = self.settings.policy.hysteresis.max(1) - 1;
         let n = done.confirmation;
-        let learned = !done.fabric_attempted && probing.fabric.is_some();
+        let learned = (!done.fabric_attempted && probing.fabric.is_some())
+            || probing.rails.held() > done.rails.len();
         let confirm = probing.verdict.is_changing() && n < confirmations;
         if learned {
             self.job(key, None, n)

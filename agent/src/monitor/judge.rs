@@ -25,8 +25,9 @@ pub(super) fn judged(
     ip: &PathStatus,
     fabric: &PathStatus,
     relation: &Relation,
+    failing_rails: Option<&str>,
 ) -> Reported {
-    let summary = summarize(
+    let mut summary = summarize(
         verdict.state(),
         verdict.reason(),
         ip,
@@ -34,6 +35,13 @@ pub(super) fn judged(
         verdict.fabric_loss(),
         relation,
     );
+    // Which rails, first: with 32 of them, "the fabric is dropped" alone says too little.
+    if let (Some(rails), false) = (
+        failing_rails,
+        matches!(verdict.state(), PeerState::Healthy | PeerState::Unknown),
+    ) {
+        summary = format!("{rails}. {summary}");
+    }
     match grace_left {
         Some(left) => Reported {
             state: PeerState::Unknown,
@@ -116,7 +124,7 @@ mod tests {
         let verdict = down_verdict();
         let path = PathStatus::default();
         let relation = Relation::Unknown;
-        let shown = judged(&verdict, None, &path, &path, &relation);
+        let shown = judged(&verdict, None, &path, &path, &relation, None);
         assert_eq!(shown.state, PeerState::Down);
         assert!(shown.reason.is_some());
         let hidden = judged(
@@ -125,6 +133,7 @@ mod tests {
             &path,
             &path,
             &relation,
+            None,
         );
         assert_eq!((hidden.state, hidden.reason), (PeerState::Unknown, None));
         assert!(

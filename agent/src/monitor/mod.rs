@@ -9,10 +9,12 @@
 //! state ([`AgentState`]), the one table `/metrics`, `/v1/peers` and the status page read.
 //! [`verify`] answers verifies on request (`POST /v1/verify`), beside the rounds.
 
+mod apply;
 mod job;
 mod judge;
 mod name;
 mod observe;
+mod rails;
 mod rounds;
 pub mod schedule;
 mod stable_group;
@@ -33,11 +35,12 @@ use tokio::time::Instant;
 use crate::discovery::PeerSet;
 use crate::fabric_ping::{FabricPinger, PeerHandle};
 use crate::hello::Hello;
-use crate::metrics::{Metrics, ProbePath};
-use crate::state::{unix_now, AgentState, PathFailure, PathStatus, PeerStatus, ProbeSchedule};
-use crate::verdict::diagnosis::{placement_warning, relate, Placement};
-use crate::verdict::{PeerState, PeerVerdict, Round, VerdictPolicy};
-use observe::{FabricContext, PeerRtts};
+use crate::metrics::Metrics;
+use crate::state::{unix_now, AgentState, PathStatus, PeerStatus, ProbeSchedule};
+use crate::topology::Topology;
+use crate::verdict::diagnosis::Placement;
+use crate::verdict::{PeerState, PeerVerdict, VerdictPolicy};
+use observe::PeerRtts;
 pub use rounds::{run, RoundInputs};
 use schedule::{Candidate, Plan, Role, ScheduleConfig};
 
@@ -123,6 +126,8 @@ struct Probing {
     /// The address the engine refused and why: reported (`fabric_bad_address`) while the
     /// peer's hello names it, and not offered to the engine again.
     refused: Option<(Vec<u8>, String)>,
+    /// Its links on rails 1 and up (rail 0's is `fabric`).
+    rails: rails::RailLinks,
 }
 
 impl Peer {
@@ -151,9 +156,9 @@ impl Peer {
     }
 
     /// Forgets its fabric handles (the engines drop their address-vector entries).
-    fn release_fabric(&mut self, pinger: Option<&FabricPinger>, large: Option<&FabricPinger>) {
+    fn release_fabric(&mut self, rails: &[FabricPinger], large: Option<&FabricPinger>) {
         if let Some(probing) = self.probing.as_deref_mut() {
-            probing.release_fabric(pinger, large);
+            probing.release_fabric(rails, large);
         }
     }
 
@@ -175,11 +180,19 @@ impl Probing {
             large_results: BTreeMap::new(),
             rtts: PeerRtts::default(),
             refused: None,
+            rails: rails::RailLinks::default(),
         }
     }
 
-    fn release_fabric(&mut self, pinger: Option<&FabricPinger>, large: Option<&FabricPinger>) {
-        if let (Some(pinger), Some((_, handle))) = (pinger, self.fabric.take()) {
+    /// Forgets the handles on every rail and the larger probes'.
+    fn release_fabric(&mut self, rails: &[FabricPinger], large: Option<&FabricPinger>) {
+        self.release_rail0(rails.first(), large);
+        self.rails.release(rails);
+    }
+
+    /// Forgets rail 0's handle and the larger probes'.
+    fn release_rail0(&mut self, rail0: Option<&FabricPinger>, large: Option<&FabricPinger>) {
+        if let (Some(pinger), Some((_, handle))) = (rail0, self.fabric.take()) {
             pinger.remove_peer(handle);
         }
         if let (Some(pinger), Some(handle)) = (large, self.large_handle.take()) {
@@ -193,7 +206,14 @@ pub struct PeerMonitor {
     settings: PeerProbeSettings,
     state: Arc<AgentState>,
     metrics: Arc<Metrics>,
-    pinger: Option<FabricPinger>,
+    /// This node's rails, in rail order (empty without a fabric). Rail 0 is the fabric path
+    /// proper; see [`rails`].
+    rails: Vec<FabricPinger>,
+    /// Each rail's device (shared with every peer's rail list) and its interface's MAC.
+    rail_domains: Vec<Arc<str>>,
+    rail_macs: Vec<Option<String>>,
+    /// This node's instance topology, when instance metadata said: each rail's placement.
+    topology: Option<Arc<Topology>>,
     /// A second endpoint on the same device for the larger probes. Providers deliver in order
     /// per peer (rxd does): a large message stuck on a path that drops large packets would
     /// hold up every small probe behind it on a shared endpoint, and read as a blackhole.
@@ -209,18 +229,28 @@ pub struct PeerMonitor {
 }
 
 impl PeerMonitor {
+    /// `rails`: this node's rail engines, in rail order (see [`rails`]); rail `r`'s device
+    /// and MAC are the state's fabric devices'.
     pub fn new(
         settings: PeerProbeSettings,
         state: Arc<AgentState>,
         metrics: Arc<Metrics>,
-        pinger: Option<FabricPinger>,
+        rails: Vec<FabricPinger>,
     ) -> Self {
         let overridden = judge::Overridden::new(settings.schedule.rotation);
+        let devices = state.fabric().devices;
+        let rail_domains = rails.iter().map(|r| Arc::from(r.domain())).collect();
+        let rail_macs = (0..rails.len())
+            .map(|rail| devices.get(rail).and_then(|d| d.mac.clone()))
+            .collect();
         PeerMonitor {
             settings,
             state,
             metrics,
-            pinger,
+            rails,
+            rail_domains,
+            rail_macs,
+            topology: None,
             large_pinger: None,
             peers: BTreeMap::new(),
             round: 0,
@@ -232,6 +262,12 @@ impl PeerMonitor {
     /// Where this node runs, when instance metadata answered after start-up.
     pub fn set_placement(&mut self, placement: Option<Placement>) {
         self.settings.placement = placement;
+    }
+
+    /// This node's instance topology: its primary placement, and each rail's.
+    pub fn set_topology(&mut self, topology: Option<Arc<Topology>>) {
+        self.settings.placement = topology.as_deref().and_then(Placement::of);
+        self.topology = topology;
     }
 
     /// Sends the larger probes from `pinger`, an endpoint of their own (see `large_pinger`).
@@ -255,7 +291,7 @@ impl PeerMonitor {
                 return true;
             }
             let name = self.state.remove_peer(key).map(|s| s.name);
-            peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
+            peer.release_fabric(&self.rails, self.large_pinger.as_ref());
             tracing::info!(peer = %name.as_deref().unwrap_or(key), address = %key, "peer left");
             false
         });
@@ -408,7 +444,7 @@ impl PeerMonitor {
             if let Some(probing) = peer.probing.as_deref_mut() {
                 probing.verdict = PeerVerdict::new(self.settings.policy);
                 probing.large_results.clear();
-                probing.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
+                probing.release_fabric(&self.rails, self.large_pinger.as_ref());
             }
             let retired = self.overridden.retired();
             self.state.update_peer(key, |status| {
@@ -418,204 +454,10 @@ impl PeerMonitor {
                 status.summary = retired.summary;
                 status.ip = PathStatus::default();
                 status.fabric = PathStatus::default();
+                status.rails = Vec::new();
                 status.fabric_loss = 0.0;
                 status.since_unix = unix_now();
             });
-        }
-    }
-
-    /// Applies one probe's results: the observations of each path (counted as they are),
-    /// the verdict they lead to, and what the state reports of the peer.
-    fn apply(&mut self, result: &job::RoundResult) {
-        let Some(peer) = self.peers.get_mut(&result.key) else {
-            return; // left during the round
-        };
-        if let Ok((hello, _)) = &result.hello {
-            // Most rounds bring the same hello: keep the one allocation the monitor and the
-            // state share.
-            if peer.hello.as_deref() != Some(hello) {
-                peer.hello = Some(Arc::new(hello.clone()));
-            }
-        }
-        // Where it runs, from the hello just fetched if there is one.
-        let placement = peer.placement();
-        if result.hello.is_ok() {
-            let named = placement.as_ref().map(Placement::group);
-            peer.counted_group
-                .observe(named.as_deref(), std::time::Instant::now());
-        }
-        let group = peer.counted_group.current().unwrap_or(UNKNOWN_GROUP);
-
-        let policy = self.settings.policy;
-        let probing = peer
-            .probing
-            .get_or_insert_with(|| Box::new(Probing::new(policy)));
-        let ip = observe::ip_path(&result.hello);
-        if let Ok((_, rtt)) = &result.hello {
-            probing.rtts.ip = Some(*rtt);
-        }
-        // A hello that withdraws or changes the address in use wins over this round's ping
-        // of the old one: the peer is judged from what it says now, not on a stale path.
-        let provider = self.settings.provider.as_deref();
-        let held = probing.fabric.as_ref().map(|(a, _)| a.as_slice());
-        let fresh = result.hello.as_ref().ok().map(|(h, _)| h);
-        let withdrawn = observe::withdraws(held, fresh, provider);
-        if withdrawn {
-            probing.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
-            probing.large_results.clear();
-            probing.verdict.fabric_path_changed();
-            tracing::info!(
-                peer = %fresh.map_or(result.key.as_str(), |h| h.node_name.as_str()),
-                "the peer's hello withdrew or changed its fabric address: the old one is released"
-            );
-        }
-        let (fabric_outcome, large_outcome) = if withdrawn {
-            (None, None)
-        } else {
-            (result.fabric.as_ref(), result.large.as_ref())
-        };
-        let offered = peer
-            .hello
-            .as_deref()
-            .and_then(|h| observe::offered_address(h, provider));
-        let refused = probing
-            .refused
-            .as_ref()
-            .filter(|(address, _)| offered.as_ref() == Some(address))
-            .map(|(_, why)| why.as_str());
-        if let Some(outcome) = fabric_outcome {
-            let measured = probing.rtts.learn_fabric(outcome, result.confirmation);
-            if let (Some(measured), true) = (measured, result.pair) {
-                self.metrics.record_rtt_pair(measured);
-            }
-        }
-        let fabric = observe::fabric_path(
-            fabric_outcome,
-            FabricContext {
-                local_fabric: self.pinger.is_some(),
-                provider,
-                hello: peer.hello.as_deref(),
-                measured: probing.rtts.fabric,
-                refused,
-            },
-        );
-        let large = observe::large_probe(&mut probing.large_results, large_outcome);
-        let counted = [
-            (ProbePath::Ip, Some(ip.counted)),
-            (ProbePath::Fabric, fabric.counted),
-            (ProbePath::Fabric, large),
-        ];
-        for (path, (probe, rtt)) in counted.into_iter().filter_map(|(path, c)| Some((path, c?))) {
-            self.metrics.record_probe_in_group(path, group, probe, rtt);
-        }
-        let lost_size = observe::lost_size(&probing.large_results, &fabric.observation);
-        let relation = relate(self.settings.placement.as_ref(), placement.as_ref());
-        let changed = probing.verdict.observe(&Round {
-            ip: ip.observation,
-            fabric: fabric.observation,
-            relation: relation.clone(),
-            lost_size,
-        });
-        let grace_left = peer
-            .grace_until
-            .checked_duration_since(std::time::Instant::now())
-            .filter(|left| !left.is_zero());
-        let warnings: Vec<String> =
-            placement_warning(self.settings.placement.as_ref(), placement.as_ref())
-                .into_iter()
-                .collect();
-        let probe_size = self.settings.probe_size;
-        let (verdict, hello) = (&probing.verdict, &peer.hello);
-        if let Some(hello) = hello {
-            name::claim(&self.state, &result.key, hello);
-        }
-        self.state.update_peer(&result.key, |status| {
-            status.ip = ip.status;
-            if let Some(path) = fabric.status {
-                status.fabric = path;
-            }
-            if let Some(size) = lost_size {
-                observe::size_lost(&mut status.fabric, size, probe_size);
-            }
-            if let Some(hello) = hello {
-                if !status.hello.as_ref().is_some_and(|h| Arc::ptr_eq(h, hello)) {
-                    status.hello = Some(hello.clone());
-                }
-            }
-            status.fabric_loss = verdict.fabric_loss();
-            status.rounds += 1;
-            if changed {
-                status.since_unix = unix_now();
-            }
-            let reported =
-                judge::judged(verdict, grace_left, &status.ip, &status.fabric, &relation);
-            status.state = reported.state;
-            status.reason = reported.reason;
-            status.summary = reported.summary;
-            status.warnings = warnings;
-            status.probed = true;
-        });
-        if changed {
-            tracing::info!(
-                peer = %hello.as_ref().map_or(result.key.as_str(), |h| h.node_name.as_str()),
-                address = %result.key,
-                instance_id = hello.as_ref().map(|h| h.instance_id),
-                state = verdict.state().as_str(),
-                reason = verdict.reason().map(|r| r.as_str()),
-                "peer state changed"
-            );
-        }
-    }
-
-    /// Learns or updates the peer's fabric address from its latest hello. It is kept when
-    /// the IP path later fails, so the fabric probe goes on.
-    async fn learn_fabric_address(&mut self, key: &str) {
-        let provider = self.settings.provider.as_deref();
-        let (Some(pinger), Some(peer)) = (&self.pinger, self.peers.get_mut(key)) else {
-            return;
-        };
-        let wanted = peer
-            .hello
-            .as_deref()
-            .and_then(|h| observe::offered_address(h, provider));
-        let hello = peer.hello.clone(); // for its name in the log
-        let (Some(address), Some(probing)) = (wanted, peer.probing.as_deref_mut()) else {
-            return;
-        };
-        if probing.fabric.as_ref().map(|(a, _)| a.as_slice()) == Some(address.as_slice()) {
-            return;
-        }
-        // Refused once: the same address is refused again (and would warn every round).
-        if probing.refused.as_ref().is_some_and(|(a, _)| *a == address) {
-            return;
-        }
-        if probing.fabric.is_some() {
-            probing.verdict.fabric_path_changed();
-        }
-        probing.release_fabric(Some(pinger), self.large_pinger.as_ref());
-        probing.large_results.clear();
-        if let Some(lp) = &self.large_pinger {
-            probing.large_handle = lp.add_peer(&address).get().await.and_then(Result::ok);
-        }
-        match pinger.add_peer(&address).get().await {
-            Some(Ok(handle)) => {
-                probing.fabric = Some((address, handle));
-                probing.refused = None;
-            }
-            Some(Err(e)) => {
-                let name = hello.as_deref().map_or(key, |h| h.node_name.as_str());
-                tracing::warn!(peer = %name, error = %e, "peer's fabric address refused");
-                let why = e.to_string();
-                self.state.update_peer(key, |status| {
-                    status.fabric = observe::not_probed(PathFailure::BadAddress, why.clone());
-                });
-                // The large-probe engine may have taken it: nothing is probed on it alone.
-                if let (Some(lp), Some(h)) = (&self.large_pinger, probing.large_handle.take()) {
-                    lp.remove_peer(h);
-                }
-                probing.refused = Some((address, why));
-            }
-            None => {}
         }
     }
 
@@ -623,15 +465,17 @@ impl PeerMonitor {
     /// rounds and never wait for one.
     pub(crate) fn verify_context(
         &self,
-        placement: tokio::sync::watch::Receiver<Option<Placement>>,
+        topology: tokio::sync::watch::Receiver<Option<Arc<Topology>>>,
     ) -> verify::VerifyContext {
         verify::VerifyContext {
             state: self.state.clone(),
-            pinger: self.pinger.clone(),
+            rails: self.rails.clone(),
+            rail_domains: self.rail_domains.clone(),
+            rail_macs: self.rail_macs.clone(),
             large_pinger: self.large_pinger.clone(),
             large_probe_sizes: self.settings.large_probe_sizes.clone(),
             provider: self.settings.provider.clone(),
-            placement,
+            topology,
             timeout: self.settings.timeout,
             probe_size: self.settings.probe_size,
             policy: self.settings.policy,
@@ -641,7 +485,7 @@ impl PeerMonitor {
     /// Closes every peer's fabric handle (shutdown).
     pub fn release(&mut self) {
         for peer in self.peers.values_mut() {
-            peer.release_fabric(self.pinger.as_ref(), self.large_pinger.as_ref());
+            peer.release_fabric(&self.rails, self.large_pinger.as_ref());
         }
     }
 }

@@ -32,6 +32,7 @@ pub(super) fn ip_path(hello: &Result<(Hello, Duration), HelloFailure>) -> IpSeen
                 rtt_seconds: Some(rtt.as_secs_f64()),
                 last_failure: None,
                 last_error: None,
+                provider_reason: None,
             },
             counted: (ProbeResult::Ok, Some(*rtt)),
         },
@@ -48,6 +49,7 @@ pub(super) fn ip_path(hello: &Result<(Hello, Duration), HelloFailure>) -> IpSeen
                 rtt_seconds: None,
                 last_failure: Some(failure.reason.into()),
                 last_error: Some(failure.message.clone()),
+                provider_reason: None,
             },
             counted: (ProbeResult::from_failure(failure.reason), None),
         },
@@ -115,7 +117,7 @@ pub(super) fn fabric_path(outcome: Option<&ProbeOutcome>, ctx: FabricContext<'_>
             counted: None,
         },
         (Some(outcome), _) => {
-            let (observation, status, result) = fabric_result(outcome, ctx.measured);
+            let (observation, status, result) = fabric_result(outcome, ctx.measured, ctx.provider);
             FabricSeen {
                 observation,
                 status: Some(status),
@@ -207,7 +209,7 @@ pub(super) fn large_probe(
         }
         ProbeOutcome::NotSent { .. } => {}
     }
-    let (_, _, result) = fabric_result(outcome, None);
+    let (_, _, result) = fabric_result(outcome, None, None);
     Some((result, rtt_of(outcome)))
 }
 
@@ -238,6 +240,7 @@ pub(super) fn not_probed(failure: PathFailure, why: String) -> PathStatus {
         rtt_seconds: None,
         last_failure: Some(failure),
         last_error: Some(why),
+        provider_reason: None,
     }
 }
 
@@ -253,16 +256,19 @@ pub(super) fn rtt_of(outcome: &ProbeOutcome) -> Option<Duration> {
 }
 
 /// What a fabric outcome means; `measured` is the peer's latest measured RTT, reported for
-/// a path a single ping proved.
+/// a path a single ping proved. On `efa` (`provider`), a failed send's own error code is
+/// decoded into the status's `provider_reason`.
 pub(super) fn fabric_result(
     outcome: &ProbeOutcome,
     measured: Option<Duration>,
+    provider: Option<&str>,
 ) -> (FabricObservation, PathStatus, ProbeResult) {
     let failed = |failure, error| PathStatus {
         reachable: Some(false),
         rtt_seconds: None,
         last_failure: Some(failure),
         last_error: Some(error),
+        provider_reason: None,
     };
     match outcome {
         ProbeOutcome::Pong { rtt, warm, .. } => {
@@ -278,6 +284,7 @@ pub(super) fn fabric_result(
                     rtt_seconds: Some(rtt.as_secs_f64()),
                     last_failure: None,
                     last_error: None,
+                    provider_reason: None,
                 },
                 ProbeResult::Ok,
             )
@@ -290,11 +297,27 @@ pub(super) fn fabric_result(
             ),
             ProbeResult::Timeout,
         ),
-        ProbeOutcome::SendFailed { error } => (
-            FabricObservation::Failed,
-            failed(PathFailure::ProviderError, error.to_string()),
-            ProbeResult::ProviderError,
-        ),
+        ProbeOutcome::SendFailed { error } => {
+            // Other providers number their codes as they like: only efa's are decoded.
+            let decoded = (provider == Some("efa"))
+                .then(|| fabric::EfaErrno::decode(error.prov_errno))
+                .flatten();
+            let mut status = failed(PathFailure::ProviderError, error.to_string());
+            if let Some(efa) = decoded {
+                status.provider_reason = Some(efa.reason);
+                status.last_error = Some(format!(
+                    "{error} [efa {} ({}): {}]",
+                    efa.name,
+                    efa.code,
+                    efa.reason.as_str()
+                ));
+            }
+            (
+                FabricObservation::Failed,
+                status,
+                ProbeResult::ProviderError,
+            )
+        }
         ProbeOutcome::NotSent { reason } => (
             FabricObservation::Failed,
             failed(PathFailure::NotSent, reason.clone()),
@@ -346,6 +369,46 @@ mod tests {
             measured: Some(Duration::from_micros(25)),
             refused: None,
         }
+    }
+
+    #[test]
+    fn an_efa_send_failure_says_what_its_own_error_code_means() {
+        let failed = |prov_errno| ProbeOutcome::SendFailed {
+            error: fabric::CompletionError {
+                code: 113,
+                text: "No route to host".into(),
+                prov_errno,
+                prov_text: "Unreachable remote".into(),
+            },
+        };
+        let (observation, status, result) = fabric_result(&failed(15), None, Some("efa"));
+        assert_eq!(observation, FabricObservation::Failed);
+        assert_eq!(result, ProbeResult::ProviderError);
+        assert_eq!(status.last_failure, Some(PathFailure::ProviderError));
+        assert_eq!(
+            status.provider_reason,
+            Some(fabric::EfaReason::UnreachableRemote)
+        );
+        let text = status.last_error.unwrap();
+        assert!(
+            text.ends_with("[efa LOCAL_ERROR_UNREACH_REMOTE (15): unreachable_remote]"),
+            "{text}"
+        );
+        let (_, status, _) = fabric_result(&failed(4124), None, Some("efa"));
+        assert_eq!(
+            status.provider_reason,
+            Some(fabric::EfaReason::RemoteUnresponsive)
+        );
+        // Another provider's number means nothing here; nor does an undocumented one.
+        let (_, status, _) = fabric_result(&failed(15), None, Some("udp;ofi_rxd"));
+        assert_eq!(status.provider_reason, None);
+        assert!(!status.last_error.unwrap().contains("[efa"));
+        let (_, status, _) = fabric_result(&failed(99999), None, Some("efa"));
+        assert_eq!(status.provider_reason, None);
+        // And it is in /v1/peers' words.
+        let (_, status, _) = fabric_result(&failed(13), None, Some("efa"));
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["provider_reason"], "remote_unresponsive");
     }
 
     #[test]

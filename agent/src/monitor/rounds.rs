@@ -16,7 +16,7 @@ use crate::inventory::read_hw_counters;
 use crate::metrics::Metrics;
 use crate::probe::TargetSpec;
 use crate::state::AgentState;
-use crate::verdict::diagnosis::Placement;
+use crate::topology::Topology;
 
 /// What the rounds read besides the monitor.
 pub struct RoundInputs {
@@ -24,8 +24,9 @@ pub struct RoundInputs {
     pub metrics: Arc<Metrics>,
     /// The latest peer set from discovery.
     pub peer_sets: watch::Receiver<PeerSet>,
-    /// This node's placement, when instance metadata answers (possibly after start-up).
-    pub placement: watch::Receiver<Option<Placement>>,
+    /// This node's instance topology, when instance metadata answers (possibly after
+    /// start-up): its placement, and each rail's.
+    pub topology: watch::Receiver<Option<Arc<Topology>>>,
     /// The addresses under which this agent itself may be listed (left out of the set).
     pub is_self: Box<dyn Fn(&str) -> bool + Send + Sync>,
     /// New peers are reported `unknown` for this long after they became eligible.
@@ -47,7 +48,7 @@ pub async fn run(mut monitor: PeerMonitor, inputs: RoundInputs, stop: Cancellati
         state,
         metrics,
         mut peer_sets,
-        placement,
+        topology,
         is_self,
         peer_grace,
         interval,
@@ -59,10 +60,10 @@ pub async fn run(mut monitor: PeerMonitor, inputs: RoundInputs, stop: Cancellati
     // Verifies run as a task of their own, from copies of what they need: a round under
     // way never waits for one, nor one for a round.
     if let Some(requests) = verify {
-        let context = monitor.verify_context(placement.clone());
+        let context = monitor.verify_context(topology.clone());
         tokio::spawn(verify::serve(context, requests, stop.clone()));
     }
-    let mut placement = Some(placement);
+    let mut topology = Some(topology);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -70,15 +71,15 @@ pub async fn run(mut monitor: PeerMonitor, inputs: RoundInputs, stop: Cancellati
             _ = ticker.tick() => {}
             _ = stop.cancelled() => break,
         }
-        if let Some(rx) = &mut placement {
+        if let Some(rx) = &mut topology {
             match rx.has_changed() {
                 Ok(false) => {}
-                Ok(true) => monitor.set_placement(rx.borrow_and_update().clone()),
+                Ok(true) => monitor.set_topology(rx.borrow_and_update().clone()),
                 // Closed: the sender is gone once it has published what instance metadata
                 // said late, perhaps before this round looked. That value is final.
                 Err(_) => {
-                    monitor.set_placement(rx.borrow_and_update().clone());
-                    placement = None;
+                    monitor.set_topology(rx.borrow_and_update().clone());
+                    topology = None;
                 }
             }
         }

@@ -35,10 +35,10 @@ fn only_a_pairs_rtt_is_a_measurement() {
     assert_eq!(rtt_of(&pong(false)), None);
     // A single ping's answer reports the latest measured RTT, else its own.
     let measured = Some(Duration::from_micros(25));
-    let (obs, status, _) = fabric_result(&pong(false), measured);
+    let (obs, status, _) = fabric_result(&pong(false), measured, None);
     assert_eq!(obs, FabricObservation::Answered(Duration::from_micros(25)));
     assert_eq!(status.rtt_seconds, Some(25e-6));
-    let (obs, _, _) = fabric_result(&pong(true), measured);
+    let (obs, _, _) = fabric_result(&pong(true), measured, None);
     assert_eq!(obs, FabricObservation::Answered(Duration::from_micros(20)));
 }
 
@@ -48,7 +48,7 @@ async fn a_departed_peer_loses_its_state_and_every_series() {
     let metrics = Arc::new(Metrics::new("test", state.clone()));
     let settings =
         PeerProbeSettings::new("me", Duration::from_millis(300), Duration::from_millis(200));
-    let mut monitor = PeerMonitor::new(settings, state.clone(), metrics.clone(), None);
+    let mut monitor = PeerMonitor::new(settings, state.clone(), metrics.clone(), vec![]);
     // Nothing listens on these loopback ports: both peers end up down, with series.
     let peers = vec!["127.0.0.1:9".to_owned(), "127.0.0.1:19".to_owned()];
     let now = std::time::Instant::now();
@@ -247,7 +247,7 @@ async fn metrics_and_the_peer_list_agree_through_a_peers_life() {
             Duration::from_millis(300),
             Duration::from_millis(200),
         );
-        let mut monitor = PeerMonitor::new(settings, state.clone(), metrics.clone(), None);
+        let mut monitor = PeerMonitor::new(settings, state.clone(), metrics.clone(), vec![]);
         let peer = peer_agent("node-a").await;
         let set = crate::discovery::static_set(
             std::slice::from_ref(&peer.address),

@@ -7,8 +7,8 @@
 //! fabric endpoints and handles of its own in the engines (address-vector entries are
 //! counted, so the monitor's stay). A verify is what a round probes of a peer: the hello (IP),
 //! the small fabric ping pair and, once that answered, each larger probe size
-//! (`--large-probe-sizes`, all at once where a round sends one in turn). Rails are not
-//! implemented in this codebase yet: a verify says so in its answer (`probed`).
+//! (`--large-probe-sizes`, all at once where a round sends one in turn), all on rail 0; and
+//! one ping on every other rail both nodes have (see [`super::rails`]).
 //!
 //! Timing: the fabric ping starts with the hello when an address is known from the peer's
 //! last hello; else, or when it failed, one more ping to the address the fresh hello gave
@@ -25,12 +25,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::observe::{self, FabricContext};
+use super::rails;
 use super::summary::summarize;
 use crate::fabric_ping::{FabricPinger, ProbeOutcome};
 use crate::hello::Hello;
 use crate::probe::hello::fetch_hello;
 use crate::state::{AgentState, PathFailure, PathStatus};
-use crate::verdict::diagnosis::{relate, Placement};
+use crate::topology::Topology;
+use crate::verdict::diagnosis::{relate, Placement, Relation};
 use crate::verdict::{PeerState, PeerVerdict, Round, VerdictPolicy};
 
 /// Node names one verify may name, at most.
@@ -50,7 +52,8 @@ const MIN_RETRY: Duration = Duration::from_millis(100);
 
 /// What a verify probes, said in every answer.
 pub const PROBED: &str = "ip (GET /v1/hello) and fabric (a small ping pair, then each larger \
-                          probe size configured), as a round does; rails are not implemented";
+                          probe size configured, on rail 0; one ping on every other rail both \
+                          nodes have), as a round does";
 
 /// One verify, with where its answer goes.
 #[derive(Debug)]
@@ -95,7 +98,21 @@ pub struct NodeVerified {
     /// One sentence for a person.
     pub summary: String,
     pub ip: PathResult,
+    /// The fabric path: every paired rail's answer (rail 0's RTT).
     pub fabric: PathResult,
+    /// Each rail paired with the peer, in rail order (empty without a fabric).
+    #[serde(default)]
+    pub rails: Vec<RailResult>,
+}
+
+/// One rail's result in a verify.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RailResult {
+    pub rail: u16,
+    /// This node's device for the rail.
+    pub domain: String,
+    #[serde(flatten)]
+    pub path: PathResult,
 }
 
 /// One path's result.
@@ -125,13 +142,16 @@ impl From<&PathStatus> for PathResult {
 #[derive(Clone)]
 pub struct VerifyContext {
     pub(super) state: Arc<AgentState>,
-    pub(super) pinger: Option<FabricPinger>,
+    /// The monitor's rails (rail 0 first), each rail's device and interface MAC.
+    pub(super) rails: Vec<FabricPinger>,
+    pub(super) rail_domains: Vec<Arc<str>>,
+    pub(super) rail_macs: Vec<Option<String>>,
     /// The monitor's endpoint for larger probes, and their sizes.
     pub(super) large_pinger: Option<FabricPinger>,
     pub(super) large_probe_sizes: Vec<usize>,
     pub(super) provider: Option<String>,
-    /// This node's placement, as the round loop gets it.
-    pub(super) placement: watch::Receiver<Option<Placement>>,
+    /// This node's instance topology (its placement), as the round loop gets it.
+    pub(super) topology: watch::Receiver<Option<Arc<crate::topology::Topology>>>,
     pub(super) timeout: Duration,
     pub(super) probe_size: usize,
     pub(super) policy: VerdictPolicy,
@@ -191,12 +211,12 @@ impl VerifyContext {
     /// for all of them. Pings the engine cannot send at once wait in its queue, not fail.
     pub async fn verify(&self, nodes: &[String]) -> VerifyAnswer {
         let (targets, unknown, this_node) = self.resolve(nodes);
-        let local = self.placement.borrow().clone();
+        let topology = self.topology.borrow().clone();
         let verified = futures::future::join_all(
             targets
                 .into_iter()
                 .take(MAX_VERIFY_NODES)
-                .map(|t| self.verify_one(local.as_ref(), t)),
+                .map(|t| self.verify_one(topology.as_deref(), t)),
         )
         .await;
         VerifyAnswer {
@@ -243,7 +263,8 @@ impl VerifyContext {
     }
 
     /// Both paths of one peer, once each (the fabric perhaps twice), judged as one round.
-    async fn verify_one(&self, local: Option<&Placement>, target: Target) -> NodeVerified {
+    async fn verify_one(&self, topology: Option<&Topology>, target: Target) -> NodeVerified {
+        let local = topology.and_then(Placement::of);
         let deadline = Instant::now() + self.timeout * 2;
         let Target {
             node,
@@ -282,18 +303,31 @@ impl VerifyContext {
             .ok()
             .map(|(h, _)| h)
             .or(last_hello.as_deref());
+        let provider = self.provider.as_deref();
+        let paired = rails::paired(self.rails.len(), peer_hello, provider);
+        let others = match peer_hello {
+            Some(h) if pinged.is_some() => self.ping_rails(h, paired, deadline).await,
+            _ => Vec::new(),
+        };
+        let rails = RailsSeen {
+            relation_of: &|rail| rails::rail_relation(topology, &self.rail_macs, peer_hello, rail),
+            others,
+            paired,
+            domains: &self.rail_domains,
+        };
         judge(
             (node, key),
             &hello,
             (fabric, lost_size),
             FabricContext {
-                local_fabric: self.pinger.is_some(),
-                provider: self.provider.as_deref(),
+                local_fabric: !self.rails.is_empty(),
+                provider,
                 hello: peer_hello,
                 measured: None,
                 refused: None,
             },
-            (local, self.probe_size),
+            (local.as_ref(), self.probe_size),
+            rails,
             self.policy,
         )
     }
@@ -328,9 +362,42 @@ impl VerifyContext {
             .map(|(size, _)| size)
     }
 
+    /// One ping on each rail from 1 to `paired - 1`, all at once, on handles of the verify's
+    /// own, before `deadline`.
+    async fn ping_rails(
+        &self,
+        hello: &Hello,
+        paired: usize,
+        deadline: Instant,
+    ) -> Vec<rails::RailSeen> {
+        let provider = self.provider.as_deref();
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.timeout);
+        let pings = (1..paired).filter_map(|rail| {
+            let engine = self.rails.get(rail)?;
+            let address = rails::offered_rail_address(hello, provider, rail)?;
+            Some(async move {
+                let outcome = match engine.add_peer(&address).get().await {
+                    Some(Ok(handle)) => {
+                        let outcome = engine.reach(handle, self.probe_size, wait).get().await;
+                        engine.remove_peer(handle);
+                        Ok(outcome.unwrap_or(ProbeOutcome::NotSent {
+                            reason: "the fabric engine stopped".into(),
+                        }))
+                    }
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("the fabric engine stopped".into()),
+                };
+                rails::RailSeen::of(rail, &outcome, provider)
+            })
+        });
+        futures::future::join_all(pings).await
+    }
+
     /// The peer's fabric address this node can ping, as the monitor picks it.
     fn fabric_address(&self, hello: &Hello) -> Option<Vec<u8>> {
-        self.pinger.as_ref()?;
+        self.rails.first()?;
         let provider = self.provider.as_deref();
         (hello.fabric.available && Some(hello.fabric.provider.as_str()) == provider)
             .then(|| hello.fabric_address(0))
@@ -340,7 +407,7 @@ impl VerifyContext {
     /// One ping pair to `address` before `deadline` (at most the probe timeout), on a handle
     /// of the verify's own. `Err`: the provider refused the address.
     async fn ping(&self, address: &[u8], deadline: Instant) -> Result<ProbeOutcome, String> {
-        let Some(pinger) = &self.pinger else {
+        let Some(pinger) = self.rails.first() else {
             return Err("this node has no fabric".into());
         };
         let stopped = || ProbeOutcome::NotSent {
@@ -364,6 +431,15 @@ impl VerifyContext {
     }
 }
 
+/// A verify's rails beyond rail 0, and how to place them.
+struct RailsSeen<'a> {
+    others: Vec<rails::RailSeen>,
+    paired: usize,
+    domains: &'a [Arc<str>],
+    /// How rail `r` of the two nodes relates (each side's interface for the rail).
+    relation_of: &'a dyn Fn(usize) -> Relation,
+}
+
 /// One verify's results as a round (`ctx.hello`: the peer's freshest hello): a fresh verdict (no hysteresis: leaving `unknown` takes
 /// one round) and what it reports.
 fn judge(
@@ -372,6 +448,7 @@ fn judge(
     (fabric, lost_size): (Option<Result<ProbeOutcome, String>>, Option<usize>),
     ctx: FabricContext<'_>,
     (local, probe_size): (Option<&Placement>, usize),
+    rails: RailsSeen<'_>,
     policy: VerdictPolicy,
 ) -> NodeVerified {
     let ip = observe::ip_path(hello);
@@ -403,7 +480,29 @@ fn judge(
         .hello
         .and_then(|h| h.topology.as_ref())
         .and_then(Placement::of);
-    let relation = relate(local, placement.as_ref());
+    // Every paired rail, as a round judges them (see `super::rails`).
+    let (fabric_observation, deciding_rail) = rails::combine(&fabric_observation, &rails.others);
+    let relation = match deciding_rail {
+        Some(rail) if rail > 0 => (rails.relation_of)(usize::from(rail)),
+        _ => relate(local, placement.as_ref()),
+    };
+    let ip_answers = ip.status.reachable == Some(true);
+    let rail_list = rails::statuses(
+        &[],
+        rails.paired,
+        Some(&fabric_status),
+        &rails.others,
+        rails.domains,
+        ctx.hello,
+        |rail, path| {
+            ip_answers
+                .then(|| rails::rail_reason(&(rails.relation_of)(rail), path))
+                .flatten()
+        },
+    );
+    if let Some(failing) = rails::partial_failure(&fabric_status, &rail_list) {
+        fabric_status = failing;
+    }
     if let Some(size) = lost_size {
         observe::size_lost(&mut fabric_status, size, probe_size);
     }
@@ -423,7 +522,7 @@ fn judge(
         && fabric_status.reachable == Some(true)
         && lost_size.is_none()
         && matches!(state, PeerState::Healthy | PeerState::Degraded);
-    let summary = summarize(
+    let mut summary = summarize(
         state,
         verdict.reason(),
         &ip.status,
@@ -431,6 +530,9 @@ fn judge(
         0.0,
         &relation,
     );
+    if let Some(note) = rails::failing_note(&rail_list) {
+        summary = format!("{note}. {summary}");
+    }
     NodeVerified {
         node,
         address,
@@ -440,6 +542,20 @@ fn judge(
         summary,
         ip: (&ip.status).into(),
         fabric: (&fabric_status).into(),
+        rails: rail_list
+            .iter()
+            .map(|r| RailResult {
+                rail: r.rail,
+                domain: r.domain.to_string(),
+                path: PathResult {
+                    failure: r
+                        .reason
+                        .map(|reason| reason.as_str().to_owned())
+                        .or_else(|| r.path.last_failure.map(|f| f.as_str().to_owned())),
+                    ..(&r.path).into()
+                },
+            })
+            .collect(),
     }
 }
 
@@ -462,192 +578,4 @@ fn host_of(address: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::FabricStatus;
-
-    #[test]
-    fn hosts_of_addresses() {
-        assert_eq!(host_of("gpu2:9476"), "gpu2");
-        assert_eq!(host_of("198.18.0.2:9476"), "198.18.0.2");
-        assert_eq!(host_of("[fd00::1]:9476"), "fd00::1");
-        assert_eq!(host_of("gpu2"), "gpu2");
-    }
-
-    fn context(state: Arc<AgentState>) -> VerifyContext {
-        VerifyContext {
-            state,
-            pinger: None,
-            large_pinger: None,
-            large_probe_sizes: vec![],
-            provider: None,
-            placement: watch::channel(None).1,
-            timeout: Duration::from_millis(300),
-            probe_size: 64,
-            policy: VerdictPolicy::default(),
-        }
-    }
-
-    fn listed(state: &AgentState, key: &str, name: &str) {
-        state.set_peer(
-            key,
-            crate::state::PeerStatus {
-                name: name.into(),
-                address: key.into(),
-                state: PeerState::Unknown,
-                reason: None,
-                summary: "".into(),
-                ip: PathStatus::default(),
-                fabric: PathStatus::default(),
-                fabric_loss: 0.0,
-                hello: None,
-                warnings: vec![],
-                since_unix: 0,
-                rounds: 0,
-                probed: false,
-                name_conflict: None,
-                rails: Vec::new(),
-                peer_rails: None,
-            },
-        );
-    }
-
-    #[test]
-    fn names_resolve_to_peers_by_name_address_or_host() {
-        let state = Arc::new(AgentState::new("gpu1", FabricStatus::default()));
-        listed(&state, "127.0.0.1:9", "gpu2");
-        listed(&state, "localhost:10", "localhost:10");
-        let ctx = context(state);
-        let asked: Vec<String> = ["gpu2", "gpu1", "nosuch", "localhost", "127.0.0.1:9"]
-            .map(String::from)
-            .to_vec();
-        let (targets, unknown, this_node) = ctx.resolve(&asked);
-        let keys: Vec<&str> = targets.iter().map(|t| t.key.as_str()).collect();
-        assert_eq!(keys, ["127.0.0.1:9", "localhost:10", "127.0.0.1:9"]);
-        assert_eq!(unknown, ["nosuch"]);
-        assert_eq!(this_node, ["gpu1"]);
-    }
-
-    /// A peer nothing answers for, on a node without fabric: both paths reported, not ok,
-    /// within twice the probe timeout.
-    #[tokio::test]
-    async fn a_dead_peer_is_not_ok_and_answers_in_time() {
-        let state = Arc::new(AgentState::new("gpu1", FabricStatus::default()));
-        listed(&state, "127.0.0.1:9", "gpu2");
-        let ctx = context(state);
-        let started = std::time::Instant::now();
-        let answer = ctx.verify(&["gpu2".into(), "gpu9".into()]).await;
-        assert!(started.elapsed() < ctx.timeout * 2 + Duration::from_millis(200));
-        assert_eq!(answer.unknown, ["gpu9"]);
-        let [peer] = answer.verified.as_slice() else {
-            panic!("{answer:?}")
-        };
-        assert!(!peer.ok);
-        assert_eq!(peer.state, "down");
-        assert_eq!(peer.reason.as_deref(), Some("ip_refused"));
-        assert_eq!(peer.ip.reachable, Some(false));
-        assert_eq!(peer.ip.failure.as_deref(), Some("refused"));
-        assert_eq!(peer.fabric.reachable, None);
-    }
-
-    fn hello_in(subnet: &str) -> Hello {
-        Hello {
-            node_name: "gpu3".into(),
-            agent_version: "0.1.0".into(),
-            instance_id: 3,
-            fabric: crate::hello::HelloFabric {
-                provider: "efa".into(),
-                available: true,
-                error: None,
-                endpoints: vec![],
-            },
-            topology: Some(crate::topology::Topology {
-                instance_id: "i-3".into(),
-                instance_type: "p5.48xlarge".into(),
-                availability_zone: "us-east-1a".into(),
-                availability_zone_id: None,
-                placement_group: None,
-                primary_mac: "0e:00:00:00:00:03".into(),
-                interfaces: vec![crate::topology::NetworkInterface {
-                    mac: "0e:00:00:00:00:03".into(),
-                    subnet_id: subnet.into(),
-                    vpc_id: "vpc-1".into(),
-                    security_group_ids: vec!["sg-1".into()],
-                    subnet_cidr: None,
-                }],
-            }),
-            node_actions: None,
-        }
-    }
-
-    fn pong() -> ProbeOutcome {
-        let ms = Duration::from_millis(1);
-        ProbeOutcome::Pong {
-            rtt: ms,
-            cold_rtt: ms,
-            dwell: Duration::ZERO,
-            responder_id: 3,
-            warm: true,
-        }
-    }
-
-    /// One verify's results judged: `fabric` and the smallest larger size lost, with gpu1
-    /// in subnet-a and the peer's hello placing it in `peer_subnet`.
-    fn judged(
-        peer_subnet: &str,
-        fabric: Option<Result<ProbeOutcome, String>>,
-        lost: Option<usize>,
-    ) -> NodeVerified {
-        let hello = hello_in(peer_subnet);
-        let local = Placement::of(hello_in("subnet-a").topology.as_ref().unwrap());
-        let ip = Ok((hello.clone(), Duration::from_millis(1)));
-        judge(
-            ("gpu3".into(), "198.18.101.13:9476".into()),
-            &ip,
-            (fabric, lost),
-            FabricContext {
-                local_fabric: true,
-                provider: Some("efa"),
-                hello: Some(&hello),
-                measured: None,
-                refused: None,
-            },
-            (local.as_ref(), 64),
-            VerdictPolicy::default(),
-        )
-    }
-
-    #[test]
-    fn one_probe_per_path_is_judged_without_hysteresis() {
-        let healthy = judged("subnet-a", Some(Ok(pong())), None);
-        assert!(healthy.ok, "{healthy:?}");
-        assert_eq!((healthy.state.as_str(), healthy.reason), ("healthy", None));
-        assert_eq!(healthy.fabric.reachable, Some(true));
-
-        // The fabric drops while IP answers: the placement says why.
-        let cross = judged("subnet-b", Some(Ok(ProbeOutcome::Timeout)), None);
-        assert!(!cross.ok);
-        assert_eq!(cross.state, "fabric_dropped");
-        assert_eq!(cross.reason.as_deref(), Some("cross_subnet"));
-        assert_eq!(cross.fabric.failure.as_deref(), Some("timeout"));
-        assert_eq!(cross.ip.reachable, Some(true));
-        assert!(cross.summary.contains("subnet-b"), "{}", cross.summary);
-        let same = judged("subnet-a", Some(Ok(ProbeOutcome::Timeout)), None);
-        assert_eq!(same.reason.as_deref(), Some("security_group"));
-
-        // Small probes answer, larger ones are lost: not ok (NCCL's messages are large).
-        let sized = judged("subnet-a", Some(Ok(pong())), Some(9000));
-        assert!(!sized.ok);
-        assert_eq!(sized.reason.as_deref(), Some("probe_size"));
-        assert_eq!(sized.fabric.reachable, Some(true));
-        assert_eq!(sized.fabric.failure.as_deref(), Some("probe_size"));
-
-        // An address the provider refuses, and no fabric address at all.
-        let refused = judged("subnet-a", Some(Err("bad address".into())), None);
-        assert!(!refused.ok);
-        assert_eq!(refused.fabric.failure.as_deref(), Some("bad_address"));
-        let never = judged("subnet-a", None, None);
-        assert!(!never.ok);
-        assert_eq!(never.fabric.reachable, None);
-    }
-}
+mod tests;

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | no usable fabric here | Unknown | `NoFabric` |
 //! | no peer in the group, or none judged yet | Unknown | `NoPeers` |
-//! | at least 2 dropped, and at least the threshold share of the judged | False | `CrossSubnet`, `CrossAz`, `SecurityGroup` (most dropped peers' diagnosis), else `FabricDropped` |
+//! | at least 2 dropped, and at least the threshold share of the judged | False | `RailDropped` when more than half of the dropped peers answer on rail 0 and not on one same other rail (the message names it); else `CrossSubnet`, `CrossAz`, `SecurityGroup` (most dropped peers' diagnosis), else `FabricDropped` |
 //! | at least one verified (and not False) | True | `Verified` |
 //! | only one peer judged, and it is dropped | Unknown | `Unverified` (one peer cannot tell which node is at fault) |
 //!
@@ -19,6 +19,7 @@
 //! every peer: it cannot tell its group from the others'.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -71,6 +72,8 @@ pub enum ConditionReason {
     Unverified,
     NoPeers,
     NoFabric,
+    /// One rail (device) is dropped to most dropped peers while rail 0 answers them.
+    RailDropped,
 }
 
 impl ConditionReason {
@@ -84,6 +87,7 @@ impl ConditionReason {
             ConditionReason::Unverified => "Unverified",
             ConditionReason::NoPeers => "NoPeers",
             ConditionReason::NoFabric => "NoFabric",
+            ConditionReason::RailDropped => "RailDropped",
         }
     }
 }
@@ -117,6 +121,9 @@ pub struct DroppedPeer {
     pub reason: Option<DiagnosisReason>,
     pub fabric_loss: f64,
     pub since_unix: u64,
+    /// Rails that do not answer while rail 0 does (a rail dropped alone), with this node's
+    /// device for each.
+    pub rails_down: Vec<(u16, Arc<str>)>,
 }
 
 impl GroupTally {
@@ -137,6 +144,20 @@ impl GroupTally {
 pub fn peer_group(peer: &PeerStatus) -> Option<String> {
     let topology = peer.hello.as_ref()?.topology.as_ref()?;
     Placement::of(topology).map(|p| p.group())
+}
+
+/// The rails to `p` that do not answer while its rail 0 does.
+fn rails_down(p: &PeerStatus) -> Vec<(u16, Arc<str>)> {
+    match p.rails.first() {
+        Some(rail0) if rail0.path.reachable == Some(true) => p
+            .rails
+            .iter()
+            .skip(1)
+            .filter(|r| r.path.reachable == Some(false))
+            .map(|r| (r.rail, r.domain.clone()))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Counts the peers of `own_group` (every peer when it is `None`) that this node probes now:
@@ -162,6 +183,7 @@ pub fn tally(own_group: Option<&str>, peers: &[PeerStatus]) -> GroupTally {
                 reason: p.reason,
                 fabric_loss: p.fabric_loss,
                 since_unix: p.since_unix,
+                rails_down: rails_down(p),
             }),
             PeerState::Down | PeerState::Unknown => {}
         }
@@ -227,6 +249,20 @@ fn judge(inputs: &ConditionInputs<'_>) -> FabricCondition {
     let judged = t.judged();
     let dropped = t.dropped.len();
     if dropped >= MIN_DROPPED_PEERS && dropped as f64 >= inputs.threshold * judged as f64 {
+        if let Some(((rail, domain), n)) = dominant_rail(&t.dropped) {
+            return make(
+                S::False,
+                R::RailDropped,
+                format!(
+                    "Rail {rail} ({domain}) is dropped to {n} of {judged} peers in {} while \
+                     their rail 0 answers ({}); worst: {}. Check that rail's network \
+                     interface: its security groups and subnet.",
+                    t.group_text(),
+                    diagnosis_counts(&t.dropped),
+                    worst(&t.dropped),
+                ),
+            );
+        }
         return make(
             S::False,
             dominant_reason(&t.dropped),
@@ -296,6 +332,24 @@ fn dominant_reason(dropped: &[DroppedPeer]) -> ConditionReason {
         },
         _ => ConditionReason::FabricDropped,
     }
+}
+
+/// The rail most dropped peers have down while their rail 0 answers, with how many, when it
+/// is more than half of them.
+fn dominant_rail(dropped: &[DroppedPeer]) -> Option<((u16, Arc<str>), usize)> {
+    let mut counts: BTreeMap<u16, ((u16, Arc<str>), usize)> = BTreeMap::new();
+    for d in dropped {
+        for (rail, domain) in &d.rails_down {
+            counts
+                .entry(*rail)
+                .or_insert(((*rail, domain.clone()), 0))
+                .1 += 1;
+        }
+    }
+    counts
+        .into_values()
+        .max_by_key(|(_, n)| *n)
+        .filter(|(_, n)| 2 * n > dropped.len())
 }
 
 /// `cross_subnet: 2, fabric_timeout: 1`, most first.

@@ -10,12 +10,17 @@
 //! | same subnet | `security_group` | the self-referencing allow-all rule, both directions; look for stale rules |
 //! | unknown on either side | (the path's own reason: `fabric_timeout`, `provider_error`) | |
 //!
+//! A placement is one network interface's: a node's is its primary interface's
+//! ([`Placement::of`]); a rail's is its own ENI's, found by the MAC its hello lists
+//! ([`Placement::of_rail`]), so a rail that drops is diagnosed from its ENIs on both sides.
+//!
 //! Nodes in different (or no) cluster placement groups get a warning: EFA works, but with
 //! more latency and less bandwidth than it could.
 
 use serde::Serialize;
 
-/// Where a node runs, as far as EFA cares (its primary network interface).
+/// Where a node, or one of its rails, runs, as far as EFA cares: one network interface's
+/// subnet, VPC and security groups, and the instance's zone and placement group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Placement {
     pub availability_zone: String,
@@ -36,6 +41,31 @@ impl Placement {
             security_group_ids: primary.security_group_ids.clone(),
             placement_group: topology.placement_group.clone(),
         })
+    }
+
+    /// From instance metadata: the network interface with `mac` (a rail's ENI), with the
+    /// instance's zone and placement group; `None` when no interface has that MAC.
+    pub fn of_interface(topology: &crate::topology::Topology, mac: &str) -> Option<Placement> {
+        let interface = topology.interfaces.iter().find(|i| i.mac == mac)?;
+        Some(Placement {
+            availability_zone: topology.availability_zone.clone(),
+            subnet_id: interface.subnet_id.clone(),
+            vpc_id: interface.vpc_id.clone(),
+            security_group_ids: interface.security_group_ids.clone(),
+            placement_group: topology.placement_group.clone(),
+        })
+    }
+
+    /// Where rail `rail` of a node runs: the interface its hello names for the rail (its
+    /// MAC) in its topology; else the primary interface's placement (a rail whose interface
+    /// the system did not say, or an agent from before rails).
+    pub fn of_rail(
+        topology: &crate::topology::Topology,
+        rail_mac: Option<&str>,
+    ) -> Option<Placement> {
+        rail_mac
+            .and_then(|mac| Placement::of_interface(topology, mac))
+            .or_else(|| Placement::of(topology))
     }
 
     /// The topology group this node probes as a full mesh: its placement group (`pg:NAME`),
@@ -202,6 +232,111 @@ mod tests {
         let text = explain(&relate(Some(&a), Some(&c))).unwrap();
         assert!(text.contains("sg-1 and sg-9"), "{text}");
         assert_eq!(explain(&Relation::Unknown), None);
+    }
+
+    use crate::topology::{NetworkInterface, Topology};
+
+    fn interface(mac: &str, subnet: &str, groups: &[&str]) -> NetworkInterface {
+        NetworkInterface {
+            mac: mac.into(),
+            subnet_id: subnet.into(),
+            vpc_id: "vpc-1".into(),
+            security_group_ids: groups.iter().map(|g| g.to_string()).collect(),
+            subnet_cidr: None,
+        }
+    }
+
+    /// A node of two rails: rail 0 on the primary ENI, rail 1 on an ENI of its own.
+    fn two_rail_topology(instance: &str, rail1_groups: &[&str]) -> Topology {
+        Topology {
+            instance_id: instance.into(),
+            instance_type: "p5.48xlarge".into(),
+            availability_zone: "us-east-1a".into(),
+            availability_zone_id: None,
+            placement_group: Some("pg-1".into()),
+            primary_mac: "0e:00:00:00:00:01".into(),
+            interfaces: vec![
+                interface("0e:00:00:00:00:01", "subnet-a", &["sg-node"]),
+                interface("0e:00:00:00:00:02", "subnet-b", rail1_groups),
+            ],
+        }
+    }
+
+    const PRIMARY: Option<&str> = Some("0e:00:00:00:00:01");
+    const RAIL1: Option<&str> = Some("0e:00:00:00:00:02");
+
+    #[test]
+    fn an_interface_s_placement_is_its_own_eni_in_the_instance_s_zone() {
+        let t = two_rail_topology("i-1", &["sg-rail1"]);
+        let rail1 = Placement::of_interface(&t, "0e:00:00:00:00:02").unwrap();
+        assert_eq!(
+            rail1,
+            Placement {
+                availability_zone: "us-east-1a".into(),
+                subnet_id: "subnet-b".into(),
+                vpc_id: "vpc-1".into(),
+                security_group_ids: vec!["sg-rail1".into()],
+                placement_group: Some("pg-1".into()),
+            }
+        );
+        assert_eq!(
+            Placement::of(&t),
+            Placement::of_interface(&t, "0e:00:00:00:00:01"),
+            "the node's placement is its primary interface's"
+        );
+        assert_eq!(Placement::of(&t).unwrap().subnet_id, "subnet-a");
+        assert_eq!(Placement::of_interface(&t, "0e:00:00:00:00:09"), None);
+        assert_eq!(
+            Placement::of_interface(&t, "0E:00:00:00:00:02"),
+            None,
+            "MACs are compared as validated, lower case"
+        );
+    }
+
+    #[test]
+    fn a_rail_s_placement_is_its_interface_s_else_the_primary_s() {
+        let t = two_rail_topology("i-1", &["sg-rail1"]);
+        assert_eq!(Placement::of_rail(&t, PRIMARY), Placement::of(&t));
+        assert_eq!(Placement::of_rail(&t, RAIL1).unwrap().subnet_id, "subnet-b");
+        // No MAC (the system did not say, an agent before rails), or one the topology does
+        // not list: the primary interface's.
+        assert_eq!(Placement::of_rail(&t, None), Placement::of(&t));
+        assert_eq!(
+            Placement::of_rail(&t, Some("0e:00:00:00:00:09")),
+            Placement::of(&t)
+        );
+    }
+
+    #[test]
+    fn a_failing_rail_is_diagnosed_from_its_own_enis_on_both_sides() {
+        // Both nodes' primaries share a group; rail 1's ENIs sit in subnet-b, the peer's
+        // with a group of its own (one that lacks the self rule).
+        let local = two_rail_topology("i-1", &["sg-rail1"]);
+        let peer = two_rail_topology("i-2", &["sg-rail1-new"]);
+        let (l, p) = (
+            Placement::of_rail(&local, RAIL1),
+            Placement::of_rail(&peer, RAIL1),
+        );
+        assert_eq!(
+            relate(l.as_ref(), p.as_ref()),
+            Relation::SameSubnet {
+                subnet: "subnet-b".into(),
+                local_groups: vec!["sg-rail1".into()],
+                peer_groups: vec!["sg-rail1-new".into()],
+            }
+        );
+        let text = explain(&relate(l.as_ref(), p.as_ref())).unwrap();
+        assert!(text.contains("sg-rail1 and sg-rail1-new"), "{text}");
+        // The primaries alone would have named the wrong subnet and group.
+        let primaries = relate(
+            Placement::of_rail(&local, PRIMARY).as_ref(),
+            Placement::of_rail(&peer, PRIMARY).as_ref(),
+        );
+        assert!(
+            matches!(&primaries, Relation::SameSubnet { subnet, local_groups, .. }
+                if subnet == "subnet-a" && local_groups == &["sg-node"]),
+            "{primaries:?}"
+        );
     }
 
     #[test]

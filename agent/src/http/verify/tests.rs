@@ -64,7 +64,7 @@ fn agent_with_metrics(
         PeerProbeSettings::new("gpu1", Duration::from_secs(1), TIMEOUT),
         state,
         metrics.clone(),
-        None,
+        vec![],
     );
     let (tx, rx) = mpsc::channel(monitor_verify::VERIFY_QUEUE);
     let stop = tokio_util::sync::CancellationToken::new();
@@ -103,7 +103,7 @@ async fn known_nodes_are_probed_and_unknown_ones_listed() {
     assert_eq!(answer.node, "gpu1");
     assert_eq!(answer.unknown, ["gpu7"]);
     assert_eq!(answer.this_node, ["gpu1"]);
-    assert!(answer.probed.contains("rails are not implemented"));
+    assert!(answer.probed.contains("one ping on every other rail"));
     let [gpu2] = answer.verified.as_slice() else {
         panic!("gpu2 once: {body}")
     };

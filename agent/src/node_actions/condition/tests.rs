@@ -320,3 +320,46 @@ fn peers_this_node_does_not_probe_now_are_not_judged() {
         1
     );
 }
+
+#[test]
+fn one_rail_dropped_to_most_peers_is_rail_dropped_naming_the_rail() {
+    use crate::state::RailStatus;
+    let rail = |rail: u16, reachable: bool| RailStatus {
+        rail,
+        domain: format!("rdmap{rail}-rdm").into(),
+        peer_domain: format!("rdmap{rail}-rdm").into(),
+        path: PathStatus {
+            reachable: Some(reachable),
+            ..PathStatus::default()
+        },
+        reason: (!reachable).then_some(DiagnosisReason::SecurityGroup),
+    };
+    let rail1_down = |name: &str| {
+        let mut p = dropped(name, DiagnosisReason::SecurityGroup);
+        p.rails = vec![rail(0, true), rail(1, false), rail(2, true)];
+        p
+    };
+    let c = condition(&[healthy("gpu-2"), rail1_down("gpu-3"), rail1_down("gpu-4")]);
+    assert_eq!(
+        (c.status, c.reason),
+        (ConditionStatus::False, ConditionReason::RailDropped)
+    );
+    assert_eq!(
+        c.message,
+        "Rail 1 (rdmap1-rdm) is dropped to 2 of 3 peers in its topology group \
+         subnet:subnet-a while their rail 0 answers (security_group: 2); worst: gpu-3, gpu-4. \
+         Check that rail's network interface: its security groups and subnet."
+    );
+    // Rail 0 itself dropped: not a rail alone, the dominant diagnosis stays.
+    let mut whole = dropped("gpu-5", DiagnosisReason::SecurityGroup);
+    whole.rails = vec![rail(0, false), rail(1, false)];
+    let mut whole2 = whole.clone();
+    whole2.name = "gpu-6".into();
+    let c = condition(&[healthy("gpu-2"), whole, whole2]);
+    assert_eq!(c.reason, ConditionReason::SecurityGroup);
+    // Different rails down on each: no one rail dominates.
+    let mut other = dropped("gpu-7", DiagnosisReason::SecurityGroup);
+    other.rails = vec![rail(0, true), rail(1, true), rail(2, false)];
+    let c = condition(&[healthy("gpu-2"), rail1_down("gpu-3"), other]);
+    assert_eq!(c.reason, ConditionReason::SecurityGroup);
+}
