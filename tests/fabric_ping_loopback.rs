@@ -852,17 +852,15 @@ fn fabric_threads() -> usize {
         .count()
 }
 
-/// The `fabric-*` threads once at least `expected` of them carry their name, or after 2 s: a
-/// thread names itself as it starts, a moment after `spawn` returns.
-fn fabric_threads_at_least(expected: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let now = fabric_threads();
-        if now >= expected || Instant::now() > deadline {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Waits (boundedly) until this process has `n` threads named `fabric-*`, and for another
+/// half second to see that no more come.
+fn threads_are(n: usize, what: &str) {
+    wait_until(what, Duration::from_secs(5), || match fabric_threads() {
+        count if count == n => Ok(()),
+        count => Err(format!("{count} fabric-* threads, not {n}")),
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(fabric_threads(), n, "{what}");
 }
 
 /// `n` rails on loopback, one thread for them all.
@@ -896,10 +894,10 @@ fn two_nodes_of_two_rails_probe_rail_to_rail_each_on_one_thread() {
         let threads_before = fabric_threads();
         let a = rails_on(provider, 2, |_| {});
         let b = rails_on(provider, 2, |_| {});
-        assert_eq!(
-            fabric_threads_at_least(threads_before + 2),
+        // A thread names itself once it runs: wait for that, not for more threads.
+        threads_are(
             threads_before + 2,
-            "{provider}: one thread per node, not per rail"
+            &format!("{provider}: one per node, not per rail"),
         );
         for node in [&a, &b] {
             assert_eq!(node[0].engine_thread(), node[1].engine_thread());
@@ -935,10 +933,9 @@ fn two_nodes_of_two_rails_probe_rail_to_rail_each_on_one_thread() {
         }
         a[1].shutdown();
         b[0].shutdown();
-        assert_eq!(
-            fabric_threads(),
+        threads_are(
             threads_before,
-            "{provider}: shutdown stops the group"
+            &format!("{provider}: shutdown stops the group"),
         );
         // Every rail of a stopped group says so.
         let out = a[0].probe(PeerHandle::never_issued(), 64, Duration::from_secs(1));

@@ -20,28 +20,48 @@ use super::Command;
 /// wake-up with another rail.
 const EARLY_FRACTION: u32 = 8;
 
-/// A rail and when it is due.
-struct Scheduled {
-    rail: Rail,
+/// When a rail is due: pure, so that the loop's sharing of wake-ups is tested without a
+/// provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Due {
     /// Poll it then; `None`: only when it is given a command.
-    due: Option<Instant>,
-    /// How much earlier than `due` it may be polled.
+    at: Option<Instant>,
+    /// How much earlier than `at` it may be polled.
     early: Duration,
 }
 
-impl Scheduled {
-    fn due_by(&self, now: Instant) -> bool {
-        self.due.is_some_and(|due| due <= now + self.early)
+impl Due {
+    fn now(now: Instant) -> Due {
+        Due {
+            at: Some(now),
+            early: Duration::ZERO,
+        }
     }
 
-    /// Asks the rail, just polled, when it wants its next poll.
-    fn plan(&mut self, now: Instant) {
-        (self.due, self.early) = match self.rail.plan(now) {
-            Wait::Spin => (Some(now), Duration::ZERO),
-            Wait::For(period) => (Some(now + period), period / EARLY_FRACTION),
-            Wait::Forever => (None, Duration::ZERO),
-        };
+    /// What a rail, just polled at `now`, asked for.
+    fn after(now: Instant, wait: Wait) -> Due {
+        match wait {
+            Wait::Spin => Due::now(now),
+            Wait::For(period) => Due {
+                at: Some(now + period),
+                early: period / EARLY_FRACTION,
+            },
+            Wait::Forever => Due {
+                at: None,
+                early: Duration::ZERO,
+            },
+        }
     }
+
+    fn by(&self, now: Instant) -> bool {
+        self.at.is_some_and(|at| at <= now + self.early)
+    }
+}
+
+/// A rail and when it is due.
+struct Scheduled {
+    rail: Rail,
+    due: Due,
 }
 
 pub(super) struct Engine {
@@ -58,8 +78,7 @@ impl Engine {
                 .into_iter()
                 .map(|rail| Scheduled {
                     rail,
-                    due: Some(now),
-                    early: Duration::ZERO,
+                    due: Due::now(now),
                 })
                 .collect(),
             commands,
@@ -69,7 +88,7 @@ impl Engine {
     pub(super) fn run(mut self) {
         loop {
             let now = Instant::now();
-            let earliest = self.rails.iter().filter_map(|s| s.due).min();
+            let earliest = self.rails.iter().filter_map(|s| s.due.at).min();
             let command = match earliest {
                 Some(due) if due <= now => self.commands.try_recv().map_err(|e| match e {
                     mpsc::TryRecvError::Empty => None,
@@ -96,9 +115,10 @@ impl Engine {
             }
             let now = Instant::now();
             for scheduled in &mut self.rails {
-                if scheduled.due_by(now) {
+                if scheduled.due.by(now) {
                     scheduled.rail.service();
-                    scheduled.plan(Instant::now());
+                    let polled = Instant::now();
+                    scheduled.due = Due::after(polled, scheduled.rail.plan(polled));
                 }
             }
         }
@@ -117,11 +137,54 @@ impl Engine {
                 // Indices come from handles this group issued: every one is in range.
                 if let Some(scheduled) = self.rails.get_mut(index) {
                     scheduled.rail.handle(command);
-                    scheduled.due = Some(Instant::now());
-                    scheduled.early = Duration::ZERO;
+                    scheduled.due = Due::now(Instant::now());
                 }
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_millis(20);
+
+    /// The loop's wake-up: the earliest rail's time; then every rail due by it is polled.
+    fn polled_at_first_wakeup(rails: &[Due]) -> Vec<bool> {
+        let wakeup = rails.iter().filter_map(|d| d.at).min().unwrap();
+        rails.iter().map(|d| d.by(wakeup)).collect()
+    }
+
+    #[test]
+    fn idle_rails_polled_one_after_another_share_the_next_wakeup() {
+        let t0 = Instant::now();
+        // 32 rails polled in turn after one wake-up, each poll taking 20 µs.
+        let rails: Vec<Due> = (0..32)
+            .map(|i| Due::after(t0 + Duration::from_micros(20 * i), Wait::For(IDLE)))
+            .collect();
+        assert!(polled_at_first_wakeup(&rails).iter().all(|&p| p));
+    }
+
+    #[test]
+    fn a_spinning_or_waiting_rail_does_not_make_an_idle_one_poll() {
+        let t0 = Instant::now();
+        let idle = Due::after(t0, Wait::For(IDLE));
+        for busy in [Wait::Spin, Wait::For(Duration::from_micros(200))] {
+            let rails = [Due::after(t0, busy), idle];
+            assert_eq!(polled_at_first_wakeup(&rails), [true, false], "{busy:?}");
+        }
+        // Polled early by an eighth of its period at most.
+        assert!(!idle.by(t0 + IDLE - IDLE / 8 - Duration::from_micros(1)));
+        assert!(idle.by(t0 + IDLE - IDLE / 8));
+    }
+
+    #[test]
+    fn a_rail_with_nothing_to_answer_is_polled_only_when_given_a_command() {
+        let t0 = Instant::now();
+        let asleep = Due::after(t0, Wait::Forever);
+        assert!(!asleep.by(t0 + Duration::from_secs(3600)));
+        assert!(Due::now(t0).by(t0));
     }
 }

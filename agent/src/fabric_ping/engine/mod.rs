@@ -13,10 +13,11 @@
 //! second, "warm" ping of a probe, on both sides), polls every few hundred microseconds while
 //! a first ping waits for a responder that may be idle, and otherwise sleeps between slow
 //! polls, which still answer pings and accept connections. Each rail paces itself; the loop
-//! ([`event_loop`]) sleeps until the earliest rail is due and polls only the rails that are
-//! due then, so a busy rail does not make the idle ones poll, and idle rails are polled
-//! together on one wake-up: 32 idle rails cost one wake-up per `idle_poll` and 32 completion
-//! queue polls (BENCHMARKS.md: the idle cost by rail count).
+//! ([`event_loop`]) sleeps until the earliest rail is due and then polls the rails due by
+//! then (up to an eighth of their period early, so that rails due about together share a
+//! wake-up) and those just given a command: a busy rail does not make the idle ones poll, and
+//! idle rails are polled together, so 32 idle rails cost about one wake-up per `idle_poll`
+//! and 32 completion-queue polls (BENCHMARKS.md: idle engine cost by rail count).
 //!
 //! Each rail has its own address table ([`address_table`]), probes in flight and outbox
 //! ([`outgoing`]), counters ([`counters`]), watch on its endpoint and reopen ([`health`]):
@@ -64,7 +65,8 @@ pub struct PingerConfig {
     /// Poll period while nothing is in flight: bounds how late an idle responder sees a
     /// ping (which is why probes come in pairs; see [`FabricPinger::probe`]). Each poll
     /// costs tens of microseconds here (a timer wake-up plus the provider's progress), so
-    /// 20 ms keeps an idle engine well under 1% of a core.
+    /// 20 ms keeps an idle engine well under 1% of a core; the rails of a group share the
+    /// wake-up, and each adds its own poll (a few microseconds).
     pub idle_poll: Duration,
     /// Longest poll period while a pair's first ping waits for its pong. The responder spins
     /// from its answer until the second ping arrives, so this bounds what the responder
