@@ -168,33 +168,12 @@ impl Lan {
     pub fn new(tag: &str, subnet: u8, hosts: usize) -> Lan {
         assert!(tag.len() <= 6, "tag {tag:?} too long for an interface name");
         assert!((1..=250).contains(&hosts));
-        let switch = Netns::new(&format!("efp-{tag}-sw"));
-        switch.ip(&["link", "add", "br0", "type", "bridge"]);
-        switch.ip(&["link", "set", "br0", "up"]);
+        let switch = bridge(tag);
         let mut list = Vec::new();
         let mut ips = Vec::new();
         for i in 1..=hosts {
             let ns = Netns::new(&format!("efp-{tag}-{i}"));
-            let (inner, outer) = (format!("e{tag}{i}"), format!("s{tag}{i}"));
-            run(Command::new("ip").args([
-                "link",
-                "add",
-                &inner,
-                "netns",
-                &ns.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &outer,
-                "netns",
-                &switch.name,
-            ]));
-            switch.ip(&["link", "set", &outer, "master", "br0"]);
-            switch.ip(&["link", "set", &outer, "up"]);
-            let ip = format!("198.18.{subnet}.{i}");
-            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &inner]);
-            ns.ip(&["link", "set", &inner, "up"]);
+            let (_, ip) = join_bridge(&switch, &ns, tag, i, subnet);
             list.push(ns);
             ips.push(ip);
         }
@@ -219,35 +198,13 @@ pub struct Network {
 impl Network {
     pub fn attach(lan: &Lan, tag: &str, subnet: u8) -> Network {
         assert!(tag.len() <= 6, "tag {tag:?} too long for an interface name");
-        let switch = Netns::new(&format!("efp-{tag}-sw"));
-        switch.ip(&["link", "add", "br0", "type", "bridge"]);
-        switch.ip(&["link", "set", "br0", "up"]);
+        let switch = bridge(tag);
         let mut ips = Vec::new();
         let mut interfaces = Vec::new();
         for (n, ns) in lan.hosts.iter().enumerate() {
-            let i = n + 1;
-            let (inner, outer) = (format!("e{tag}{i}"), format!("s{tag}{i}"));
-            run(Command::new("ip").args([
-                "link",
-                "add",
-                &inner,
-                "netns",
-                &ns.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &outer,
-                "netns",
-                &switch.name,
-            ]));
-            switch.ip(&["link", "set", &outer, "master", "br0"]);
-            switch.ip(&["link", "set", &outer, "up"]);
-            let ip = format!("198.18.{subnet}.{i}");
-            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &inner]);
-            ns.ip(&["link", "set", &inner, "up"]);
+            let (interface, ip) = join_bridge(&switch, ns, tag, n + 1, subnet);
             ips.push(ip);
-            interfaces.push(inner);
+            interfaces.push(interface);
         }
         Network {
             ips,
@@ -255,6 +212,41 @@ impl Network {
             _switch: switch,
         }
     }
+}
+
+/// A namespace of its own holding a bridge `br0`, up.
+fn bridge(tag: &str) -> Netns {
+    let switch = Netns::new(&format!("efp-{tag}-sw"));
+    switch.ip(&["link", "add", "br0", "type", "bridge"]);
+    switch.ip(&["link", "set", "br0", "up"]);
+    switch
+}
+
+/// Host `i` (`ns`) on the bridge `br0` of `switch`: a veth `e{tag}{i}` in the host at
+/// 198.18.`subnet`.`i` (/24), its far end `s{tag}{i}` on the bridge. Returns the host's
+/// interface and address.
+fn join_bridge(switch: &Netns, ns: &Netns, tag: &str, i: usize, subnet: u8) -> (String, String) {
+    let (inner, outer) = (format!("e{tag}{i}"), format!("s{tag}{i}"));
+    run(Command::new("ip").args([
+        "link",
+        "add",
+        &inner,
+        "netns",
+        &ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &outer,
+        "netns",
+        &switch.name,
+    ]));
+    switch.ip(&["link", "set", &outer, "master", "br0"]);
+    switch.ip(&["link", "set", &outer, "up"]);
+    let ip = format!("198.18.{subnet}.{i}");
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &inner]);
+    ns.ip(&["link", "set", &inner, "up"]);
+    (inner, ip)
 }
 
 /// The MAC of `interface` in `ns`, lower case (from `ip -o link`).
