@@ -52,7 +52,13 @@ stop() {  # PID: TERM, then KILL after 10 s
   kill -KILL "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
-cleanup() { stop "$agent"; stop "$sim"; ip netns del $ns 2>/dev/null || true; rm -rf "$tmp"; }
+cleanup() {
+  stop "$agent"; stop "$sim"
+  # Anything of this script's still in its namespace (it holds the lock's descriptor too).
+  for p in $(ip netns pids $ns 2>/dev/null); do stop "$p"; done
+  ip netns del $ns 2>/dev/null || true
+  rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 ip netns del $ns 2>/dev/null || true
@@ -64,6 +70,7 @@ for r in $(seq 0 31); do
   ip -n $ns link set "efpbr$r" up
   ip -n $ns link set "efpbrp$r" up
 done
+# Not for what runs in the background: `$!` must be the process itself (ip netns exec execs it).
 in_ns() { ip netns exec $ns "$@"; }
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -93,7 +100,7 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "by thread (\`fabric\`: the engine thread driving every rail; \`tokio\`: the workers); the"
   echo "simulator's CPU is not counted. Load average (1, 5, 15 min) at the start: $load_before."
   echo
-  echo "| rails | RSS | peak RSS | agent CPU | × 1 rail | fabric thread | tokio workers | rail probes ok / other | rails paired (sum over peers with series) | states at the end | goal |"
+  echo "| rails | RSS | peak RSS | agent CPU | × 1 rail | fabric thread | tokio workers | rail probes ok / other | peers with every rail paired (/v1/peers) | states at the end | goal |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|"
 } >"$tmp/report.md"
 : >"$tmp/notes.md"
@@ -102,7 +109,7 @@ base_cpu=''
 for rails in "${rails_list[@]}"; do
   echo "agent_rails: $count peers, $rails rail(s)" >&2
   rm -f "$tmp/peers"
-  in_ns "$bin" simulate-peers --count "$count" --rails "$rails" --port $((sim_port + rails)) \
+  ip netns exec $ns "$bin" simulate-peers --count "$count" --rails "$rails" --port $((sim_port + rails)) \
     --fabric-provider "udp;ofi_rxd" --fabric-bind 198.18.244.1 --peers-file "$tmp/peers" \
     >"$tmp/sim.log" 2>&1 &
   sim=$!
@@ -111,7 +118,7 @@ for rails in "${rails_list[@]}"; do
 
   binds=$(seq 1 "$rails" | sed 's/^/198.18.244./' | paste -sd,)
   url=http://127.0.0.1:19475
-  in_ns env EFAPROBE_PEERS="$(cat "$tmp/peers")" "$bin" agent --node-name bench-observer \
+  EFAPROBE_PEERS="$(cat "$tmp/peers")" ip netns exec $ns "$bin" agent --node-name bench-observer \
     --listen 127.0.0.1:19475 --pod-ip 198.18.244.1 --fabric-provider "udp;ofi_rxd" \
     --fabric-bind "$binds" --imds-endpoint none "${agent_args[@]}" >"$tmp/agent.log" 2>&1 &
   agent=$!
@@ -132,7 +139,11 @@ for rails in "${rails_list[@]}"; do
   rss=$(status_kib "$agent" VmRSS); hwm=$(status_kib "$agent" VmHWM)
   ok1=$(metric_sum '^efa_rail_probes_total[{].*result="ok"')
   all1=$(metric_sum '^efa_rail_probes_total[{]')
-  paired=$(metric_sum '^efa_peer_rails[{]')
+  # Peers listed with every rail paired (`/v1/peers`: per-peer series follow
+  # --per-peer-metrics, `unhealthy` above 100 peers).
+  paired=$(in_ns curl -sf --max-time 5 "$url/v1/peers" | python3 -c '
+import json, sys
+print(sum(1 for p in json.load(sys.stdin) if p.get("peer_rails") == int(sys.argv[1])))' "$rails")
   states=$(scrape | awk '/^efa_peers_by_state[{]/ && $NF > 0 {
       match($0, /state="[a-z_]+"/); printf "%s %d, ", substr($0, RSTART + 7, RLENGTH - 8), $NF }' \
     | sed 's/, $//')
