@@ -31,6 +31,7 @@ mod lab_scenarios;
 mod metrics_promtool;
 mod node_actions_kubernetes;
 mod rail_identity;
+mod simulate_rails;
 mod target_checks;
 mod topology_imds;
 

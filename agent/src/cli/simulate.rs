@@ -23,6 +23,12 @@
 //! and this process, on the same machine, answers for the whole cluster (its CPU competes
 //! with the agent's, its responders idle-poll like real ones).
 //!
+//! `--rails N` gives every peer N rails: each responder opens N endpoints (rails 0 to N-1)
+//! on its one engine thread, and peer i's rail r is responder i mod K's rail r, a real
+//! endpoint that answers. An agent with N rails (`--fabric-bind` with N addresses) then pairs
+//! N rails with every peer and probes each, as on a cluster of N-rail nodes; with fewer rails
+//! on either side, the common ones are paired and the difference is warned about.
+//!
 //! `--fabric-provider none` publishes peers without a fabric (the agent reports `unknown` /
 //! `peer_no_fabric` for them).
 
@@ -71,37 +77,39 @@ pub fn run(args: Args, refused: ConfigErrors) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let mut pingers = Vec::new();
+    // One group of `--rails` rails per responder, each group one engine thread.
+    let mut responders: Vec<Vec<FabricPinger>> = Vec::new();
     if let Some(provider) = &provider {
         for _ in 0..args.fabric_engines {
-            match open_responder(provider, args.fabric_bind) {
-                Ok(p) => pingers.push(p),
+            match open_responder(provider, args.fabric_bind, args.rails as usize) {
+                Ok(rails) => responders.push(rails),
                 Err(e) => {
                     eprintln!(
                         "efaprobe simulate-peers: fabric provider {provider:?} unusable: {e}"
                     );
-                    pingers.iter().for_each(FabricPinger::shutdown);
+                    responders.iter().flatten().for_each(FabricPinger::shutdown);
                     return ExitCode::FAILURE;
                 }
             }
         }
     }
-    let result = runtime.block_on(serve(&args, &ips, &pingers));
+    let result = runtime.block_on(serve(&args, &ips, &responders));
     runtime.shutdown_timeout(Duration::from_millis(200));
-    if !pingers.is_empty() {
+    if !responders.is_empty() {
         let mut answered = 0;
         let mut dropped = 0;
         let mut failed = 0;
-        for p in &pingers {
+        for p in responders.iter().flatten() {
             let stats = p.stats();
-            p.shutdown();
             answered += stats.pings_answered;
             dropped += stats.pongs_dropped_backlog + stats.pongs_dropped_queue_full;
             failed += stats.pong_send_failures;
         }
+        responders.iter().flatten().for_each(FabricPinger::shutdown);
         // One line for scripts: how much the responders answered, and what they dropped.
         let line = serde_json::json!({
-            "responders": pingers.len(),
+            "responders": responders.len(),
+            "rails": args.rails,
             "pings_answered": answered,
             "pongs_dropped": dropped,
             "pong_send_failures": failed,
@@ -123,7 +131,8 @@ pub fn run(args: Args, refused: ConfigErrors) -> ExitCode {
     }
 }
 
-fn open_responder(provider: &str, bind: IpAddr) -> Result<FabricPinger, String> {
+/// One responder: `rails` endpoints on one engine thread, rail r the r-th.
+fn open_responder(provider: &str, bind: IpAddr, rails: usize) -> Result<Vec<FabricPinger>, String> {
     let mut config = PingerConfig::new(provider);
     // Every pong goes to the one agent under test: an agent's cap of one pong in flight per
     // destination would drop most of them here, where N real responders would each have one.
@@ -131,31 +140,37 @@ fn open_responder(provider: &str, bind: IpAddr) -> Result<FabricPinger, String> 
     config.max_queued_pongs = 4 * PONGS_IN_FLIGHT as usize;
     // The agent under test is no explicit peer here: it may have every slot.
     config.max_stranger_pongs_in_flight = Some(config.tx_slots);
-    // One rail: the first `bind` makes (the first device on efa).
-    let first = engine::rail_infos(&config, &[bind])
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .next()
-        .ok_or("no device found")?;
-    FabricPinger::start(first, config).map_err(|e| e.to_string())
+    // On IP providers, `bind` once per rail (the same address, an endpoint each); on efa,
+    // every device, and shm one: repeated in order up to `rails`, cut to it when more.
+    let mut infos = Vec::with_capacity(rails);
+    while infos.len() < rails {
+        // At most `rails` rounds: each lists one device at least, or stops here.
+        let found = engine::rail_infos(&config, &vec![bind; rails]).map_err(|e| e.to_string())?;
+        if found.is_empty() {
+            return Err("no device found".to_owned());
+        }
+        infos.extend(found);
+    }
+    infos.truncate(rails);
+    engine::start_rails(infos, config).map_err(|e| e.to_string())
 }
 
 /// The hello of one simulated peer: a valid document, as an agent would serve it, naming
-/// `pinger`'s endpoint (none: the peer says it has no fabric).
-pub fn sim_hello(name: String, provider: &str, pinger: Option<&FabricPinger>) -> Hello {
+/// `rails`' endpoints, rail r the r-th (none: the peer says it has no fabric).
+pub fn sim_hello(name: String, provider: &str, rails: &[FabricPinger]) -> Hello {
     Hello {
         node_name: name,
         agent_version: VERSION.to_owned(),
         instance_id: rand::random(),
         fabric: HelloFabric {
             provider: provider.to_owned(),
-            available: pinger.is_some(),
-            error: pinger
-                .is_none()
+            available: !rails.is_empty(),
+            error: rails
+                .is_empty()
                 .then(|| "fabric path turned off (--fabric-provider none)".to_owned()),
-            endpoints: pinger
-                .iter()
-                .map(|p| HelloEndpoint::of(0, p, None))
+            endpoints: (0u16..)
+                .zip(rails)
+                .map(|(rail, p)| HelloEndpoint::of(rail, p, None))
                 .collect(),
         },
         topology: None,
@@ -166,10 +181,15 @@ pub fn sim_hello(name: String, provider: &str, pinger: Option<&FabricPinger>) ->
 #[derive(Serialize)]
 struct Ready {
     peers: usize,
-    responders: Vec<String>,
+    /// Each responder's rails' addresses, rail 0 first.
+    responders: Vec<Vec<String>>,
 }
 
-async fn serve(args: &Args, ips: &[Ipv4Addr], pingers: &[FabricPinger]) -> anyhow::Result<u64> {
+async fn serve(
+    args: &Args,
+    ips: &[Ipv4Addr],
+    responders: &[Vec<FabricPinger>],
+) -> anyhow::Result<u64> {
     use anyhow::Context;
     let mut signals = ShutdownSignal::install().context("installing signal handlers")?;
     let served = Arc::new(AtomicU64::new(0));
@@ -193,7 +213,9 @@ async fn serve(args: &Args, ips: &[Ipv4Addr], pingers: &[FabricPinger]) -> anyho
         let mut hello = sim_hello(
             node_name(&args.name_prefix, i + 1),
             &args.fabric_provider,
-            pingers.get(i % pingers.len().max(1)),
+            responders
+                .get(i % responders.len().max(1))
+                .map_or(&[], Vec::as_slice),
         );
         hello.topology = sim_topology(&args.name_prefix, i, args.placement_groups);
         let body = Bytes::from(serde_json::to_vec(&hello).context("encoding a hello")?);
@@ -228,7 +250,10 @@ async fn serve(args: &Args, ips: &[Ipv4Addr], pingers: &[FabricPinger]) -> anyho
     }
     let ready = Ready {
         peers: ips.len(),
-        responders: pingers.iter().map(|p| p.address_display()).collect(),
+        responders: responders
+            .iter()
+            .map(|rails| rails.iter().map(|p| p.address_display()).collect())
+            .collect(),
     };
     eprintln!(
         "efaprobe simulate-peers: serving {}",
@@ -256,7 +281,7 @@ mod tests {
 
     #[test]
     fn hellos_are_valid() {
-        let hello = sim_hello(node_name("sim", 1), "none", None);
+        let hello = sim_hello(node_name("sim", 1), "none", &[]);
         assert_eq!(hello.node_name, "sim-00001");
         let body = serde_json::to_vec(&hello).unwrap();
         let parsed = Hello::parse(&body).unwrap();
@@ -283,6 +308,7 @@ mod tests {
             fabric_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             name_prefix: "sim".into(),
             fabric_engines: 1,
+            rails: 1,
             placement_groups: 2,
             peers_file: Some(file.clone()),
         };

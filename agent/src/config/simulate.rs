@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use super::{ConfigError, ConfigErrors};
-use crate::hello::is_node_name;
+use crate::hello::{is_node_name, MAX_ENDPOINTS};
 use crate::topology::{NetworkInterface, Topology};
 
 /// Most simulated peers in one process (each is a listening socket).
@@ -33,11 +33,18 @@ pub struct Args {
     /// Local IP the responder's endpoint binds to (IP-based providers).
     #[arg(long, default_value = "127.0.0.1")]
     pub fabric_bind: IpAddr,
-    /// Fabric responders (engines, each a thread and an endpoint); peer i publishes responder
-    /// i mod K. With one, the agent under test holds one address-vector entry for all peers
+    /// Fabric responders (engines, each a thread with `--rails` endpoints); peer i publishes
+    /// responder i mod K's rails. With one, the agent under test holds one address-vector entry for all peers
     /// and its cap of one ping in flight per address serialises its probes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_ENGINES as i64))]
     pub fabric_engines: u32,
+    /// Rails of every simulated peer (1 to 32, the rails a hello lists): each responder opens
+    /// that many endpoints, rails 0 to N-1, all on its one engine thread, and every peer lists
+    /// them in its hello, so an agent with N rails pairs N with each peer. On IP providers every
+    /// rail binds `--fabric-bind` (the same address, N endpoints on ports of their own); on
+    /// `efa` rail r is the r-th device, the devices repeated in order when there are fewer.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_ENDPOINTS as i64))]
+    pub rails: u32,
     /// Node names are PREFIX-00001, PREFIX-00002, ...
     #[arg(long, default_value = "sim")]
     pub name_prefix: String,
