@@ -71,12 +71,27 @@ pub(super) struct FabricContext<'a> {
     pub refused: Option<&'a str>,
 }
 
-/// The fabric address `hello` offers a node using `provider`: its first endpoint's, while
-/// its fabric is available and of that provider.
+/// Whether `hello` offers a fabric a node using `provider` can probe: available, and of
+/// that provider.
+pub(super) fn offers_fabric(hello: &Hello, provider: Option<&str>) -> bool {
+    hello.fabric.available && Some(hello.fabric.provider.as_str()) == provider
+}
+
+/// The fabric address `hello` offers rail `rail` of a node using `provider`: its endpoint
+/// `rail`'s, while it [offers a fabric](offers_fabric).
+pub(super) fn offered_rail_address(
+    hello: &Hello,
+    provider: Option<&str>,
+    rail: usize,
+) -> Option<Vec<u8>> {
+    offers_fabric(hello, provider)
+        .then(|| hello.fabric_address(rail))
+        .flatten()
+}
+
+/// The address rail 0 probes: the fabric path's (see [`offered_rail_address`]).
 pub(super) fn offered_address(hello: &Hello, provider: Option<&str>) -> Option<Vec<u8>> {
-    Some(hello)
-        .filter(|h| h.fabric.available && Some(h.fabric.provider.as_str()) == provider)
-        .and_then(|h| h.fabric_address(0))
+    offered_rail_address(hello, provider, 0)
 }
 
 /// Whether a hello just fetched (`fresh`) no longer offers `held`, the address in use: it

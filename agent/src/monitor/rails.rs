@@ -23,7 +23,8 @@ use crate::state::{PathFailure, PathStatus, RailStatus};
 use crate::verdict::diagnosis::{Placement, Relation};
 use crate::verdict::{DiagnosisReason, FabricObservation};
 
-use super::observe::{fabric_result, not_probed};
+pub(super) use super::observe::offered_rail_address;
+use super::observe::{fabric_result, not_probed, offers_fabric};
 
 /// A peer's link on one rail above 0.
 #[derive(Debug)]
@@ -51,23 +52,10 @@ pub(super) struct RailLinks {
     links: Vec<Option<Link>>,
 }
 
-/// The address `hello` offers for rail `rail` to a node using `provider`.
-pub(super) fn offered_rail_address(
-    hello: &Hello,
-    provider: Option<&str>,
-    rail: usize,
-) -> Option<Vec<u8>> {
-    Some(hello)
-        .filter(|h| h.fabric.available && Some(h.fabric.provider.as_str()) == provider)
-        .and_then(|h| h.fabric_address(rail))
-}
-
 /// How many rails this node (with `local` rails) pairs with a peer whose hello is `hello`.
 pub(super) fn paired(local: usize, hello: Option<&Hello>, provider: Option<&str>) -> usize {
     match hello {
-        Some(h) if h.fabric.available && Some(h.fabric.provider.as_str()) == provider => {
-            local.min(h.fabric.endpoints.len())
-        }
+        Some(h) if offers_fabric(h, provider) => local.min(h.fabric.endpoints.len()),
         _ => 0,
     }
 }

@@ -398,10 +398,7 @@ impl VerifyContext {
     /// The peer's fabric address this node can ping, as the monitor picks it.
     fn fabric_address(&self, hello: &Hello) -> Option<Vec<u8>> {
         self.rails.first()?;
-        let provider = self.provider.as_deref();
-        (hello.fabric.available && Some(hello.fabric.provider.as_str()) == provider)
-            .then(|| hello.fabric_address(0))
-            .flatten()
+        observe::offered_address(hello, self.provider.as_deref())
     }
 
     /// One ping pair to `address` before `deadline` (at most the probe timeout), on a handle
