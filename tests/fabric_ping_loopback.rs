@@ -1032,3 +1032,33 @@ fn a_reopen_of_one_rail_leaves_the_other_alone() {
     peer0.shutdown();
     peer1.shutdown();
 }
+
+/// Issue #12: rails 1 and up carry single pings only, in slots of `RAIL_PING_MAX` bytes
+/// (not `max_probe_size`): a ping asked of rail 1 at 8 KiB goes cut to that size and the
+/// peer's rail 1, whose slots are as small, receives it whole and answers; rail 0 carries the
+/// full size. Uncut, the peer's receive would be truncated (a receive error, no pong).
+#[test]
+fn rails_above_0_carry_pings_cut_to_their_small_slots() {
+    let _busy = busy();
+    let a = rails_on("udp;ofi_rxd", 2, |_| {});
+    let b = rails_on("udp;ofi_rxd", 2, |_| {});
+    const { assert!(fabric_ping::RAIL_PING_MAX < 8192) };
+    for i in 0..2 {
+        let to_b = add(&a[i], &b[i]);
+        let out = a[i]
+            .reach(to_b, 8192, Duration::from_secs(2))
+            .wait()
+            .unwrap();
+        assert!(
+            matches!(out, ProbeOutcome::Pong { .. }),
+            "rail {i}: {out:?}"
+        );
+    }
+    for rail in a.iter().chain(&b) {
+        let stats = rail.stats();
+        assert_eq!(stats.receive_errors, 0, "rail {}: {stats:?}", rail.rail());
+    }
+    assert_eq!(b[1].stats().pings_answered, 1);
+    a[0].shutdown();
+    b[0].shutdown();
+}

@@ -84,6 +84,7 @@ fn open_fabric(config: &AgentConfig, responder: bool) -> (Vec<FabricPinger>, Fab
     };
     let mut pc = PingerConfig::new(provider);
     pc.responder = responder;
+    pc.rail_poll = fabric_ping::rail_poll_for(config.timeout);
     if !responder {
         // Only this node's own larger probes and their pongs: a few batches' worth.
         pc.tx_slots = 32;

@@ -6,6 +6,7 @@ pub mod exchange;
 pub mod wire;
 
 pub use engine::{
-    open_all, open_rails, prepare_environment, rail_infos, start_rails, EngineError, FabricPinger,
-    MalformedReason, PeerHandle, PingerConfig, PingerStats, ProbeOutcome, Published, Reply,
+    open_all, open_rails, prepare_environment, rail_deadline_floor, rail_infos, rail_poll_for,
+    start_rails, EngineError, FabricPinger, MalformedReason, PeerHandle, PingerConfig, PingerStats,
+    ProbeOutcome, Published, Reply, RAIL_PING_MAX,
 };

@@ -8,6 +8,10 @@
 //! a little early, by at most an eighth of the period it asked for, so that rails due at about
 //! the same time share one wake-up: idle rails all ask for `idle_poll` after the same
 //! wake-up, and stay together.
+//!
+//! Rails 1 and up are steady ([`PingerConfig::rail_poll`](super::PingerConfig::rail_poll)):
+//! each asks for the same period after every poll, busy or not, and a command only posts its
+//! sends, so they stay together too, and what they cost is set by that period.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -129,7 +133,8 @@ impl Engine {
     }
 
     /// Hands a command to its rail, which is then polled at once (its answer, or the send
-    /// it queued, should not wait for its next poll). Returns whether the group stops.
+    /// it queued, should not wait for its next poll), or, on a steady rail (1 and up), posts
+    /// the sends it queued and keeps its period. Returns whether the group stops.
     fn handle(&mut self, command: Command) -> bool {
         match command {
             Command::Shutdown => true,
@@ -137,7 +142,16 @@ impl Engine {
                 // Indices come from handles this group issued: every one is in range.
                 if let Some(scheduled) = self.rails.get_mut(index) {
                     scheduled.rail.handle(command);
-                    scheduled.due = Due::now(Instant::now());
+                    let now = Instant::now();
+                    if scheduled.rail.steady() {
+                        // Sends now; the poll stays with the other steady rails'.
+                        scheduled.rail.send_queued();
+                        if scheduled.due.at.is_none() {
+                            scheduled.due = Due::after(now, scheduled.rail.plan(now));
+                        }
+                    } else {
+                        scheduled.due = Due::now(now);
+                    }
                 }
                 false
             }

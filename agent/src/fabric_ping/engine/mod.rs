@@ -37,7 +37,7 @@ mod pacing;
 mod rail;
 
 pub use counters::{MalformedReason, PingerStats};
-pub use open::{open_all, open_rails, rail_infos, start_rails};
+pub use open::{open_all, open_rails, rail_infos, start_rails, RAIL_PING_MAX};
 
 use std::net::IpAddr;
 use std::sync::mpsc;
@@ -107,6 +107,17 @@ pub struct PingerConfig {
     /// and counted (see `flush_outbox`). 1 for an agent; `efaprobe simulate-peers`, whose
     /// one responder answers every probe of the agent under test, raises it.
     pub max_pongs_in_flight_per_peer: u32,
+    /// How rails 1 and up of a group ([`start_rails`]) are polled: at this one steady
+    /// period, whatever they wait for (their pings' pongs, their peers' pings, send
+    /// completions), and all in the same wake-up; a command's sends go out at once, without a
+    /// poll. They carry single pings only (no pairs, no larger probes: those are rail 0's), so
+    /// nothing they read is timed to the poll. Rail 0 keeps the pacing above. A poll costs
+    /// about the same whether or not it reads anything (on `udp;ofi_rxd` each is several
+    /// `recvmsg` calls), and with a peer probed every round or two each rail has a ping
+    /// outstanding most of the time, so this period, not the number of pings, is what rails
+    /// 1 and up cost. It bounds how late they answer a peer's ping and read a pong: the
+    /// agent keeps it well below the probe timeout (see `cli/agent.rs`).
+    pub rail_poll: Duration,
     /// Open the endpoint anew when, for this long, pings to peers that answered before got
     /// no send completion and no pong at all (see `health.rs`); later reopens that bring
     /// nothing back wait longer.
@@ -132,6 +143,7 @@ impl PingerConfig {
             max_queued_pongs: 1024,
             max_pongs_in_flight_per_peer: 1,
             reopen_after: Duration::from_secs(20),
+            rail_poll: Duration::from_millis(50),
         }
     }
 }
@@ -225,6 +237,21 @@ impl Published {
             display: endpoint.display_address(endpoint.name()),
         }
     }
+}
+
+/// The [`PingerConfig::rail_poll`] an agent probing with `timeout` uses: a tenth of it, at
+/// most 50 ms (at least 1 ms; 100 ms measured no cheaper, BENCHMARKS.md). A healthy rail's ping then takes at most two of them beyond
+/// the network (the peer's poll to answer, this node's to read the pong), and a first ping
+/// to a peer on rxd, whose handshake takes two more, four: well within `timeout`.
+pub fn rail_poll_for(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(50))
+}
+
+/// The least deadline a ping on a steady rail (1 and up) gets: the four polls of
+/// [`rail_poll_for`] a first ping can take, within `timeout`. A confirming probe's deadline
+/// is set from rail 0's answer time, which polls promptly; rails 1 and up need this floor.
+pub fn rail_deadline_floor(timeout: Duration) -> Duration {
+    (rail_poll_for(timeout) * 4).min(timeout)
 }
 
 /// Learned senders an engine keeps at most on `provider`. rxd keeps state for every peer and
@@ -446,6 +473,27 @@ impl FabricPinger {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rails_above_0_poll_well_within_the_probe_timeout() {
+        let ms = Duration::from_millis;
+        assert_eq!(rail_poll_for(ms(1000)), ms(50));
+        assert_eq!(rail_poll_for(ms(500)), ms(50));
+        assert_eq!(rail_poll_for(ms(200)), ms(20));
+        assert_eq!(rail_poll_for(ms(5)), ms(1));
+        // A first ping's four polls fit in the timeout, and a confirmation waits for them.
+        for timeout in [ms(5), ms(200), ms(500), ms(1000), ms(30_000)] {
+            assert!(
+                rail_poll_for(timeout) * 4 <= timeout.max(ms(4)),
+                "{timeout:?}"
+            );
+            assert_eq!(
+                rail_deadline_floor(timeout),
+                (rail_poll_for(timeout) * 4).min(timeout)
+            );
+        }
+        assert_eq!(rail_deadline_floor(ms(1000)), ms(200));
+    }
+
     use super::*;
 
     #[test]

@@ -25,6 +25,13 @@ use super::rail::Rail;
 use super::{EngineError, FabricPinger, Group, PingerConfig, Published, Shared};
 use crate::fabric_ping::wire::{HEADER_LEN, MAX_ADDR_LEN};
 
+/// The largest message on rails 1 and up, and so their slot size: a ping with the largest
+/// address. They carry single pings only (larger probes are rail 0's), so a ping asked of
+/// them at `--probe-size` is cut to this (the engine caps a probe at its slot size), and a
+/// peer's, cut the same way, fits. Slots of `max_probe_size` (8 KiB) on every rail were a
+/// third of a 32-rail agent's memory (BENCHMARKS.md).
+pub const RAIL_PING_MAX: usize = HEADER_LEN + MAX_ADDR_LEN;
+
 /// Opens the rails `binds` make on `config.provider` (see the module docs), all on one
 /// thread; one handle per rail, in rail order. `config.bind` is not read.
 pub fn open_rails(
@@ -165,7 +172,11 @@ fn open_rail(
     let fabric_name = info.fabric_name();
     let domain_name = info.domain_name();
     let domain = Domain::open(info)?;
-    let slot_size = config.max_probe_size.max(HEADER_LEN + MAX_ADDR_LEN);
+    let slot_size = if index == 0 {
+        config.max_probe_size.max(RAIL_PING_MAX)
+    } else {
+        RAIL_PING_MAX
+    };
     let endpoint_config = EndpointConfig {
         slot_size,
         tx_slots: config.tx_slots,

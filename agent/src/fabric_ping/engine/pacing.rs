@@ -110,6 +110,18 @@ impl Pacing {
     }
 }
 
+/// What a steady rail (1 and up, [`PingerConfig::rail_poll`]) waits for after a poll: its
+/// period, busy or not (`busy`: probes, queued sends or send completions outstanding), so
+/// that it never spins and stays in step with the other steady rails; only one that answers
+/// nobody and has nothing outstanding sleeps until given a command.
+pub(super) fn steady_wait(period: Duration, busy: bool, responder: bool) -> Wait {
+    if busy || responder {
+        Wait::For(period)
+    } else {
+        Wait::Forever
+    }
+}
+
 /// Pairs bounded in number: a stranger's pings can make a responder spin a little, never
 /// hold memory.
 pub(super) const MAX_EXPECTED_WARM: usize = 1024;
@@ -255,6 +267,15 @@ mod tests {
             pacing.next(t0 + config.warm_spin, warm, &config),
             Wait::For(_)
         ));
+    }
+
+    #[test]
+    fn a_steady_rail_polls_at_its_period_whatever_it_waits_for() {
+        let period = Duration::from_millis(50);
+        for (busy, responder) in [(true, true), (true, false), (false, true)] {
+            assert_eq!(steady_wait(period, busy, responder), Wait::For(period));
+        }
+        assert_eq!(steady_wait(period, false, false), Wait::Forever);
     }
 
     #[test]

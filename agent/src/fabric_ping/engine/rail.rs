@@ -17,7 +17,7 @@ use super::address_table::AddressTable;
 use super::counters::{bump, MalformedReason};
 use super::health::HealthWatch;
 use super::outgoing::{InFlight, Outgoing, SendPurpose, PONG_MAX_WAIT};
-use super::pacing::{ExpectedWarm, Outstanding, Pacing, Wait};
+use super::pacing::{steady_wait, ExpectedWarm, Outstanding, Pacing, Wait};
 use super::{
     learned_peer_limit, EngineError, PeerHandle, PingerConfig, ProbeOutcome, Published,
     RailCommand, Shared,
@@ -46,6 +46,9 @@ pub(super) struct Rail {
     stranger_pong_budget: usize,
     next_seq: u64,
     pacing: Pacing,
+    /// Rails 1 and up: polled at this one period whatever they wait for (see
+    /// [`PingerConfig::rail_poll`]); rail 0 is paced by `pacing`.
+    steady: Option<Duration>,
     /// Probes whose second ping is in flight: its pong is due within microseconds.
     warm_awaited: BTreeSet<u64>,
     /// Probers' first pings answered here, whose second ping is due.
@@ -66,6 +69,7 @@ impl Rail {
         shared: Arc<Shared>,
         config: PingerConfig,
     ) -> Self {
+        let steady = (shared.rail > 0).then_some(config.rail_poll);
         Rail {
             ep,
             endpoint_config,
@@ -85,6 +89,7 @@ impl Rail {
             stranger_pongs_in_flight: [0; 2],
             next_seq: 1,
             pacing: Pacing::default(),
+            steady,
             warm_awaited: BTreeSet::new(),
             expected_warm: ExpectedWarm::default(),
             last_poll: Instant::now(),
@@ -99,6 +104,11 @@ impl Rail {
     /// once after each [`service`](Self::service): its pacing counts polls.
     pub(super) fn plan(&mut self, now: Instant) -> Wait {
         self.expected_warm.prune(now);
+        if let Some(period) = self.steady {
+            let busy =
+                !(self.inflight.is_empty() && self.outbox.is_empty() && self.sends.is_empty());
+            return steady_wait(period, busy, self.config.responder);
+        }
         let outstanding = Outstanding {
             warm: !self.warm_awaited.is_empty()
                 || self.expected_warm.pending()
@@ -107,6 +117,18 @@ impl Rail {
             sends: !self.sends.is_empty(),
         };
         self.pacing.next(now, outstanding, &self.config)
+    }
+
+    /// Whether this rail keeps its steady period when given a command (rails 1 and up): the
+    /// loop then posts the command's sends ([`send_queued`](Self::send_queued)) and leaves
+    /// the poll to the rail's next period.
+    pub(super) fn steady(&self) -> bool {
+        self.steady.is_some()
+    }
+
+    /// Posts what is queued, without reading the completion queues.
+    pub(super) fn send_queued(&mut self) {
+        self.flush_outbox();
     }
 
     /// One poll: completions first, then the sends they caused (pongs, second pings) at
