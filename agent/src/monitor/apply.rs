@@ -100,6 +100,10 @@ impl PeerMonitor {
         // failing rail is judged from its own placement (its interface's subnet and groups).
         let paired = rails::paired(self.rails.len(), peer.hello.as_deref(), provider);
         let others = rails::observe_rails(&result.rails, &probing.rails, fresh, provider, paired);
+        probing.rails.remember(&others);
+        if result.rotated {
+            probing.rails.rotated();
+        }
         for (rail, probe) in fabric
             .counted
             .map(|(probe, _)| (0, probe))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::observe::PeerRtts;
 use super::{PeerMonitor, MIN_CONFIRM_DEADLINE};
-use crate::fabric_ping::{FabricPinger, PeerHandle, ProbeOutcome};
+use crate::fabric_ping::{rail_deadline_floor, FabricPinger, PeerHandle, ProbeOutcome};
 use crate::hello::Hello;
 use crate::probe::hello::{fetch_hello, HelloFailure};
 
@@ -18,11 +18,17 @@ pub(super) struct Job {
     large: Option<(FabricPinger, PeerHandle, usize)>,
     /// Rails 1 and up: (rail, its engine, the peer's handle there), one ping each.
     rails: Vec<(u16, FabricPinger, PeerHandle)>,
+    /// Rails 1 and up held when the job was made, and whether `rails` is only half of them.
+    rails_held: usize,
+    rotated: bool,
     /// Measure the RTT with a ping pair (else one ping proves the path).
     pair: bool,
     size: usize,
     ip_deadline: Duration,
     fabric_deadline: Duration,
+    /// Rails 1 and up: `fabric_deadline`, but at least what a steady rail's ping can take
+    /// ([`rail_deadline_floor`]).
+    rail_deadline: Duration,
     /// 0 for the round's probe, then 1, 2, ... for confirmations.
     confirmation: u32,
 }
@@ -41,6 +47,10 @@ pub(super) struct RoundResult {
     pub large: Option<(usize, ProbeOutcome)>,
     /// Rails 1 and up that were pinged: (rail, outcome).
     pub rails: Vec<(u16, ProbeOutcome)>,
+    /// Rails 1 and up held when the probe was made.
+    pub rails_held: usize,
+    /// Only half of them were pinged, by turn (see `rails::EVERY_RAIL_UP_TO`).
+    pub rotated: bool,
 }
 
 impl Job {
@@ -51,10 +61,13 @@ impl Job {
             fabric,
             large,
             rails,
+            rails_held,
+            rotated,
             pair,
             size,
             ip_deadline,
             fabric_deadline,
+            rail_deadline,
             confirmation,
         } = self;
         let fabric_attempted = fabric.is_some();
@@ -82,7 +95,7 @@ impl Job {
         // Every other rail at once: one poll loop serves them all.
         let rails =
             futures::future::join_all(rails.into_iter().map(|(rail, engine, handle)| async move {
-                let outcome = engine.reach(handle, size, fabric_deadline).get().await;
+                let outcome = engine.reach(handle, size, rail_deadline).get().await;
                 (
                     rail,
                     outcome.unwrap_or_else(|| ProbeOutcome::NotSent {
@@ -101,6 +114,8 @@ impl Job {
             fabric,
             large,
             rails,
+            rails_held,
+            rotated,
         }
     }
 }
@@ -141,16 +156,23 @@ impl PeerMonitor {
                 confirm_deadline(rtts.fabric_cold, timeout),
             )
         };
-        let rails = probing.map_or_else(Vec::new, |p| p.rails.probes(&self.rails));
+        // Confirmations ping every rail: a rail's failure is confirmed on that rail.
+        let rotated = confirmation == 0 && probing.is_some_and(|p| p.rails.rotates());
+        let rails = probing.map_or_else(Vec::new, |p| p.rails.probes(&self.rails, rotated));
+        let rails_held = probing.map_or(0, |p| p.rails.held());
+        let rail_deadline = fabric_deadline.max(rail_deadline_floor(timeout));
         Some(Job {
             key: key.to_owned(),
             fabric,
             large,
             rails,
+            rails_held,
+            rotated,
             pair,
             size: self.settings.probe_size,
             ip_deadline,
             fabric_deadline,
+            rail_deadline,
             confirmation,
         })
     }
@@ -165,7 +187,7 @@ impl PeerMonitor {
         let confirmations = self.settings.policy.hysteresis.max(1) - 1;
         let n = done.confirmation;
         let learned = (!done.fabric_attempted && probing.fabric.is_some())
-            || probing.rails.held() > done.rails.len();
+            || probing.rails.held() > done.rails_held;
         let confirm = probing.verdict.is_changing() && n < confirmations;
         if learned {
             self.job(key, None, n)

@@ -26,12 +26,20 @@ use crate::verdict::{DiagnosisReason, FabricObservation};
 pub(super) use super::observe::offered_rail_address;
 use super::observe::{fabric_result, not_probed, offers_fabric};
 
+/// A node pairing more rails than this with a peer pings half of rails 1 and up in each of
+/// that peer's probes, odd rails and even rails in turn ([`RailLinks::probes`]): each
+/// (peer, rail) is then pinged within two probes of that peer. Confirmations ping every rail.
+pub(super) const EVERY_RAIL_UP_TO: usize = 4;
+
 /// A peer's link on one rail above 0.
 #[derive(Debug)]
 enum Link {
     Held {
         address: Vec<u8>,
         handle: PeerHandle,
+        /// What the rail's latest ping found: a probe that leaves the rail out (its half's
+        /// turn is next) judges it by this.
+        last: Option<FabricObservation>,
     },
     /// The rail's engine refused the address the peer's hello names for the rail: reported
     /// (`bad_address`) while the hello names it, and not offered again.
@@ -50,6 +58,8 @@ impl Link {
 #[derive(Debug, Default)]
 pub(super) struct RailLinks {
     links: Vec<Option<Link>>,
+    /// The half of rails 1 and up a rotated probe pings next: even rails, else odd ones.
+    even_next: bool,
 }
 
 /// How many rails this node (with `local` rails) pairs with a peer whose hello is `hello`.
@@ -88,7 +98,11 @@ impl RailLinks {
             *slot = match engine.add_peer(&address).get().await {
                 Some(Ok(handle)) => {
                     gained = true;
-                    Some(Link::Held { address, handle })
+                    Some(Link::Held {
+                        address,
+                        handle,
+                        last: None,
+                    })
                 }
                 Some(Err(e)) => {
                     tracing::warn!(peer = %hello.node_name, rail = index, error = %e,
@@ -115,18 +129,66 @@ impl RailLinks {
         }
     }
 
-    /// The rails to ping: (rail, its engine, the peer's handle there).
-    pub fn probes(&self, rails: &[FabricPinger]) -> Vec<(u16, FabricPinger, PeerHandle)> {
+    /// The rails to ping: (rail, its engine, the peer's handle there). `rotate`: only the
+    /// half whose turn it is ([`EVERY_RAIL_UP_TO`]); [`rotated`](Self::rotated) passes the
+    /// turn.
+    pub fn probes(
+        &self,
+        rails: &[FabricPinger],
+        rotate: bool,
+    ) -> Vec<(u16, FabricPinger, PeerHandle)> {
+        self.to_ping(rotate)
+            .into_iter()
+            .filter_map(|(rail, handle)| {
+                Some((rail_number(rail), rails.get(rail)?.clone(), handle))
+            })
+            .collect()
+    }
+
+    /// The held rails a probe pings, with their handles: all, or (`rotate`) the half whose
+    /// turn it is, odd rails and even rails in turn.
+    fn to_ping(&self, rotate: bool) -> Vec<(usize, PeerHandle)> {
         self.links
             .iter()
             .enumerate()
-            .filter_map(|(index, link)| match (link, rails.get(index + 1)) {
-                (Some(Link::Held { handle, .. }), Some(engine)) => {
-                    Some((rail_number(index + 1), engine.clone(), *handle))
-                }
+            .map(|(index, link)| (index + 1, link))
+            .filter(|(rail, _)| !rotate || (rail % 2 == 0) == self.even_next)
+            .filter_map(|(rail, link)| match link {
+                Some(Link::Held { handle, .. }) => Some((rail, *handle)),
                 _ => None,
             })
             .collect()
+    }
+
+    /// Whether a probe of this peer should ping only half of rails 1 and up: more than
+    /// [`EVERY_RAIL_UP_TO`] rails in use with it.
+    pub fn rotates(&self) -> bool {
+        1 + self.held() > EVERY_RAIL_UP_TO
+    }
+
+    /// A rotated probe was applied: the other half is next.
+    pub fn rotated(&mut self) {
+        self.even_next = !self.even_next;
+    }
+
+    /// Keeps what each pinged rail found, for the probes that leave it out.
+    pub fn remember(&mut self, seen: &[RailSeen]) {
+        for rail in seen.iter().filter(|r| r.counted.is_some()) {
+            let index = usize::from(rail.rail);
+            if let Some(Some(Link::Held { last, .. })) =
+                index.checked_sub(1).and_then(|i| self.links.get_mut(i))
+            {
+                *last = Some(rail.observation.clone());
+            }
+        }
+    }
+
+    /// What `rail`'s latest ping found, while its link is held.
+    fn last(&self, rail: usize) -> Option<&FabricObservation> {
+        match self.links.get(rail.checked_sub(1)?)? {
+            Some(Link::Held { last, .. }) => last.as_ref(),
+            _ => None,
+        }
     }
 
     /// How many rails hold a link.
@@ -220,9 +282,14 @@ pub(super) fn observe_rails(
             match (outcome.filter(|_| !stale), links.refused(rail)) {
                 (Some(outcome), _) => RailSeen::pinged(rail, outcome, provider),
                 (None, Some(why)) => RailSeen::refused(rail, why),
+                // Left out of this probe (the other half's turn): as its latest ping found.
                 (None, None) => RailSeen {
                     rail: rail_number(rail),
-                    observation: FabricObservation::NotLearned,
+                    observation: links
+                        .last(rail)
+                        .filter(|_| !stale)
+                        .cloned()
+                        .unwrap_or(FabricObservation::NotLearned),
                     status: None,
                     counted: None,
                 },

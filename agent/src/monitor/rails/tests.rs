@@ -240,7 +240,9 @@ fn a_rail_outcome_of_an_address_the_fresh_hello_withdrew_is_not_used() {
         links: vec![Some(Link::Held {
             address: vec![0x01],
             handle: PeerHandle::never_issued(),
+            last: None,
         })],
+        even_next: false,
     };
     let outcomes = [(1, ProbeOutcome::Timeout)];
     let efa = Some("efa");
@@ -262,6 +264,7 @@ fn a_rail_outcome_of_an_address_the_fresh_hello_withdrew_is_not_used() {
             address: vec![0x01],
             why: "bad address".into(),
         })],
+        even_next: false,
     };
     let seen = observe_rails(&[], &refused, Some(&same), efa, 2);
     assert_eq!(seen[0].observation, F::BadAddress);
@@ -269,4 +272,107 @@ fn a_rail_outcome_of_an_address_the_fresh_hello_withdrew_is_not_used() {
         seen[0].status.as_ref().and_then(|s| s.last_failure),
         Some(PathFailure::BadAddress)
     );
+}
+
+/// Links held on rails 1 to `rails - 1`, at the addresses `hello(rails, ..)` offers.
+fn held(rails: usize) -> RailLinks {
+    RailLinks {
+        links: (1..rails)
+            .map(|r| {
+                Some(Link::Held {
+                    address: vec![r as u8],
+                    handle: PeerHandle::never_issued(),
+                    last: None,
+                })
+            })
+            .collect(),
+        even_next: false,
+    }
+}
+
+fn pinged(links: &RailLinks, rotate: bool) -> Vec<usize> {
+    links.to_ping(rotate).into_iter().map(|(r, _)| r).collect()
+}
+
+fn pong() -> ProbeOutcome {
+    ProbeOutcome::Pong {
+        rtt: MS,
+        cold_rtt: MS,
+        dwell: Duration::ZERO,
+        responder_id: 1,
+        warm: false,
+    }
+}
+
+#[test]
+fn up_to_four_rails_every_probe_pings_every_rail() {
+    for rails in 2..=EVERY_RAIL_UP_TO {
+        let links = held(rails);
+        assert!(!links.rotates(), "{rails} rails");
+        assert_eq!(
+            pinged(&links, links.rotates()),
+            (1..rails).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn more_rails_are_pinged_half_at_a_time_each_within_two_probes() {
+    let mut links = held(EVERY_RAIL_UP_TO + 1);
+    assert!(links.rotates());
+    let mut links32 = held(32);
+    let mut covered = std::collections::BTreeSet::new();
+    for turn in 0..4 {
+        let half = pinged(&links32, true);
+        assert!(
+            half.len() == 15 || half.len() == 16,
+            "turn {turn}: {half:?}"
+        );
+        covered.extend(half);
+        if turn == 1 {
+            // Two probes in a row cover every rail.
+            assert_eq!(covered, (1..32).collect());
+        }
+        links32.rotated();
+    }
+    assert_eq!(pinged(&links, true), [1, 3]);
+    links.rotated();
+    assert_eq!(pinged(&links, true), [2, 4]);
+    links.rotated();
+    assert_eq!(pinged(&links, true), [1, 3]);
+    // Confirmations ping every rail.
+    assert_eq!(pinged(&links, false), [1, 2, 3, 4]);
+}
+
+#[test]
+fn a_rail_left_out_of_a_probe_is_judged_by_its_latest_ping() {
+    let efa = Some("efa");
+    let peer = hello(5, None);
+    let mut links = held(5);
+    // Rails 1 and 3 pinged: 3 is dropped.
+    let first = [(1, pong()), (3, ProbeOutcome::Timeout)];
+    let seen = observe_rails(&first, &links, Some(&peer), efa, 5);
+    links.remember(&seen);
+    links.rotated();
+    // Rails 2 and 4 pinged, both answer: rail 3 is still dropped, the peer's fabric too.
+    let second = [(2, pong()), (4, pong())];
+    let seen = observe_rails(&second, &links, Some(&peer), efa, 5);
+    assert_eq!(seen[2].observation, F::Timeout, "rail 3, as last pinged");
+    assert_eq!(seen[2].status, None, "its status stays");
+    assert_eq!(seen[2].counted, None, "and no probe is counted");
+    let (observation, deciding) = combine(&F::Answered(MS), &seen);
+    assert_eq!((observation, deciding), (F::Timeout, Some(3)));
+    links.remember(&seen);
+    links.rotated();
+    // Rail 3 answers again: the fabric is whole.
+    let third = [(1, pong()), (3, pong())];
+    let seen = observe_rails(&third, &links, Some(&peer), efa, 5);
+    assert!(matches!(
+        combine(&F::Answered(MS), &seen),
+        (F::Answered(_), None)
+    ));
+    // A rail never pinged yet is not learned, not reachable.
+    let fresh = held(5);
+    let seen = observe_rails(&[(1, pong())], &fresh, Some(&peer), efa, 5);
+    assert_eq!(seen[1].observation, F::NotLearned);
 }
