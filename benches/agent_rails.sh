@@ -29,6 +29,10 @@ for r in "${rails_list[@]}"; do
     || { echo "rails must be 1 to 32, not $r" >&2; exit 2; }
 done
 count=${COUNT:-1000}
+engines=${SIM_ENGINES:-8}
+# The simulator has as many rails in every run (the most asked for), so that only the agent's
+# rail count changes between runs: its CPU includes waits on a responder that shares the cores.
+sim_rails=${SIM_RAILS:-$(printf '%s\n' "${rails_list[@]}" | sort -n | tail -1)}
 warmup=${WARMUP_SECS:-25}
 measure=${MEASURE_SECS:-60}
 read -r -a agent_args <<<"${AGENT_ARGS:-}"
@@ -100,8 +104,8 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "by thread (\`fabric\`: the engine thread driving every rail; \`tokio\`: the workers); the"
   echo "simulator's CPU is not counted. Load average (1, 5, 15 min) at the start: $load_before."
   echo
-  echo "| rails | RSS | peak RSS | agent CPU | × 1 rail | fabric thread | tokio workers | rail probes ok / other | peers with every rail paired (/v1/peers) | states at the end | goal |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| rails | RSS | peak RSS | of it rxd's packet pools | RSS less those | agent CPU | × 1 rail | fabric thread | tokio workers | rail probes ok / other | peers with every rail paired (/v1/peers) | states at the end | goal |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 } >"$tmp/report.md"
 : >"$tmp/notes.md"
 
@@ -109,7 +113,8 @@ base_cpu=''
 for rails in "${rails_list[@]}"; do
   echo "agent_rails: $count peers, $rails rail(s)" >&2
   rm -f "$tmp/peers"
-  ip netns exec $ns "$bin" simulate-peers --count "$count" --rails "$rails" --port $((sim_port + rails)) \
+  ip netns exec $ns "$bin" simulate-peers --count "$count" --rails "$sim_rails" --port $((sim_port + rails)) \
+    --fabric-engines "$engines" \
     --fabric-provider "udp;ofi_rxd" --fabric-bind 198.18.244.1 --peers-file "$tmp/peers" \
     >"$tmp/sim.log" 2>&1 &
   sim=$!
@@ -137,13 +142,18 @@ for rails in "${rails_list[@]}"; do
   t1=$(ticks "$agent"); end=$(date +%s.%N)
   thread_ticks "$agent" >"$tmp/threads1"
   rss=$(status_kib "$agent" VmRSS); hwm=$(status_kib "$agent" VmHWM)
+  # rxd's packet pools: anonymous mappings of exactly 1620 KiB (1025 entries of 1616 bytes,
+  # libfabric 1.17's RXD_{TX,RX}_POOL_CHUNK_CNT; one rx pool per endpoint at enable, one tx
+  # pool at its first send), resident once made. Counted by that size.
+  rxd_kib=$(awk '/^[0-9a-f]+-[0-9a-f]+ / {anon = ($6 == "")} $1 == "Size:" {size = $2}
+      $1 == "Rss:" && anon && size == 1620 {s += $2} END {print s + 0}' "/proc/$agent/smaps")
   ok1=$(metric_sum '^efa_rail_probes_total[{].*result="ok"')
   all1=$(metric_sum '^efa_rail_probes_total[{]')
   # Peers listed with every rail paired (`/v1/peers`: per-peer series follow
   # --per-peer-metrics, `unhealthy` above 100 peers).
   paired=$(in_ns curl -sf --max-time 5 "$url/v1/peers" | python3 -c '
 import json, sys
-print(sum(1 for p in json.load(sys.stdin) if p.get("peer_rails") == int(sys.argv[1])))' "$rails")
+print(sum(1 for p in json.load(sys.stdin) if len(p.get("rails") or [0]) == int(sys.argv[1])))' "$rails")
   states=$(scrape | awk '/^efa_peers_by_state[{]/ && $NF > 0 {
       match($0, /state="[a-z_]+"/); printf "%s %d, ", substr($0, RSTART + 7, RLENGTH - 8), $NF }' \
     | sed 's/, $//')
@@ -158,12 +168,16 @@ print(sum(1 for p in json.load(sys.stdin) if p.get("peer_rails") == int(sys.argv
   tok=$(pct "$(by_thread '^tokio')")
   [ "$rails" = 1 ] && base_cpu=$cpu
   ratio=$(awk -v c="$cpu" -v b="$base_cpu" 'BEGIN { if (b == "" || b == 0) print "-"; else printf "%.2f", c / b }')
-  goal=$(awk -v n="$rails" -v r="$rss" -v c="$cpu" 'BEGIN {
-    if (n == 8) printf "CPU <= 2%%: %s", (c <= 2) ? "met" : "MISSED";
-    else if (n == 32) printf "CPU <= 3%%: %s; RSS <= 40 MiB: %s", (c <= 3) ? "met" : "MISSED", (r <= 40960) ? "met" : "MISSED";
+  # The goals: 2% (8 rails) and 3% (32) of a core where one rail took 1.5%, so also as
+  # ratios to this run's one rail: 1.33x and 2x.
+  goal=$(awk -v n="$rails" -v r="$rss" -v p="$rxd_kib" -v c="$cpu" -v x="$ratio" 'BEGIN {
+    if (n == 8) printf "CPU <= 2%%: %s; <= 1.33x: %s", (c <= 2) ? "met" : "MISSED", (x != "-" && x <= 1.33) ? "met" : "MISSED";
+    else if (n == 32) printf "CPU <= 3%%: %s; <= 2x: %s; RSS <= 40 MiB: %s (less rxd pools: %s)", (c <= 3) ? "met" : "MISSED",
+      (x != "-" && x <= 2) ? "met" : "MISSED", (r <= 40960) ? "met" : "MISSED", (r - p <= 40960) ? "met" : "MISSED";
     else print "-" }')
-  printf '| %s | %.1f MiB | %.1f MiB | %s%% | %s | %s%% | %s%% | %d / %d | %d | %s | %s |\n' \
+  printf '| %s | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %s%% | %s | %s%% | %s%% | %d / %d | %d | %s | %s |\n' \
     "$rails" "$(awk -v k="$rss" 'BEGIN {print k / 1024}')" "$(awk -v k="$hwm" 'BEGIN {print k / 1024}')" \
+    "$(awk -v k="$rxd_kib" 'BEGIN {print k / 1024}')" "$(awk -v k="$rss" -v p="$rxd_kib" 'BEGIN {print (k - p) / 1024}')" \
     "$cpu" "$ratio" "$fab" "$tok" $((ok1 - ok0)) $((all1 - all0 - ok1 + ok0)) "$paired" "$states" "$goal" >>"$tmp/report.md"
 
   stop "$agent"; agent=''
