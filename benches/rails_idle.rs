@@ -1,6 +1,7 @@
 //! Benchmark: what idle rails cost (issue #12 item 1). Opens N rails of `udp;ofi_rxd` on
 //! loopback (the same address N times: N endpoints), lets them idle (no peers, no probes:
-//! each polls every `idle_poll` to answer pings), and measures over a window the CPU time of
+//! rail 0 polls every `idle_poll` to answer pings, rails 1 and up every `rail_poll`), and
+//! measures over a window the CPU time of
 //! the process's threads (`/proc/self/task/*/schedstat`, nanoseconds on the CPU) and the
 //! engine threads' wake-ups (voluntary context switches). Two layouts: every rail on one
 //! thread (`open_rails`, what the agent does), and, for reference, a thread per rail (one
@@ -129,7 +130,9 @@ fn main() {
     let config = PingerConfig::new(&provider);
     let loopback: IpAddr = "127.0.0.1".parse().unwrap();
     let poll_us = cold_poll_us(&config, loopback, 32);
-    let poll_pct = poll_us / config.idle_poll.as_secs_f64() / 1e4;
+    // A rail beyond the first polls every `rail_poll` on one thread (rails 1 and up are
+    // steady), every `idle_poll` with a thread of its own (each is rail 0 of its group).
+    let poll_pct = |period: Duration| poll_us / period.as_secs_f64() / 1e4;
     let mut rows = Vec::new();
     let mut one_rail_pct = None;
     for (layout, rails) in [
@@ -153,7 +156,12 @@ fn main() {
         let m = measure(window);
         let base = *one_rail_pct.get_or_insert(m.process_pct);
         // What is left once the extra rails' completion-queue polls are taken off.
-        let beyond_polls = m.process_pct - (rails - 1) as f64 * poll_pct;
+        let period = if layout == "one thread" {
+            config.rail_poll
+        } else {
+            config.idle_poll
+        };
+        let beyond_polls = m.process_pct - (rails - 1) as f64 * poll_pct(period);
         rows.push(format!(
             "| {layout} | {rails} | {} | {:.3}% | {:.1} | {:.2} | {:.2} |",
             m.engine_threads,
@@ -167,15 +175,18 @@ fn main() {
         }
     }
     println!(
-        "Provider `{provider}` on 127.0.0.1, `idle_poll` {:?}, window {:?} per row.",
-        config.idle_poll, window
+        "Provider `{provider}` on 127.0.0.1, `idle_poll` {:?} (rail 0), `rail_poll` {:?} (rails 1 \
+         and up on one thread), window {:?} per row.",
+        config.idle_poll, config.rail_poll, window
     );
     println!();
     println!(
         "The unavoidable part, measured without the engine: polling the completion queues of \
          32 raw endpoints in turn every `idle_poll` costs {poll_us:.2} µs of CPU per endpoint \
-         beyond the first per wake-up ({:.3}% of a core per rail at 50 wake-ups/s).",
-        poll_pct
+         beyond the first per wake-up ({:.3}% of a core per rail polled every `idle_poll`, \
+         {:.3}% every `rail_poll`).",
+        poll_pct(config.idle_poll),
+        poll_pct(config.rail_poll)
     );
     println!();
     println!("| layout | rails | engine threads | process CPU (% of a core) | engine wake-ups/s | vs 1 rail | vs 1 rail, less the extra rails' CQ polls |");
