@@ -2,8 +2,9 @@
 //! nodes' rail counts. Rail 0 is the fabric path as it was before rails (its probe may be a
 //! ping pair that measures the RTT, and the larger probes follow it: see [`job`](super::job));
 //! each other rail gets one ping per probe, which proves the rail at the least cost (no side
-//! spins for a second ping). Here: a peer's links on rails 1 and up (the address in use and
-//! its handle in that rail's engine), and how the rails' results make the peer's fabric
+//! spins for a second ping); above [`EVERY_RAIL_UP_TO`] rails, half of them per probe in turn.
+//! Here: a peer's links on rails 1 and up (the address in use, its handle in that rail's
+//! engine, what its latest ping found), and how the rails' results make the peer's fabric
 //! observation: reachable only when every paired rail answers.
 //!
 //! Why the RTT pairs and the larger probes stay on rail 0: a pair makes both sides spin for
