@@ -162,9 +162,21 @@ impl RailLinks {
     }
 
     /// Whether a probe of this peer should ping only half of rails 1 and up: more than
-    /// [`EVERY_RAIL_UP_TO`] rails in use with it.
+    /// [`EVERY_RAIL_UP_TO`] rails in use with it, each already pinged since its link was
+    /// made. So the first probe after the links are learned (a peer new to this node's sample,
+    /// whose links went when it last left it, or a peer with a new address) pings every rail,
+    /// and a rail left out is always judged by a ping of the peer's current visit.
     pub fn rotates(&self) -> bool {
-        1 + self.held() > EVERY_RAIL_UP_TO
+        let held = self.links.iter().filter_map(|l| match l {
+            Some(Link::Held { last, .. }) => Some(last.is_some()),
+            _ => None,
+        });
+        let (mut count, mut all_pinged) = (0, true);
+        for pinged in held {
+            count += 1;
+            all_pinged &= pinged;
+        }
+        1 + count > EVERY_RAIL_UP_TO && all_pinged
     }
 
     /// A rotated probe was applied: the other half is next.

@@ -274,7 +274,8 @@ fn a_rail_outcome_of_an_address_the_fresh_hello_withdrew_is_not_used() {
     );
 }
 
-/// Links held on rails 1 to `rails - 1`, at the addresses `hello(rails, ..)` offers.
+/// Links held on rails 1 to `rails - 1`, at the addresses `hello(rails, ..)` offers, none
+/// pinged yet.
 fn held(rails: usize) -> RailLinks {
     RailLinks {
         links: (1..rails)
@@ -288,6 +289,15 @@ fn held(rails: usize) -> RailLinks {
             .collect(),
         even_next: false,
     }
+}
+
+/// The same, each rail pinged once and answering.
+fn pinged_once(rails: usize) -> RailLinks {
+    let mut links = held(rails);
+    let all: Vec<(u16, ProbeOutcome)> = (1..rails).map(|r| (r as u16, pong())).collect();
+    let seen = observe_rails(&all, &links, None, Some("efa"), rails);
+    links.remember(&seen);
+    links
 }
 
 fn pinged(links: &RailLinks, rotate: bool) -> Vec<usize> {
@@ -307,7 +317,7 @@ fn pong() -> ProbeOutcome {
 #[test]
 fn up_to_four_rails_every_probe_pings_every_rail() {
     for rails in 2..=EVERY_RAIL_UP_TO {
-        let links = held(rails);
+        let links = pinged_once(rails);
         assert!(!links.rotates(), "{rails} rails");
         assert_eq!(
             pinged(&links, links.rotates()),
@@ -318,9 +328,12 @@ fn up_to_four_rails_every_probe_pings_every_rail() {
 
 #[test]
 fn more_rails_are_pinged_half_at_a_time_each_within_two_probes() {
-    let mut links = held(EVERY_RAIL_UP_TO + 1);
+    // Links just made: the first probe pings every rail.
+    let fresh = held(EVERY_RAIL_UP_TO + 1);
+    assert!(!fresh.rotates());
+    let mut links = pinged_once(EVERY_RAIL_UP_TO + 1);
     assert!(links.rotates());
-    let mut links32 = held(32);
+    let mut links32 = pinged_once(32);
     let mut covered = std::collections::BTreeSet::new();
     for turn in 0..4 {
         let half = pinged(&links32, true);
@@ -348,7 +361,7 @@ fn more_rails_are_pinged_half_at_a_time_each_within_two_probes() {
 fn a_rail_left_out_of_a_probe_is_judged_by_its_latest_ping() {
     let efa = Some("efa");
     let peer = hello(5, None);
-    let mut links = held(5);
+    let mut links = pinged_once(5);
     // Rails 1 and 3 pinged: 3 is dropped.
     let first = [(1, pong()), (3, ProbeOutcome::Timeout)];
     let seen = observe_rails(&first, &links, Some(&peer), efa, 5);
