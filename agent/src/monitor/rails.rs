@@ -167,16 +167,11 @@ impl RailLinks {
     /// whose links went when it last left it, or a peer with a new address) pings every rail,
     /// and a rail left out is always judged by a ping of the peer's current visit.
     pub fn rotates(&self) -> bool {
-        let held = self.links.iter().filter_map(|l| match l {
-            Some(Link::Held { last, .. }) => Some(last.is_some()),
-            _ => None,
-        });
-        let (mut count, mut all_pinged) = (0, true);
-        for pinged in held {
-            count += 1;
-            all_pinged &= pinged;
-        }
-        1 + count > EVERY_RAIL_UP_TO && all_pinged
+        let all_pinged = self
+            .links
+            .iter()
+            .all(|l| !matches!(l, Some(Link::Held { last: None, .. })));
+        1 + self.held() > EVERY_RAIL_UP_TO && all_pinged
     }
 
     /// A rotated probe was applied: the other half is next.
