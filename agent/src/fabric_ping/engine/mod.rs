@@ -114,9 +114,10 @@ pub struct PingerConfig {
     /// nothing they read is timed to the poll. Rail 0 keeps the pacing above. A poll costs
     /// about the same whether or not it reads anything (on `udp;ofi_rxd` each is several
     /// `recvmsg` calls), and with a peer probed every round or two each rail has a ping
-    /// outstanding most of the time, so this period, not the number of pings, is what rails
-    /// 1 and up cost. It bounds how late they answer a peer's ping and read a pong: the
-    /// agent keeps it well below the probe timeout (see `cli/agent.rs`).
+    /// outstanding most of the time, so this period sets much of what rails 1 and up cost
+    /// (the rest is each ping's own packets: BENCHMARKS.md). It bounds how late they answer
+    /// a peer's ping and read a pong: the agent keeps it well below the probe timeout (see
+    /// `cli/agent.rs`).
     pub rail_poll: Duration,
     /// Open the endpoint anew when, for this long, pings to peers that answered before got
     /// no send completion and no pong at all (see `health.rs`); later reopens that bring
@@ -240,9 +241,10 @@ impl Published {
 }
 
 /// The [`PingerConfig::rail_poll`] an agent probing with `timeout` uses: a tenth of it, at
-/// most 50 ms (at least 1 ms; 100 ms measured no cheaper, BENCHMARKS.md). A healthy rail's ping then takes at most two of them beyond
-/// the network (the peer's poll to answer, this node's to read the pong), and a first ping
-/// to a peer on rxd, whose handshake takes two more, four: well within `timeout`.
+/// most 50 ms (at least 1 ms; 100 ms measured no cheaper, BENCHMARKS.md). A healthy rail's
+/// ping then takes at most two of them beyond the network (the peer's poll to answer, this
+/// node's to read the pong), and a first ping to a peer on rxd, whose handshake takes two
+/// more, four: well within `timeout`.
 pub fn rail_poll_for(timeout: Duration) -> Duration {
     (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(50))
 }
