@@ -8,7 +8,7 @@ use fabric_sys as sys;
 
 use crate::address::EndpointAddress;
 use crate::av::{AddressVector, FabricAddr};
-use crate::cq::{CompletionQueue, CqRead};
+use crate::cq::{CompletionQueue, CqError, CqRead};
 use crate::domain::{close_fid, Domain};
 use crate::error::{check, CompletionError, Error, Result};
 use crate::mr::MemoryRegion;
@@ -135,8 +135,13 @@ impl SlotPool {
     }
 }
 
-/// A reliable-datagram endpoint (`fi_endpoint`, `FI_EP_RDM`) bound to its own address vector,
-/// a transmit and a receive completion queue, with a pool of receives always posted.
+/// A reliable-datagram endpoint (`fi_endpoint`, `FI_EP_RDM`) bound to its own address vector
+/// and one completion queue for both its sends and its receives, with a pool of receives
+/// always posted.
+///
+/// One queue, not one per direction: each read of a queue drives the provider's progress on
+/// the endpoint (rxd reads its UDP socket and runs its timers), so a poll with sends in flight
+/// and a second queue paid for that twice.
 ///
 /// Every buffer and context a posted operation points at is owned here and outlives the
 /// endpoint's `fi_close`, which runs first in `Drop`.
@@ -147,8 +152,7 @@ pub struct Endpoint {
     rx: SlotPool,
     /// Receive slots that could not be posted yet (the provider said FI_EAGAIN).
     rx_unposted: Vec<u32>,
-    tx_cq: CompletionQueue,
-    rx_cq: CompletionQueue,
+    cq: CompletionQueue,
     av: AddressVector,
     domain: Domain,
     name: EndpointAddress,
@@ -186,8 +190,7 @@ impl Endpoint {
         let rx_slots = config.rx_slots.min(rx_depth.max(1));
 
         let av = AddressVector::open(domain, config.av_size)?;
-        let tx_cq = CompletionQueue::open(domain, tx_slots * 2)?;
-        let rx_cq = CompletionQueue::open(domain, rx_slots * 2)?;
+        let cq = CompletionQueue::open(domain, (tx_slots + rx_slots) * 2)?;
         let reg = config.always_register;
         let tx = SlotPool::new(
             domain,
@@ -215,8 +218,7 @@ impl Endpoint {
             tx,
             rx,
             rx_unposted: Vec::new(),
-            tx_cq,
-            rx_cq,
+            cq,
             av,
             domain: domain.clone(),
             name: EndpointAddress::default(),
@@ -230,11 +232,10 @@ impl Endpoint {
         // From here on `ep` owns the endpoint and closes it on any error below.
         ep.bind(ep.av.as_fid(), 0, "fi_ep_bind(av)")?;
         ep.bind(
-            ep.tx_cq.as_fid(),
-            sys::FI_TRANSMIT as u64,
-            "fi_ep_bind(tx cq)",
+            ep.cq.as_fid(),
+            (sys::FI_TRANSMIT | sys::FI_RECV) as u64,
+            "fi_ep_bind(cq)",
         )?;
-        ep.bind(ep.rx_cq.as_fid(), sys::FI_RECV as u64, "fi_ep_bind(rx cq)")?;
         // SAFETY: the endpoint is open and bound to its AV and CQs.
         check("fi_enable", unsafe { sys::fi_enable(ep.ptr.as_ptr()) }
             as isize)?;
@@ -450,101 +451,69 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Reads both completion queues once (driving the provider's progress), appending what
-    /// happened to `events`. Received bytes are appended to `rx_data`, and each
-    /// `Event::Received` names its range there. Receive buffers are posted again at once.
-    /// Returns the number of events appended.
+    /// Reads the completion queue until it is empty (each read drives the provider's
+    /// progress), appending what happened to `events`. Received bytes are appended to
+    /// `rx_data`, and each `Event::Received` names its range there. Receive buffers are posted
+    /// again at once. Returns the number of events appended.
     pub fn poll(&mut self, events: &mut Vec<Event>, rx_data: &mut Vec<u8>) -> Result<usize> {
         let before = events.len();
-        // Each read drives the provider's progress; with nothing sent there is nothing to
-        // complete on the transmit side, and an idle poll costs half as much.
-        if self.sends_in_flight() > 0 {
-            self.poll_tx(events)?;
+        loop {
+            let read = self
+                .cq
+                .read(&mut self.completions, self.sources.as_deref_mut())?;
+            match read {
+                CqRead::Entries(0) => break,
+                CqRead::Entries(n) => {
+                    for i in 0..n {
+                        self.take(i, events, rx_data);
+                    }
+                }
+                CqRead::ErrorAvailable => {
+                    if let Some(err) = self.cq.read_error()? {
+                        self.take_error(err, events);
+                    }
+                }
+            }
         }
-        self.poll_rx(events, rx_data)?;
         self.post_receives()?;
         Ok(events.len() - before)
     }
 
-    fn poll_tx(&mut self, events: &mut Vec<Event>) -> Result<()> {
-        loop {
-            match self.tx_cq.read(&mut self.completions, None)? {
-                CqRead::Entries(0) => return Ok(()),
-                CqRead::Entries(n) => {
-                    for i in 0..n {
-                        let ctx = self.completions[i].op_context;
-                        if let Some(slot) = self.tx.slot_of(ctx) {
-                            events.push(Event::Sent(self.tx.send_id(slot)));
-                            self.tx.free.push(slot);
-                        }
-                    }
-                }
-                CqRead::ErrorAvailable => {
-                    if let Some(err) = self.tx_cq.read_error()? {
-                        if let Some(slot) = self.tx.slot_of(err.op_context) {
-                            events.push(Event::SendFailed(self.tx.send_id(slot), err.error));
-                            self.tx.free.push(slot);
-                        }
-                    }
-                }
-            }
+    /// Turns the `i`th completion just read into an event: a send's slot is free again, a
+    /// receive's is queued for posting again.
+    fn take(&mut self, i: usize, events: &mut Vec<Event>, rx_data: &mut Vec<u8>) {
+        let entry = self.completions[i];
+        if let Some(slot) = self.tx.slot_of(entry.op_context) {
+            events.push(Event::Sent(self.tx.send_id(slot)));
+            self.tx.free.push(slot);
+        } else if let Some(slot) = self.rx.slot_of(entry.op_context) {
+            let start = rx_data.len();
+            self.rx.copy_out(slot, entry.len, rx_data);
+            let from = self
+                .sources
+                .as_ref()
+                .map(|s| s[i])
+                .filter(|a| *a != sys::FI_ADDR_NOTAVAIL)
+                .map(FabricAddr);
+            events.push(Event::Received {
+                data: start..rx_data.len(),
+                from,
+            });
+            self.rx_unposted.push(slot);
         }
     }
 
-    fn poll_rx(&mut self, events: &mut Vec<Event>, rx_data: &mut Vec<u8>) -> Result<()> {
-        loop {
-            let read = self
-                .rx_cq
-                .read(&mut self.completions, self.sources.as_deref_mut())?;
-            if matches!(read, CqRead::Entries(0)) {
-                return Ok(());
+    fn take_error(&mut self, err: CqError, events: &mut Vec<Event>) {
+        if let Some(slot) = self.tx.slot_of(err.op_context) {
+            events.push(Event::SendFailed(self.tx.send_id(slot), err.error));
+            self.tx.free.push(slot);
+        } else {
+            // A receive's, or one without a context of ours: either way a receive failed.
+            if let Some(slot) = self.rx.slot_of(err.op_context) {
+                self.rx_unposted.push(slot);
             }
-            self.take_rx(read, events, rx_data)?;
+            events.push(Event::ReceiveFailed(err.error));
         }
-    }
-
-    /// Turns what one read of the receive queue returned into events, and queues the slots
-    /// for posting again.
-    fn take_rx(
-        &mut self,
-        read: CqRead,
-        events: &mut Vec<Event>,
-        rx_data: &mut Vec<u8>,
-    ) -> Result<()> {
-        {
-            match read {
-                CqRead::Entries(0) => return Ok(()),
-                CqRead::Entries(n) => {
-                    for i in 0..n {
-                        let entry = self.completions[i];
-                        if let Some(slot) = self.rx.slot_of(entry.op_context) {
-                            let start = rx_data.len();
-                            self.rx.copy_out(slot, entry.len, rx_data);
-                            let from = self
-                                .sources
-                                .as_ref()
-                                .map(|s| s[i])
-                                .filter(|a| *a != sys::FI_ADDR_NOTAVAIL)
-                                .map(FabricAddr);
-                            events.push(Event::Received {
-                                data: start..rx_data.len(),
-                                from,
-                            });
-                            self.rx_unposted.push(slot);
-                        }
-                    }
-                }
-                CqRead::ErrorAvailable => {
-                    if let Some(err) = self.rx_cq.read_error()? {
-                        if let Some(slot) = self.rx.slot_of(err.op_context) {
-                            self.rx_unposted.push(slot);
-                        }
-                        events.push(Event::ReceiveFailed(err.error));
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 }
 
