@@ -16,7 +16,7 @@
 # release agent runs with `--fabric-bind 198.18.244.1,...,198.18.244.RAILS` (one rail per
 # interface, all on its one engine thread) and otherwise agent_scale.sh's defaults
 # (--interval 5s --timeout 1s --probe-budget 20: 100 peers a round, each probed on every
-# rail), `udp;ofi_rxd`, --imds-endpoint none. All traffic stays inside the namespace (local
+# rail), PROVIDER (default `udp;ofi_rxd`), --imds-endpoint none. All traffic stays inside the namespace (local
 # delivery). After WARMUP_SECS the agent's CPU (utime + stime from /proc, per thread: the
 # `fabric` engine thread vs the `tokio` workers) is taken over MEASURE_SECS, the simulator's
 # not counted; VmRSS at the end and VmHWM (peak). The ratio is against the 1-rail run of the
@@ -43,6 +43,7 @@ read -r -a agent_args <<<"${AGENT_ARGS:-}"
 # (the figures are then the wrapper's and the agent's together).
 read -r -a agent_wrap <<<"${AGENT_WRAP:-}"
 sim_port=19476
+provider=${PROVIDER:-udp;ofi_rxd}
 ns=efp-brail
 out=${OUT:-benches/results/agent-rails.md}
 
@@ -50,8 +51,13 @@ ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((count + 512)) ] \
   || { echo "open-file limit $(ulimit -n) too low for $count peers" >&2; exit 1; }
 
-cargo build --release -q -p efaprobe
-bin=$PWD/target/release/efaprobe
+# EFAPROBE_BIN: a build to measure instead of this checkout's (to compare two in one sitting).
+if [ -n "${EFAPROBE_BIN:-}" ]; then
+  bin=$EFAPROBE_BIN
+else
+  cargo build --release -q -p efaprobe
+  bin=$PWD/target/release/efaprobe
+fi
 tmp=$(mktemp -d)
 sim='' agent=''
 
@@ -88,30 +94,34 @@ hz=$(getconf CLK_TCK)
 # Per thread name: summed ticks (tokio's workers share a name).
 thread_ticks() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"; done \
   | awk '{s[$1] += $2} END {for (k in s) print k, s[k]}' | sort; }
+# Wake-ups of the engine thread(s): their voluntary context switches so far.
+fabric_wakeups() { for t in /proc/"$1"/task/*; do
+    if grep -q '^fabric' "$t/comm"; then awk '$1 == "voluntary_ctxt_switches:" {print $2}' "$t/status"; fi; done \
+  | awk '{s += $1} END {print s + 0}'; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 scrape() { in_ns curl -sf --max-time 5 "$url/metrics"; }
 metric_sum() {  # REGEX: sum of the values of the matching sample lines of the agent's /metrics
   scrape | awk -v re="$1" '$0 ~ re {s += $NF} END {printf "%d\n", s}'
 }
 
-commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- agent fabric fabric-sys || echo "+dirty")
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- agent fabric fabric-sys || echo "+dirty")${EFAPROBE_BIN:+ (binary $EFAPROBE_BIN)}
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   echo "# Agent CPU and RSS with every rail"
   echo
   echo "Measured $(date -u +%Y-%m-%dT%H:%MZ) at commit $commit on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)),"
   echo "libfabric $(pkg-config --modversion libfabric), release build. Reproduce:"
-  echo "\`sudo COUNT=$count WARMUP_SECS=$warmup MEASURE_SECS=$measure benches/agent_rails.sh ${rails_list[*]}\`${agent_args[*]:+ with AGENT_ARGS=\"${agent_args[*]}\"}."
+  echo "\`sudo COUNT=$count WARMUP_SECS=$warmup MEASURE_SECS=$measure benches/agent_rails.sh ${rails_list[*]}\`${PROVIDER:+ with PROVIDER=\"$provider\"}${agent_args[*]:+ with AGENT_ARGS=\"${agent_args[*]}\"}."
   echo
   echo "$count simulated peers, each listing RAILS rails (one simulator responder, RAILS endpoints on"
   echo "one thread); the agent with one rail per interface of its namespace (a veth each), \`--interval 5s"
-  echo "--timeout 1s --probe-budget 20\` (100 peers a round, each on every rail), \`udp;ofi_rxd\`."
+  echo "--timeout 1s --probe-budget 20\` (100 peers a round, each on every rail), \`$provider\`."
   echo "CPU: the agent's utime + stime over ${measure} s after ${warmup} s of warm-up, % of one core, split"
   echo "by thread (\`fabric\`: the engine thread driving every rail; \`tokio\`: the workers); the"
   echo "simulator's CPU is not counted. Load average (1, 5, 15 min) at the start: $load_before."
   echo
-  echo "| rails | RSS | peak RSS | agent CPU | × 1 rail | fabric thread | tokio workers | rail probes ok / other | peers with every rail paired (/v1/peers) | states at the end | goal |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| rails | RSS | peak RSS | agent CPU | × 1 rail | fabric thread | its wake-ups/s | tokio workers | rail probes ok / other | peers with every rail paired (/v1/peers) | states at the end | goal |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 } >"$tmp/report.md"
 : >"$tmp/notes.md"
 
@@ -121,7 +131,7 @@ for rails in "${rails_list[@]}"; do
   rm -f "$tmp/peers"
   ip netns exec $ns "$bin" simulate-peers --count "$count" --rails "$sim_rails" --port $((sim_port + rails)) \
     --fabric-engines "$engines" \
-    --fabric-provider "udp;ofi_rxd" --fabric-bind 198.18.244.1 --peers-file "$tmp/peers" \
+    --fabric-provider "$provider" --fabric-bind 198.18.244.1 --peers-file "$tmp/peers" \
     >"$tmp/sim.log" 2>&1 &
   sim=$!
   for _ in $(seq 300); do [ -f "$tmp/peers" ] && break; kill -0 "$sim" || break; sleep 0.1; done
@@ -130,7 +140,7 @@ for rails in "${rails_list[@]}"; do
   binds=$(seq 1 "$rails" | sed 's/^/198.18.244./' | paste -sd,)
   url=http://127.0.0.1:19475
   EFAPROBE_PEERS="$(cat "$tmp/peers")" ip netns exec $ns "${agent_wrap[@]}" "$bin" agent --node-name bench-observer \
-    --listen 127.0.0.1:19475 --pod-ip 198.18.244.1 --fabric-provider "udp;ofi_rxd" \
+    --listen 127.0.0.1:19475 --pod-ip 198.18.244.1 --fabric-provider "$provider" \
     --fabric-bind "$binds" --imds-endpoint none "${agent_args[@]}" >"$tmp/agent.log" 2>&1 &
   agent=$!
   for _ in $(seq 600); do in_ns curl -sf --max-time 1 -o /dev/null "$url/readyz" && break; sleep 0.1; done
@@ -143,10 +153,12 @@ for rails in "${rails_list[@]}"; do
   ok0=$(metric_sum '^efa_rail_probes_total[{].*result="ok"')
   all0=$(metric_sum '^efa_rail_probes_total[{]')
   thread_ticks "$agent" >"$tmp/threads0"
+  w0=$(fabric_wakeups "$agent")
   t0=$(ticks "$agent"); start=$(date +%s.%N)
   sleep "$measure"
   t1=$(ticks "$agent"); end=$(date +%s.%N)
   thread_ticks "$agent" >"$tmp/threads1"
+  w1=$(fabric_wakeups "$agent")
   rss=$(status_kib "$agent" VmRSS); hwm=$(status_kib "$agent" VmHWM)
   ok1=$(metric_sum '^efa_rail_probes_total[{].*result="ok"')
   all1=$(metric_sum '^efa_rail_probes_total[{]')
@@ -166,6 +178,7 @@ print(sum(1 for p in json.load(sys.stdin) if len(p.get("rails") or [0]) == int(s
   }
   cpu=$(pct $((t1 - t0)))
   fab=$(pct "$(by_thread '^fabric')")
+  wakeups=$(awk -v d=$((w1 - w0)) -v s="$secs" 'BEGIN {printf "%.0f", d / s}')
   tok=$(pct "$(by_thread '^tokio')")
   [ "$rails" = 1 ] && base_cpu=$cpu
   ratio=$(awk -v c="$cpu" -v b="$base_cpu" 'BEGIN { if (b == "" || b == 0) print "-"; else printf "%.2f", c / b }')
@@ -176,9 +189,9 @@ print(sum(1 for p in json.load(sys.stdin) if len(p.get("rails") or [0]) == int(s
     else if (n == 32) printf "CPU <= 3%%: %s; <= 2x: %s; RSS <= 40 MiB: %s", (c <= 3) ? "met" : "MISSED",
       (x != "-" && x <= 2) ? "met" : "MISSED", (r <= 40960) ? "met" : "MISSED";
     else print "-" }')
-  printf '| %s | %.1f MiB | %.1f MiB | %s%% | %s | %s%% | %s%% | %d / %d | %d | %s | %s |\n' \
+  printf '| %s | %.1f MiB | %.1f MiB | %s%% | %s | %s%% | %s | %s%% | %d / %d | %d | %s | %s |\n' \
     "$rails" "$(awk -v k="$rss" 'BEGIN {print k / 1024}')" "$(awk -v k="$hwm" 'BEGIN {print k / 1024}')" \
-    "$cpu" "$ratio" "$fab" "$tok" $((ok1 - ok0)) $((all1 - all0 - ok1 + ok0)) "$paired" "$states" "$goal" >>"$tmp/report.md"
+    "$cpu" "$ratio" "$fab" "$wakeups" "$tok" $((ok1 - ok0)) $((all1 - all0 - ok1 + ok0)) "$paired" "$states" "$goal" >>"$tmp/report.md"
 
   stop "$agent"; agent=''
   stop "$sim"; sim=''
