@@ -84,6 +84,9 @@ impl RailLinks {
         let mut gained = false;
         let wanted_len = rails.len().saturating_sub(1);
         self.links.resize_with(wanted_len, || None);
+        // Every rail's new address is asked for at once, then the answers are awaited: the
+        // rails share one engine thread, which takes them in one wake-up.
+        let mut asked = Vec::new();
         for (index, engine) in rails.iter().enumerate().skip(1) {
             let wanted = offered_rail_address(hello, provider, index);
             let slot = &mut self.links[index - 1];
@@ -96,7 +99,12 @@ impl RailLinks {
             let Some(address) = wanted else {
                 continue;
             };
-            *slot = match engine.add_peer(&address).get().await {
+            let reply = engine.add_peer(&address);
+            asked.push((index, address, reply));
+        }
+        for (index, address, reply) in asked {
+            let slot = &mut self.links[index - 1];
+            *slot = match reply.get().await {
                 Some(Ok(handle)) => {
                     gained = true;
                     Some(Link::Held {

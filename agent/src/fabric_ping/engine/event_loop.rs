@@ -11,14 +11,20 @@
 //!
 //! Rails 1 and up are steady ([`PingerConfig::rail_poll`](super::PingerConfig::rail_poll)):
 //! each asks for the same period after every poll, busy or not, and a command only posts its
-//! sends, so they stay together too, and what they cost is set by that period.
+//! sends, so they stay together too, and what they cost is set by that period. Their commands
+//! do not wake the thread: they wait in the group's [`Mailbox`], taken at every wake-up
+//! before the thread sleeps again; the thread tells the mailbox whether a steady poll is
+//! scheduled, and only when none is does a poster wake it.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use super::mailbox::Mailbox;
 use super::pacing::Wait;
 use super::rail::Rail;
-use super::Command;
+use super::{Command, RailCommand};
 
 /// How early, as a fraction of the period a rail asked for, it may be polled to share a
 /// wake-up with another rail.
@@ -71,11 +77,18 @@ struct Scheduled {
 pub(super) struct Engine {
     rails: Vec<Scheduled>,
     commands: mpsc::Receiver<Command>,
+    mailbox: Arc<Mailbox>,
+    /// What was taken from the mailbox, being handled (kept for its allocation).
+    mail: Vec<(usize, RailCommand)>,
 }
 
 impl Engine {
     /// Every rail is due at once: the first poll posts nothing new but reads what came.
-    pub(super) fn new(rails: Vec<Rail>, commands: mpsc::Receiver<Command>) -> Self {
+    pub(super) fn new(
+        rails: Vec<Rail>,
+        commands: mpsc::Receiver<Command>,
+        mailbox: Arc<Mailbox>,
+    ) -> Self {
         let now = Instant::now();
         Engine {
             rails: rails
@@ -86,11 +99,14 @@ impl Engine {
                 })
                 .collect(),
             commands,
+            mailbox,
+            mail: Vec::new(),
         }
     }
 
     pub(super) fn run(mut self) {
         loop {
+            self.take_mail();
             let now = Instant::now();
             let earliest = self.rails.iter().filter_map(|s| s.due.at).min();
             let command = match earliest {
@@ -126,10 +142,28 @@ impl Engine {
                 }
             }
         }
+        // Before the rails stop: what was left unanswered for them is dropped (its replies
+        // say the engine stopped), and later posts are refused.
+        self.mailbox.close();
         for scheduled in &mut self.rails {
             scheduled.rail.stop();
         }
         // Dropping the rails closes each endpoint before its memory and queues.
+    }
+
+    /// Handles what the steady rails' handles left in the mailbox, and tells it whether a
+    /// steady poll is scheduled (then the thread wakes for it without being woken).
+    fn take_mail(&mut self) {
+        let ticking = self
+            .rails
+            .iter()
+            .any(|s| s.rail.steady() && s.due.at.is_some());
+        let mut mail = std::mem::take(&mut self.mail);
+        self.mailbox.take(ticking, &mut mail);
+        for (index, command) in mail.drain(..) {
+            self.handle(Command::Rail(index, command));
+        }
+        self.mail = mail;
     }
 
     /// Hands a command to its rail, which is then polled at once (its answer, or the send
@@ -138,6 +172,8 @@ impl Engine {
     fn handle(&mut self, command: Command) -> bool {
         match command {
             Command::Shutdown => true,
+            // The loop takes the mailbox before it sleeps again.
+            Command::Wake => false,
             Command::Rail(index, command) => {
                 // Indices come from handles this group issued: every one is in range.
                 if let Some(scheduled) = self.rails.get_mut(index) {

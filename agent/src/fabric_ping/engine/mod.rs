@@ -3,8 +3,9 @@
 //!
 //! The thread owns the endpoints (libfabric objects, registered memory) and everything about
 //! peers; callers hold a [`FabricPinger`] per rail and talk to the thread through one channel
-//! (each command carries its rail's index) and get answers on oneshot channels, so the async
-//! agent and the blocking CLI use the same engine. [`open_rails`] opens a node's rails on one
+//! (each command carries its rail's index; the steady rails', 1 and up, wait in a [`mailbox`]
+//! for the thread's next wake-up instead of waking it) and get answers on oneshot channels,
+//! so the async agent and the blocking CLI use the same engine. [`open_rails`] opens a node's rails on one
 //! thread ([`open`] says which rails a provider has); [`FabricPinger::start`] opens one.
 //!
 //! Progress is manual on EFA (and on rxd/rxm here): nothing moves unless the completion queues
@@ -31,6 +32,7 @@ mod address_table;
 mod counters;
 mod event_loop;
 mod health;
+mod mailbox;
 mod open;
 mod outgoing;
 mod pacing;
@@ -242,18 +244,18 @@ impl Published {
 
 /// The [`PingerConfig::rail_poll`] an agent probing with `timeout` uses: a tenth of it, at
 /// most 50 ms (at least 1 ms; 100 ms measured no cheaper, BENCHMARKS.md). A healthy rail's
-/// ping then takes at most two of them beyond the network (the peer's poll to answer, this
-/// node's to read the pong), and a first ping to a peer on rxd, whose handshake takes two
-/// more, four: well within `timeout`.
+/// ping then takes at most three of them beyond the network (waiting in the mailbox for this
+/// node's next poll, the peer's poll to answer, this node's to read the pong), and a first
+/// ping to a peer on rxd, whose handshake takes two more, five: well within `timeout`.
 pub fn rail_poll_for(timeout: Duration) -> Duration {
     (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(50))
 }
 
-/// The least deadline a ping on a steady rail (1 and up) gets: the four polls of
+/// The least deadline a ping on a steady rail (1 and up) gets: the five polls of
 /// [`rail_poll_for`] a first ping can take, within `timeout`. A confirming probe's deadline
 /// is set from rail 0's answer time, which polls promptly; rails 1 and up need this floor.
 pub fn rail_deadline_floor(timeout: Duration) -> Duration {
-    (rail_poll_for(timeout) * 4).min(timeout)
+    (rail_poll_for(timeout) * 5).min(timeout)
 }
 
 /// Learned senders an engine keeps at most on `provider`. rxd keeps state for every peer and
@@ -271,6 +273,9 @@ pub fn learned_peer_limit(provider: &str, config: &PingerConfig) -> usize {
 struct Shared {
     /// The rail's index in its group: its position in the node's rail list.
     rail: usize,
+    /// Polled every [`PingerConfig::rail_poll`] (rails 1 and up), its commands left in the
+    /// group's mailbox.
+    steady: bool,
     provider: String,
     fabric: String,
     domain: String,
@@ -284,6 +289,9 @@ struct Shared {
 enum Command {
     /// For the rail of that index.
     Rail(usize, RailCommand),
+    /// A steady rail's command is in the group's [`mailbox`] and no steady poll is scheduled
+    /// to take it.
+    Wake,
     /// Stop every rail of the group.
     Shutdown,
 }
@@ -318,10 +326,12 @@ impl<T> Reply<T> {
     }
 }
 
-/// What the rails of one group share: the thread that drives them.
+/// What the rails of one group share: the thread that drives them, and where the steady
+/// rails' commands wait for it.
 struct Group {
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: ThreadId,
+    mailbox: Arc<mailbox::Mailbox>,
 }
 
 /// Handle to one rail: one endpoint on one domain, driven by its group's thread with the
@@ -342,8 +352,21 @@ impl FabricPinger {
         Ok(one.remove(0))
     }
 
-    /// Sends a command for this rail; gives it back if the thread has stopped.
+    /// Sends a command for this rail (a steady rail's is left in the mailbox); gives it back
+    /// if the thread has stopped.
     fn send(&self, cmd: RailCommand) -> Result<(), RailCommand> {
+        // Adding a peer goes on the channel even so: its caller waits for the handle before
+        // it can send anything, and a peer's rails are added together (one wake-up for all).
+        // Every command that names a handle follows the reply that issued it, whichever way
+        // it goes.
+        if self.shared.steady && !matches!(cmd, RailCommand::AddPeer(..)) {
+            if self.group.mailbox.post(self.shared.rail, cmd)? == mailbox::Posted::Wake {
+                // A stopped thread closed the mailbox first: the command was dropped, and its
+                // reply says so.
+                let _ = self.commands.send(Command::Wake);
+            }
+            return Ok(());
+        }
         match self.commands.send(Command::Rail(self.shared.rail, cmd)) {
             Err(mpsc::SendError(Command::Rail(_, cmd))) => Err(cmd),
             // A failed send gives back what it was given, which was a rail's command.
@@ -482,18 +505,18 @@ mod tests {
         assert_eq!(rail_poll_for(ms(500)), ms(50));
         assert_eq!(rail_poll_for(ms(200)), ms(20));
         assert_eq!(rail_poll_for(ms(5)), ms(1));
-        // A first ping's four polls fit in the timeout, and a confirmation waits for them.
+        // A first ping's five polls fit in the timeout, and a confirmation waits for them.
         for timeout in [ms(5), ms(200), ms(500), ms(1000), ms(30_000)] {
             assert!(
-                rail_poll_for(timeout) * 4 <= timeout.max(ms(4)),
+                rail_poll_for(timeout) * 5 <= timeout.max(ms(5)),
                 "{timeout:?}"
             );
             assert_eq!(
                 rail_deadline_floor(timeout),
-                (rail_poll_for(timeout) * 4).min(timeout)
+                (rail_poll_for(timeout) * 5).min(timeout)
             );
         }
-        assert_eq!(rail_deadline_floor(ms(1000)), ms(200));
+        assert_eq!(rail_deadline_floor(ms(1000)), ms(250));
     }
 
     use super::*;

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use super::counters::Counters;
 use super::event_loop::Engine;
+use super::mailbox::Mailbox;
 use super::rail::Rail;
 use super::{EngineError, FabricPinger, Group, PingerConfig, Published, Shared};
 use crate::fabric_ping::wire::{HEADER_LEN, MAX_ADDR_LEN};
@@ -144,7 +145,8 @@ pub fn start_rails(
         shared.push(rail_shared);
     }
     let (tx, rx) = mpsc::channel();
-    let engine = Engine::new(rails, rx);
+    let mailbox = Arc::new(Mailbox::default());
+    let engine = Engine::new(rails, rx, mailbox.clone());
     let thread = std::thread::Builder::new()
         .name(format!("fabric-{}", shared[0].domain))
         .spawn(move || engine.run())
@@ -152,6 +154,7 @@ pub fn start_rails(
     let group = Arc::new(Group {
         thread_id: thread.thread().id(),
         thread: Mutex::new(Some(thread)),
+        mailbox,
     });
     Ok(shared
         .into_iter()
@@ -186,6 +189,7 @@ fn open_rail(
     let endpoint = Endpoint::open(&domain, endpoint_config)?;
     let shared = Arc::new(Shared {
         rail: index,
+        steady: index > 0,
         provider,
         fabric: fabric_name,
         domain: domain_name,

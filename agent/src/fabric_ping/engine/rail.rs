@@ -69,7 +69,7 @@ impl Rail {
         shared: Arc<Shared>,
         config: PingerConfig,
     ) -> Self {
-        let steady = (shared.rail > 0).then_some(config.rail_poll);
+        let steady = shared.steady.then_some(config.rail_poll);
         Rail {
             ep,
             endpoint_config,
