@@ -5,12 +5,16 @@
 #
 #   sudo benches/detection.sh [REPEATS]            (default 10; writes benches/results/detection.md)
 #   sudo benches/detection.sh --rail 1 [REPEATS]   (writes benches/results/detection-rail1.md)
+#   sudo RAILS=8 benches/detection.sh --rail 1 [REPEATS]   (detection-rail1-of-8.md)
 #
-# With `--rail 1` the agents have two rails: a second veth pair (198.18.243.1, .2) and
-# `--fabric-bind` with both addresses; the fault drops UDP on B's rail-1 interface alone
-# (rail 0, and the IP path, untouched), so only rail 1 fails: a single-rail blackhole, which
-# must still make the peer fabric_dropped (a fabric path is reachable only when every paired
-# rail answers), with rail 1 alone named unreachable. Its goal is 3 s at worst.
+# With `--rail 1` the agents have RAILS rails (default 2): a veth pair more for each rail
+# after 0 (rail 1: 198.18.243.1, .2; rail r >= 2: 198.19.(200 + r).1, .2, a /24 each) and
+# `--fabric-bind` with every address; the fault drops UDP on B's rail-1 interface alone
+# (rail 0, the other rails and the IP path untouched), so only rail 1 fails: a single-rail
+# blackhole, which must still make the peer fabric_dropped (a fabric path is reachable only
+# when every paired rail answers), with rail 1 alone named unreachable. Its goal is 3 s at
+# worst. With more than 4 rails a round's probe pings half of rails 1 and up, by turn (see
+# the README's Rotation), so a cut rail may wait a round longer to be pinged.
 #
 # Two agents probe each other over `udp;ofi_rxd` with --interval 1s --timeout 500ms (the
 # timeout must be below the interval; the lab uses the same) and the default hysteresis. Each
@@ -29,6 +33,10 @@ if [ "${1:-}" = --rail ]; then
   shift 2
 fi
 repeats=${1:-10}
+rails=${RAILS:-2}
+[[ "$rails" =~ ^[0-9]+$ ]] && [ "$rails" -ge 2 ] && [ "$rails" -le 32 ] \
+  || { echo "RAILS must be 2 to 32, not $rails" >&2; exit 2; }
+[ $rail_mode = 1 ] || [ "$rails" = 2 ] || { echo "RAILS is for --rail mode" >&2; exit 2; }
 goal_secs=2
 [ $rail_mode = 1 ] && goal_secs=3
 limit=${DETECT_LIMIT_SECS:-30}
@@ -43,6 +51,7 @@ port=9476
 A1=198.18.243.1 B1=198.18.243.2
 out=benches/results/detection.md
 [ $rail_mode = 1 ] && out=benches/results/detection-rail1.md
+[ "$rails" = 2 ] || out=benches/results/detection-rail1-of-$rails.md
 tmp=$(mktemp -d)
 pids=()
 
@@ -67,6 +76,12 @@ if [ $rail_mode = 1 ]; then
   ip -n $a addr add $A1/24 dev efpbdeta1; ip -n $a link set efpbdeta1 up
   ip -n $b addr add $B1/24 dev efpbdetb1; ip -n $b link set efpbdetb1 up
   binds_a=$A,$A1 binds_b=$B,$B1
+  for r in $(seq 2 $((rails - 1))); do
+    ip link add "efpbdeta$r" netns $a type veth peer name "efpbdetb$r" netns $b
+    ip -n $a addr add "198.19.$((200 + r)).1/24" dev "efpbdeta$r"; ip -n $a link set "efpbdeta$r" up
+    ip -n $b addr add "198.19.$((200 + r)).2/24" dev "efpbdetb$r"; ip -n $b link set "efpbdetb$r" up
+    binds_a+=",198.19.$((200 + r)).1" binds_b+=",198.19.$((200 + r)).2"
+  done
 fi
 
 start_agent() {  # NS NAME IP PEER_IP BINDS
@@ -124,7 +139,7 @@ sleep 3
 if [ $rail_mode = 1 ]; then
   paired=$(ip netns exec $a curl -sf --max-time 1 "http://$A:$port/metrics" \
     | awk '/^efa_peer_rails[{]/ && /peer="bdet-b"/ {print $NF}')
-  [ "$paired" = 2 ] || { echo "A pairs ${paired:-no} rails with B, not 2" >&2; cat "$tmp"/*.log >&2; exit 1; }
+  [ "$paired" = "$rails" ] || { echo "A pairs ${paired:-no} rails with B, not $rails" >&2; cat "$tmp"/*.log >&2; exit 1; }
 fi
 
 times=() healed=()
@@ -169,12 +184,13 @@ commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- agent fabric fabr
   echo "Measured $(date -u +%Y-%m-%dT%H:%MZ) at commit $commit on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)), libfabric $(pkg-config --modversion libfabric),"
   echo "load average $load_before at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end."
   if [ $rail_mode = 1 ]; then
-    echo "Two agents in network namespaces joined by two veth pairs, two rails each (\`--fabric-bind\` with"
-    echo "both addresses), \`udp;ofi_rxd\`, \`--interval 1s --timeout 500ms\`, default hysteresis."
-    echo "Reproduce: \`sudo benches/detection.sh --rail 1 $repeats\`."
+    echo "Two agents in network namespaces joined by $rails veth pairs, $rails rails each (\`--fabric-bind\` with"
+    echo "every address), \`udp;ofi_rxd\`, \`--interval 1s --timeout 500ms\`, default hysteresis."
+    [ "$rails" -gt 4 ] && echo "With more than 4 rails a round's probe pings half of rails 1 and up, by turn."
+    echo "Reproduce: \`sudo ${RAILS:+RAILS=$rails }benches/detection.sh --rail 1 $repeats\`."
     echo
-    echo "Fault: UDP dropped in and out of B's rail-1 interface alone (nftables; rail 0 and the IP path"
-    echo "untouched), at a random point of the round. Time: from the rule's installation until A's"
+    echo "Fault: UDP dropped in and out of B's rail-1 interface alone (nftables; the other rails and the IP"
+    echo "path untouched), at a random point of the round. Time: from the rule's installation until A's"
     echo "/metrics shows \`efa_peer_state{peer=\"bdet-b\",state=\"fabric_dropped\"} 1\` (polled every 50 ms; a"
     echo "Prometheus scrape interval comes on top); each repeat also checks that A then reports rail 1,"
     echo "and rail 1 alone, unreachable (\`efa_peer_rail_unreachable\`)."
