@@ -1062,3 +1062,47 @@ fn rails_above_0_carry_pings_cut_to_their_small_slots() {
     a[0].shutdown();
     b[0].shutdown();
 }
+
+/// A steady rail's ping waits in the mailbox for the engine's next wake-up; on a prober that
+/// answers nobody, an idle rail 1 has no poll scheduled (the thread sleeps until given a
+/// command), so posting the ping must wake it: the ping is answered at once, not at the
+/// timeout. Then, with polls scheduled while pings are in flight, more go the same way.
+#[test]
+fn an_idle_steady_rail_is_woken_for_its_ping() {
+    let _busy = busy();
+    let prober = rails_on("udp;ofi_rxd", 2, |c| c.responder = false);
+    let responder = rails_on("udp;ofi_rxd", 2, |_| {});
+    let to_b = add(&prober[1], &responder[1]);
+    let timeout = Duration::from_secs(5);
+    for round in 0..3 {
+        // Long enough for rail 1 to have nothing outstanding and sleep.
+        std::thread::sleep(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        // Waited for on a thread of its own: an engine never woken would never answer.
+        let (done, outcomes) = std::sync::mpsc::channel();
+        let rail = prober[1].clone();
+        std::thread::spawn(move || {
+            let outs: Vec<_> = (0..3)
+                .map(|_| rail.reach(to_b, 64, timeout).wait())
+                .collect();
+            let _ = done.send(outs);
+        });
+        let outs: Vec<_> = outcomes
+            .recv_timeout(timeout * 2)
+            .unwrap_or_else(|_| panic!("round {round}: the engine never answered"))
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        let took = started.elapsed();
+        for out in &outs {
+            assert!(
+                matches!(out, ProbeOutcome::Pong { .. }),
+                "round {round}: {out:?}"
+            );
+        }
+        // Three pings in turn, each within a few of rail 1's 50 ms polls: far from 5 s.
+        assert!(took < Duration::from_secs(2), "round {round}: {took:?}");
+    }
+    prober[0].shutdown();
+    responder[0].shutdown();
+}
