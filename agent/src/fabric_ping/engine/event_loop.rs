@@ -16,10 +16,8 @@
 //! before the thread sleeps again; the thread tells the mailbox whether a steady poll is
 //! scheduled, and only when none is does a poster wake it.
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-
-use std::sync::Arc;
 
 use super::mailbox::Mailbox;
 use super::pacing::Wait;
